@@ -1,0 +1,198 @@
+"""The ``lora-blackbox`` command. The only module that sets up logging, writes stdout and picks exit codes.
+
+Exit status: 0 whenever result lines were printed (a failed point is a ``nan`` line, not an exit
+code: NOMAD fails every point of a call that exits non-zero); 1 when the call cannot proceed
+(unreadable point file, missing model or data); 2 for a usage or experiment error; 130 when
+interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+
+from blackbox import __version__
+from blackbox.errors import BlackboxError, ConfigError, PointError, SetupError
+from blackbox.experiment import ENV_EXPERIMENT, load_experiment
+
+logger = logging.getLogger("blackbox")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr (no progress).")
+@click.version_option(__version__, prog_name="lora-blackbox")
+@click.pass_context
+def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
+    """LoRA fine-tuning + validation as a blackbox for NOMAD and other optimizers."""
+    ctx.obj = {"debug": debug}
+    _setup_logging(quiet=quiet)
+
+
+def experiment_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a key of the experiment (dotted path), e.g. --set training.max_steps=5.",
+    )(command)
+    return click.option(
+        "-e",
+        "--experiment",
+        envvar=ENV_EXPERIMENT,
+        required=True,
+        metavar="EXP",
+        help=f"Experiment TOML file or shipped experiment name (or ${ENV_EXPERIMENT}).",
+    )(command)
+
+
+@main.command("eval")
+@experiment_options
+@click.argument("point_file", type=click.Path(path_type=Path))
+@click.pass_context
+def eval_command(ctx: click.Context, experiment: str, overrides: tuple[str, ...], point_file: Path) -> None:
+    """Evaluate every point of POINT_FILE: one output line per non-blank line, in order.
+
+    POINT_FILE is written by the optimizer (NOMAD passes it as the last argument).
+    """
+    with _exit_codes(ctx), protocol_stdout() as emit:
+        exp = load_experiment(experiment, overrides)
+        from blackbox.objective import Evaluator  # local: imports torch
+        from blackbox.point import read_point_lines
+
+        lines = read_point_lines(point_file)
+        point_file = point_file.resolve()
+        evaluator = Evaluator(exp)
+        _install_sigterm_handler()
+        for index, line in enumerate(lines):
+            if not line.strip():
+                continue  # a point evaluated elsewhere: no output line
+            try:
+                record = evaluator.evaluate_line(line, point_file=str(point_file), block_index=index)
+            except SetupError as e:
+                for later, rest in enumerate(lines[index + 1 :], start=index + 1):
+                    if rest.strip():
+                        evaluator.record_not_run(rest, f"the call failed: {e}", point_file=str(point_file),
+                                                 block_index=later)
+                raise
+            emit(record.output_line + "\n")
+
+
+@main.command("decode")
+@experiment_options
+@click.argument("point_file", type=click.Path(path_type=Path))
+@click.pass_context
+def decode_command(ctx: click.Context, experiment: str, overrides: tuple[str, ...], point_file: Path) -> None:
+    """Print the hyperparameters of every point of POINT_FILE as one JSON object per line (no training).
+
+    An invalid point prints {"error": ...}, and the exit status is then 1.
+    """
+    from blackbox.point import parse_point, read_point_lines
+    from blackbox.space import SearchSpace
+
+    with _exit_codes(ctx):
+        space = SearchSpace.from_experiment(load_experiment(experiment, overrides))
+        failed = False
+        for index, line in enumerate(read_point_lines(point_file)):
+            if not line.strip():
+                continue
+            try:
+                click.echo(json.dumps(space.decode(parse_point(line)).as_dict()))
+            except PointError as e:
+                failed = True
+                logger.error("line %d (%r) is invalid: %s", index + 1, line.strip(), e)
+                click.echo(json.dumps({"error": str(e)}))
+        if failed:
+            ctx.exit(1)
+
+
+@contextlib.contextmanager
+def protocol_stdout() -> Iterator[Callable[[str], None]]:
+    """Keep stdout for result lines only.
+
+    While the body runs, file descriptor 1 points at stderr (native code, C extensions and stray
+    prints cannot reach the optimizer) and ``sys.stdout`` is ``sys.stderr``. Result lines go through
+    the function this yields, to the real stdout.
+    """
+    real = sys.stdout
+    real.flush()
+    try:
+        real_is_fd1 = real.fileno() == 1
+    except (AttributeError, OSError, ValueError):
+        real_is_fd1 = False  # e.g. click's CliRunner: a Python-level stream
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def emit(text: str) -> None:
+        if real_is_fd1:
+            data = memoryview(text.encode())
+            while data:
+                data = data[os.write(saved, data) :]
+        else:
+            real.write(text)
+            real.flush()
+
+    try:
+        yield emit
+    finally:
+        sys.stdout = real
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def _exit_codes(ctx: click.Context) -> Iterator[None]:
+    """Map errors to a one-line message on stderr and an exit status; tracebacks only with --debug."""
+    debug = ctx.obj.get("debug", False) if ctx.obj else False
+    try:
+        yield
+    except ConfigError as e:
+        _fail(e, 2, debug)
+    except BlackboxError as e:
+        _fail(e, 1, debug)
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        sys.exit(130)
+
+
+def _fail(error: BlackboxError, code: int, debug: bool) -> NoReturn:
+    logger.error("%s", error, exc_info=debug)
+    sys.exit(code)
+
+
+def _install_sigterm_handler() -> None:
+    """SIGTERM ends the call like Ctrl-C does: the running evaluation is recorded as INTERRUPTED."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def _setup_logging(*, quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("lora-blackbox %(levelname)s: %(message)s"))
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)  # INFO always reaches each evaluation's eval.log
+    logger.propagate = False
+    if quiet:
+        for variable in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+            os.environ.setdefault(variable, "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,344 @@
+"""Instruction data: rows from files or the hub, prompt template, tokenisation, on-disk cache.
+
+Knows nothing about hyperparameter optimisation. The flow is::
+
+    sources -> rows (instruction, context, response) -> train/validation split
+            -> prompt + response text -> token ids with the prompt masked -> cached arrays
+
+The tokenised splits are cached on disk, keyed by a hash of the tokenizer, the template, the maximum
+length and the rows themselves, so a second evaluation of the same experiment skips tokenisation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blackbox.errors import SetupError
+from blackbox.experiment import DataConfig
+
+logger = logging.getLogger(__name__)
+
+ENV_CACHE = "LORA_BLACKBOX_CACHE"
+CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+
+LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+# The Stanford Alpaca prompt as the reference study used it, with its "#### Context:" (four #).
+ALPACA_WITH_CONTEXT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n#### Context:\n{context}\n\n### Response:"
+)
+ALPACA_WITHOUT_CONTEXT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:"
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    instruction: str
+    context: str
+    response: str
+
+
+@dataclass(frozen=True)
+class TokenizedSplit:
+    """Token ids of many examples, stored flat: example i is ids[offsets[i]:offsets[i+1]].
+
+    The first ``prompt_lengths[i]`` tokens of an example are the prompt: they are inputs, not targets.
+    """
+
+    ids: np.ndarray  # int32, all examples concatenated
+    offsets: np.ndarray  # int64, len(self) + 1
+    prompt_lengths: np.ndarray  # int32
+
+    def __len__(self) -> int:
+        return len(self.prompt_lengths)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def target_tokens(self) -> int:
+        return int(self.lengths.sum() - self.prompt_lengths.sum())
+
+    def example(self, i: int) -> tuple[np.ndarray, int]:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]], int(self.prompt_lengths[i])
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> TokenizedSplit:
+        examples = [self.example(int(i)) for i in indices]
+        return _from_examples([ids for ids, _ in examples], [p for _, p in examples])
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: TokenizedSplit
+    validation: TokenizedSplit
+    key: str  # the cache key: identifies tokenizer, template, length and rows
+    from_cache: bool
+
+
+def cache_root() -> Path:
+    """Where tokenised data is cached: ``$LORA_BLACKBOX_CACHE``, else ``~/.cache/lora-blackbox``."""
+    configured = os.environ.get(ENV_CACHE)
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lora-blackbox"
+
+
+def prepare_splits(config: DataConfig, tokenizer: Any) -> Splits:
+    """Rows, split, template and tokenisation, through the on-disk cache.
+
+    Raises:
+        SetupError: a source cannot be read or lacks the fields of an instruction data set.
+    """
+    train_rows, validation_rows = load_split_rows(config)
+    key = _cache_key(config, tokenizer, train_rows, validation_rows)
+    folder = cache_root() / "tokenized" / key
+    if (folder / "meta.json").is_file():
+        logger.info("tokenised data from cache %s", folder)
+        return Splits(_load_split(folder, "train"), _load_split(folder, "validation"), key, True)
+    started = time.perf_counter()
+    train = tokenize_rows(train_rows, tokenizer, template=config.template, max_length=config.max_length)
+    validation = tokenize_rows(
+        validation_rows, tokenizer, template=config.template, max_length=config.max_length
+    )
+    for name, split, rows in (("train", train, train_rows), ("validation", validation, validation_rows)):
+        if len(split) == 0:
+            raise SetupError(f"no {name} example has a response token within max_length={config.max_length}")
+        if len(split) < len(rows):
+            logger.warning(
+                "%d of %d %s rows dropped: their prompt alone fills max_length=%d",
+                len(rows) - len(split), len(rows), name, config.max_length,
+            )
+    _store(folder, train, validation)
+    logger.info(
+        "tokenised %d train / %d validation examples in %.1f s (cached in %s)",
+        len(train), len(validation), time.perf_counter() - started, folder,
+    )
+    return Splits(train, validation, key, False)
+
+
+def load_split_rows(config: DataConfig) -> tuple[list[Row], list[Row]]:
+    """Training and validation rows, disjoint when validation is held out of the training sources."""
+    rows = _dedupe(load_rows(config.train))
+    rng = np.random.default_rng(config.split_seed)
+    if config.validation:
+        train_rows = rows
+        validation_rows = load_rows(config.validation)
+        overlap = len(set(train_rows) & set(validation_rows))
+        if overlap:
+            logger.warning("%d validation rows also appear in the training data", overlap)
+        validation_rows = [validation_rows[i] for i in rng.permutation(len(validation_rows))]
+    else:
+        order = rng.permutation(len(rows))
+        n_validation = max(1, round(len(rows) * config.holdout_fraction))
+        if n_validation >= len(rows):
+            raise SetupError(f"{len(rows)} rows are too few to hold out {config.holdout_fraction:.0%}")
+        validation_rows = [rows[i] for i in order[:n_validation]]
+        train_rows = [rows[i] for i in order[n_validation:]]
+    if config.max_train_rows:
+        train_rows = train_rows[: config.max_train_rows]
+    if config.max_validation_rows:
+        validation_rows = validation_rows[: config.max_validation_rows]
+    return train_rows, validation_rows
+
+
+def load_rows(sources: Sequence[str]) -> list[Row]:
+    """The rows of every source, concatenated in order."""
+    rows: list[Row] = []
+    for source in sources:
+        rows.extend(_load_source(source))
+    return rows
+
+
+def _load_source(source: str) -> list[Row]:
+    from blackbox import embedded  # local: only the demo needs it
+
+    if embedded.is_embedded(source):
+        return [Row(*r) for r in embedded.load_rows(source)]
+    records = _load_records(source)
+    return rows_from_records(records, source=source)
+
+
+def _load_records(source: str) -> list[dict[str, Any]]:
+    """Records of a local JSON/JSONL/CSV/Parquet file, a local dataset folder, or a hub dataset."""
+    import datasets  # local: slow to import
+
+    path = Path(source).expanduser()
+    builder = LOCAL_SUFFIXES.get(path.suffix.lower())
+    try:
+        if builder is not None:
+            if not path.is_file():
+                raise SetupError(f"data file {source} does not exist")
+            dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
+        elif path.is_dir():
+            dataset = datasets.load_dataset(str(path), split="train")
+        else:
+            dataset = datasets.load_dataset(source, split="train")
+    except SetupError:
+        raise
+    except Exception as e:  # noqa: BLE001 - datasets raises many types; each means "cannot read this source"
+        raise SetupError(f"cannot load data source {source!r}: {type(e).__name__}: {e}") from e
+    return list(dataset.to_list())
+
+
+# Field names of the data sets the reference study used: Dolly (and its Alpaca+Dolly mix) and Alpaca.
+_FIELD_SETS = (("instruction", "context", "response"), ("instruction", "input", "output"))
+
+
+def rows_from_records(records: list[dict[str, Any]], *, source: str) -> list[Row]:
+    """Map Dolly-style (instruction/context/response) or Alpaca-style (instruction/input/output) records.
+
+    Raises:
+        SetupError: a record lacks the instruction or the response field.
+    """
+    if not records:
+        raise SetupError(f"data source {source!r} holds no rows")
+    columns = set(records[0])
+    for instruction, context, response in _FIELD_SETS:
+        if instruction in columns and response in columns:
+            break
+    else:
+        raise SetupError(
+            f"data source {source!r} has fields {sorted(columns)}; expected 'instruction' and 'response' "
+            "(and optionally 'context'), as in Dolly, or 'instruction' and 'output' (and optionally "
+            "'input'), as in Alpaca"
+        )
+    rows = []
+    for number, record in enumerate(records, start=1):
+        if record.get(instruction) is None or record.get(response) is None:
+            raise SetupError(f"data source {source!r}, row {number}: {instruction!r} or {response!r} missing")
+        rows.append(Row(str(record[instruction]), str(record.get(context) or ""), str(record[response])))
+    return rows
+
+
+def _dedupe(rows: list[Row]) -> list[Row]:
+    unique = list(dict.fromkeys(rows))  # keeps the first of each, in order
+    if len(unique) < len(rows):
+        logger.info("%d duplicate rows dropped", len(rows) - len(unique))
+    return unique
+
+
+def prompt_formatter(template: str, tokenizer: Any) -> Callable[[Row], str]:
+    """The function that turns a row into its prompt text (the response follows it)."""
+    if template == "alpaca":
+        return lambda row: (ALPACA_WITH_CONTEXT if row.context else ALPACA_WITHOUT_CONTEXT).format(
+            instruction=row.instruction, context=row.context
+        )
+    if template == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise SetupError("template 'chat' needs a tokenizer with a chat template")
+
+        def chat(row: Row) -> str:
+            content = f"{row.instruction}\n\n{row.context}" if row.context else row.instruction
+            text: str = tokenizer.apply_chat_template(
+                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+            )
+            return text
+
+        return chat
+    raise SetupError(f"unknown template {template!r}")
+
+
+def tokenize_rows(rows: Sequence[Row], tokenizer: Any, *, template: str, max_length: int) -> TokenizedSplit:
+    """Prompt ids, then response ids, then EOS; truncated to ``max_length``.
+
+    Prompt and response are tokenised apart, so the boundary between input and target is exact and
+    the response tokens are those the model generates after the prompt at inference time. Examples
+    left with no response token after truncation are dropped.
+    """
+    if tokenizer.eos_token_id is None:
+        raise SetupError("the tokenizer has no EOS token: responses could not end")
+    format_prompt = prompt_formatter(template, tokenizer)
+    # The Alpaca prompt is plain text: the tokenizer adds BOS. A chat template writes its own markers.
+    add_special = template == "alpaca"
+    ids_list, prompt_lengths = [], []
+    chunk = 2048
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        prompts = tokenizer([format_prompt(r) for r in part], add_special_tokens=add_special)["input_ids"]
+        responses = tokenizer([r.response for r in part], add_special_tokens=False)["input_ids"]
+        for prompt, response in zip(prompts, responses, strict=True):
+            ids = (list(prompt) + list(response) + [tokenizer.eos_token_id])[:max_length]
+            if len(ids) > len(prompt):
+                ids_list.append(ids)
+                prompt_lengths.append(len(prompt))
+    return _from_examples(ids_list, prompt_lengths)
+
+
+def _from_examples(ids_list: Sequence[Sequence[int]], prompt_lengths: Sequence[int]) -> TokenizedSplit:
+    lengths = np.fromiter((len(ids) for ids in ids_list), dtype=np.int64, count=len(ids_list))
+    offsets = np.zeros(len(ids_list) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter((t for ids in ids_list for t in ids), dtype=np.int32, count=int(offsets[-1]))
+    return TokenizedSplit(flat, offsets, np.asarray(prompt_lengths, dtype=np.int32))
+
+
+def _cache_key(config: DataConfig, tokenizer: Any, train: list[Row], validation: list[Row]) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps([CACHE_FORMAT, config.template, config.max_length]).encode())
+    digest.update(tokenizer_fingerprint(tokenizer).encode())
+    if config.template == "chat":
+        digest.update(str(tokenizer.chat_template).encode())
+    for rows in (train, validation):
+        digest.update(b"\x00split")
+        for row in rows:
+            for text in (row.instruction, row.context, row.response):
+                digest.update(text.encode())
+                digest.update(b"\x00")
+    return digest.hexdigest()[:32]
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of everything that decides how the tokenizer maps text to ids."""
+    digest = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:
+        digest.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    digest.update(json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id]).encode())
+    return digest.hexdigest()
+
+
+def _store(folder: Path, train: TokenizedSplit, validation: TokenizedSplit) -> None:
+    """Write the arrays to a temporary folder, then rename it: readers never see half a cache."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name, split in (("train", train), ("validation", validation)):
+        np.save(tmp / f"{name}_ids.npy", split.ids)
+        np.save(tmp / f"{name}_offsets.npy", split.offsets)
+        np.save(tmp / f"{name}_prompt_lengths.npy", split.prompt_lengths)
+    meta = {"format": CACHE_FORMAT, "train": len(train), "validation": len(validation)}
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    try:
+        tmp.rename(folder)
+    except OSError:
+        # Another process cached the same data first: its copy is identical.
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_split(folder: Path, name: str) -> TokenizedSplit:
+    return TokenizedSplit(
+        np.load(folder / f"{name}_ids.npy"),
+        np.load(folder / f"{name}_offsets.npy"),
+        np.load(folder / f"{name}_prompt_lengths.npy"),
+    )

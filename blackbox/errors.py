@@ -1,0 +1,54 @@
+"""One exception hierarchy for the whole package.
+
+Which errors fail what:
+- ``ConfigError``: the experiment or an override is wrong. The whole call fails (exit status 2).
+- ``SetupError``: the call cannot proceed (unreadable point file, missing model or data).
+  The whole call fails (exit status 1).
+- ``PointError``: one line of a point file is not a valid point. Only that point fails (``nan`` line).
+Errors raised while one point trains or validates are turned into a record status in
+``objective.evaluate_point``; they never end the call.
+"""
+
+from __future__ import annotations
+
+
+class BlackboxError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(BlackboxError):
+    """An experiment file or a ``--set`` override is invalid.
+
+    Carries every problem found, so that a user fixes them in one go.
+    """
+
+    def __init__(self, problems: list[str] | str, *, source: str = "") -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        if len(self.problems) == 1:
+            message = f"invalid experiment{where}: {self.problems[0]}"
+        else:
+            listed = "\n".join(f"  - {p}" for p in self.problems)
+            message = f"invalid experiment{where} ({len(self.problems)} problems):\n{listed}"
+        super().__init__(message)
+
+
+class SetupError(BlackboxError):
+    """The call cannot proceed: a file, a model or a data set cannot be read."""
+
+
+class PointError(BlackboxError):
+    """One point (one line of a point file) is invalid."""
+
+
+class EvaluationError(BlackboxError):
+    """A known way for one evaluation to end badly; ``objective`` turns it into a record status."""
+
+
+class TrainingDiverged(EvaluationError):
+    """The loss became NaN or infinite: the point is valid but very bad (objective ``inf``)."""
+
+
+class TrainingTimeout(EvaluationError):
+    """Training ran past its wall-clock limit (``training.timeout_s``)."""

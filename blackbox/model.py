@@ -1,0 +1,179 @@
+"""The base model (loaded once per call) and the LoRA adapter (fresh for every point)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from blackbox.errors import SetupError
+from blackbox.experiment import ModelConfig, TrainingConfig
+from blackbox.space import HyperParams
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Weights dtype and the autocast dtype of forward passes (None: no autocast)."""
+
+    weights: torch.dtype
+    autocast: torch.dtype | None
+
+    def autocast_context(self, device: torch.device) -> Any:
+        return torch.autocast(device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None)
+
+
+def resolve_device(setting: str) -> torch.device:
+    """``auto`` is the first CUDA device when there is one, else the CPU.
+
+    Raises:
+        SetupError: a CUDA device is asked for and there is none.
+    """
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(setting)
+    except RuntimeError as e:
+        raise SetupError(f"training.device={setting!r} is not a device: {e}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SetupError(f"training.device={setting!r} but CUDA is not available on this machine")
+    return device
+
+
+def resolve_precision(model: ModelConfig, training: TrainingConfig, device: torch.device) -> Precision:
+    """bf16 weights on GPUs that support it; fp32 on the CPU. Autocast only around fp32 weights.
+
+    Raises:
+        SetupError: a dtype the device does not support.
+    """
+    bf16_ok = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+    if model.dtype == "auto":
+        weights = torch.bfloat16 if device.type == "cuda" and bf16_ok else torch.float32
+    else:
+        weights = _DTYPES[model.dtype]
+    if training.autocast == "auto":
+        autocast = torch.bfloat16 if weights == torch.float32 and device.type == "cuda" and bf16_ok else None
+    else:
+        autocast = _DTYPES.get(training.autocast)
+    if torch.bfloat16 in (weights, autocast) and not bf16_ok:
+        raise SetupError(f"bfloat16 is not supported on {device}: use model.dtype=float32 and training.autocast=none")
+    if torch.float16 in (weights, autocast) and device.type == "cpu":
+        raise SetupError("float16 is not supported on the CPU: use float32 or bfloat16")
+    return Precision(weights, autocast)
+
+
+def model_location(config: ModelConfig) -> str:
+    """A hub id or a local folder, as ``from_pretrained`` takes it (embedded models: their folder)."""
+    from blackbox import embedded
+
+    if embedded.is_embedded(config.name_or_path):
+        return embedded.resolve_model(config.name_or_path)
+    return config.name_or_path
+
+
+def load_tokenizer(config: ModelConfig) -> Any:
+    """The tokenizer of the model (hub id or local folder).
+
+    Raises:
+        SetupError: it cannot be loaded.
+    """
+    from transformers import AutoTokenizer  # local: slow to import
+
+    try:
+        return AutoTokenizer.from_pretrained(model_location(config), revision=config.revision or None)
+    except (OSError, ValueError) as e:
+        raise SetupError(f"cannot load the tokenizer of {config.name_or_path!r}: {e}") from e
+
+
+def load_base_model(
+    config: ModelConfig, training: TrainingConfig, device: torch.device, precision: Precision
+) -> Any:
+    """The frozen base model on ``device``, through the real ``from_pretrained`` path.
+
+    Raises:
+        SetupError: the model cannot be loaded.
+    """
+    from transformers import AutoModelForCausalLM  # local: slow to import
+
+    kwargs: dict[str, Any] = {
+        "revision": config.revision or None,
+        "dtype": precision.weights,
+        "attn_implementation": config.attn_implementation,
+    }
+    if config.quantization != "none":
+        kwargs["quantization_config"] = _quantization_config(config, precision)
+    if device.type == "cuda" or config.quantization != "none":
+        # Straight onto the device: no host copy of the weights.
+        kwargs["device_map"] = {"": device}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_location(config), **kwargs)
+    except (OSError, ValueError) as e:
+        raise SetupError(f"cannot load model {config.name_or_path!r}: {e}") from e
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.requires_grad_(False)
+    model.config.use_cache = False  # no KV cache while training
+    if config.quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=training.gradient_checkpointing
+        )
+    elif training.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def _quantization_config(config: ModelConfig, precision: Precision) -> Any:
+    try:
+        from transformers import BitsAndBytesConfig
+    except ImportError as e:
+        raise SetupError("quantised loading needs bitsandbytes: pip install 'lora-blackbox[gpu]'") from e
+    if config.quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = precision.autocast or precision.weights
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=config.quantization,
+        bnb_4bit_compute_dtype=compute,
+        bnb_4bit_use_double_quant=True,
+    )
+
+
+def attach_lora(base_model: Any, hparams: HyperParams, config: ModelConfig) -> Any:
+    """Wrap the base model with a fresh LoRA adapter (random A, zero B, as peft initialises it).
+
+    Seed the RNG before calling: the initialisation draws from it.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=hparams.lora_r,
+        lora_alpha=hparams.lora_alpha,
+        lora_dropout=hparams.lora_dropout,
+        target_modules=list(config.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(base_model, lora)
+    except ValueError as e:
+        # peft names the modules it could not find: a configuration error of the whole experiment.
+        raise SetupError(f"cannot attach LoRA to {list(config.target_modules)}: {e}") from e
+
+
+def detach_lora(peft_model: Any) -> Any:
+    """The base model again, with every LoRA layer removed (nothing merged)."""
+    return peft_model.unload()
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,352 @@
+"""One evaluation, top to bottom: point -> hyperparameters -> LoRA training -> validation -> record.
+
+This is the only place where a failure of one point becomes a record status. The base model, the
+tokenizer and the data are loaded once per :class:`Evaluator` (once per call of ``eval``) and shared
+by its points; every point gets a fresh LoRA adapter, seeded as if it ran in a process of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import platform
+import secrets
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+from blackbox import __version__
+from blackbox.data import Splits, prepare_splits
+from blackbox.errors import PointError, SetupError, TrainingDiverged, TrainingTimeout
+from blackbox.experiment import Experiment
+from blackbox.model import (
+    Precision,
+    attach_lora,
+    count_parameters,
+    detach_lora,
+    load_base_model,
+    load_tokenizer,
+    resolve_device,
+    resolve_precision,
+)
+from blackbox.output import output_tokens
+from blackbox.point import parse_point
+from blackbox.record import RECORDS_FILE, EvalRecord, Status, append_record, write_json_atomic
+from blackbox.space import HyperParams, SearchSpace
+from blackbox.train import train
+from blackbox.validate import validate
+
+logger = logging.getLogger(__name__)
+
+_GIB = 1024**3
+
+
+@dataclass
+class _Loaded:
+    """What all points of a call share."""
+
+    tokenizer: Any
+    splits: Splits
+    base_model: Any
+    device: torch.device
+    precision: Precision
+    pad_id: int
+
+
+class Evaluator:
+    """Evaluates points of one experiment in this process and records each evaluation.
+
+    Example::
+
+        evaluator = Evaluator(load_experiment("demo"))
+        record = evaluator.evaluate_line("2 -4 1")
+        record.status, record.metrics["validation_loss"]
+    """
+
+    def __init__(self, experiment: Experiment) -> None:
+        self.experiment = experiment
+        self.space = SearchSpace.from_experiment(experiment)
+        self.records_file = experiment.records_dir / RECORDS_FILE
+        self._loaded: _Loaded | None = None
+        self._startup_s: float | None = time.time() - psutil.Process().create_time()
+
+    def evaluate_line(
+        self, line: str, *, point_file: str | None = None, block_index: int | None = None
+    ) -> EvalRecord:
+        """Evaluate one non-blank line of a point file. An invalid point is recorded and fails alone.
+
+        Raises:
+            SetupError: the model or the data cannot be loaded; the whole call must fail.
+        """
+        where = {"point_line": line, "point_file": point_file, "block_index": block_index}
+        try:
+            point = parse_point(line)
+            hparams = self.space.decode(point)
+        except PointError as e:
+            logger.error("point %s (%r) is invalid: %s", _position(block_index), line.strip(), e)
+            record = self._record(_new_run_id(), Status.INVALID_POINT, error=str(e), **where)
+            append_record(self.records_file, record)
+            return record
+        return self.evaluate(hparams, point=point, **where)
+
+    def evaluate(
+        self,
+        hparams: HyperParams,
+        *,
+        point: tuple[float, ...] | None = None,
+        point_line: str | None = None,
+        point_file: str | None = None,
+        block_index: int | None = None,
+    ) -> EvalRecord:
+        """Train and validate one set of hyperparameters; write and return its record.
+
+        Raises:
+            SetupError: the model or the data cannot be loaded (recorded as NOT_RUN first).
+            KeyboardInterrupt: the call was interrupted (recorded as INTERRUPTED first).
+        """
+        run_id = _new_run_id()
+        run_dir = self.experiment.records_dir / "evals" / run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        where = {"point": point, "point_line": point_line, "point_file": point_file, "block_index": block_index}
+        started_at = _now()
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        metrics: dict[str, Any] = {"run_id": run_id}
+        status, error = Status.OK, None
+        with _log_to(run_dir / "eval.log"):
+            logger.info("evaluation %s: %s", run_id, hparams)
+            try:
+                loaded = self._load(timings)
+                _reset_peak_memory(loaded.device)
+                metrics.update(self._train_and_validate(hparams, loaded, run_dir, timings))
+            except (SetupError, KeyboardInterrupt) as e:
+                status = Status.NOT_RUN if isinstance(e, SetupError) else Status.INTERRUPTED
+                self._finish(run_id, run_dir, status, str(e) or type(e).__name__, hparams, metrics,
+                             timings, started, started_at, where)
+                raise
+            except TrainingDiverged as e:
+                status, error = Status.DIVERGED, str(e)
+            except TrainingTimeout as e:
+                status, error = Status.TIMEOUT, str(e)
+            except (torch.OutOfMemoryError, MemoryError) as e:
+                status, error = Status.OOM, f"out of memory: {e}"
+            except Exception as e:  # noqa: BLE001 - the one boundary: a failure of one point fails that point only
+                status, error = Status.ERROR, f"{type(e).__name__}: {e}"
+                logger.error("evaluation %s failed", run_id, exc_info=True)
+                (run_dir / "traceback.txt").write_text(traceback.format_exc())
+            if status is not Status.OK:
+                logger.error("evaluation %s: %s: %s", run_id, status.value, error)
+            return self._finish(run_id, run_dir, status, error, hparams, metrics, timings, started,
+                                started_at, where)
+
+    def record_not_run(self, line: str, reason: str, *, point_file: str | None, block_index: int) -> None:
+        """Record a point the call could not reach (it failed before), so no request goes unrecorded."""
+        append_record(
+            self.records_file,
+            self._record(_new_run_id(), Status.NOT_RUN, error=reason, point_line=line,
+                         point_file=point_file, block_index=block_index),
+        )
+
+    def _train_and_validate(
+        self, hparams: HyperParams, loaded: _Loaded, run_dir: Path, timings: dict[str, float]
+    ) -> dict[str, Any]:
+        config = self.experiment
+        _seed_everything(config.training.seed)
+        model = attach_lora(loaded.base_model, hparams, config.model)
+        try:
+            trainable, _ = count_parameters(model)
+            stats = train(
+                model=model,
+                split=loaded.splits.train,
+                learning_rate=hparams.learning_rate,
+                config=config.training,
+                device=loaded.device,
+                precision=loaded.precision,
+                pad_id=loaded.pad_id,
+            )
+            timings["train_s"] = stats.seconds
+            result = validate(
+                model=model,
+                split=loaded.splits.validation,
+                batch_size=config.validation.batch_size,
+                device=loaded.device,
+                precision=loaded.precision,
+                pad_id=loaded.pad_id,
+            )
+            timings["validation_s"] = result.seconds
+            if not torch.isfinite(torch.tensor(result.loss)):
+                raise TrainingDiverged(f"validation loss is {result.loss}")
+            if config.records.save_adapter:
+                model.save_pretrained(run_dir / "adapter")
+        finally:
+            loaded.base_model = detach_lora(model)
+            del model
+            _release_memory(loaded.device)
+        logger.info("validation loss %.6f (train loss %.4f)", result.loss, stats.train_loss)
+        return {
+            "validation_loss": result.loss,
+            "validation_tokens": result.target_tokens,
+            "validation_seconds": result.seconds,
+            "train_loss": stats.train_loss,
+            "train_last_loss": stats.last_loss,
+            "train_steps": stats.steps,
+            "train_tokens": stats.real_tokens,
+            "train_target_tokens": stats.target_tokens,
+            "train_seconds": stats.seconds,
+            "tokens_per_second": stats.real_tokens / stats.seconds if stats.seconds else 0.0,
+            "trainable_params": trainable,
+        }
+
+    def _load(self, timings: dict[str, float]) -> _Loaded:
+        """Load the tokenizer, the data and the base model on the first call; reuse them afterwards."""
+        if self._loaded is not None:
+            return self._loaded
+        config = self.experiment
+        device = resolve_device(config.training.device)
+        precision = resolve_precision(config.model, config.training, device)
+        started = time.perf_counter()
+        tokenizer = load_tokenizer(config.model)
+        splits = prepare_splits(config.data, tokenizer)
+        timings["data_prep_s"] = time.perf_counter() - started
+        logger.info("data: %d train / %d validation examples", len(splits.train), len(splits.validation))
+        started = time.perf_counter()
+        base_model = load_base_model(config.model, config.training, device, precision)
+        timings["model_load_s"] = time.perf_counter() - started
+        logger.info("model %s loaded on %s in %.1f s", config.model.name_or_path, device, timings["model_load_s"])
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._loaded = _Loaded(tokenizer, splits, base_model, device, precision, pad_id)
+        return self._loaded
+
+    def _finish(
+        self,
+        run_id: str,
+        run_dir: Path,
+        status: Status,
+        error: str | None,
+        hparams: HyperParams,
+        metrics: dict[str, Any],
+        timings: dict[str, float],
+        started: float,
+        started_at: str,
+        where: dict[str, Any],
+    ) -> EvalRecord:
+        timings["total_s"] = time.perf_counter() - started
+        metrics["total_seconds"] = timings["total_s"]
+        memory = _memory(self._loaded.device if self._loaded else None)
+        metrics["peak_memory_gib"] = memory["peak_gib"]
+        record = self._record(
+            run_id, status, error=error, hparams=hparams.as_dict(), metrics=metrics, timings=timings,
+            memory=memory, run_dir=str(run_dir), started_at=started_at, **where,
+        )
+        write_json_atomic(run_dir / "record.json", record.to_json())
+        append_record(self.records_file, record)
+        return record
+
+    def _record(self, run_id: str, status: Status, **fields: Any) -> EvalRecord:
+        metrics = fields.pop("metrics", {"run_id": run_id})
+        timings = fields.pop("timings", {})
+        if self._startup_s is not None:
+            timings["startup_s"] = self._startup_s  # counted once: for the first evaluation of the process
+            self._startup_s = None
+        device = self._loaded.device if self._loaded else None
+        return EvalRecord(
+            run_id=run_id,
+            experiment=self.experiment.study.name,
+            fingerprint=self.experiment.fingerprint(),
+            status=status,
+            outputs=output_tokens(self.experiment.study.outputs, status, metrics),
+            metrics=metrics,
+            timings=timings,
+            seed=self.experiment.training.seed,
+            device=str(device) if device else None,
+            finished_at=_now(),
+            host=platform.node(),
+            pid=os.getpid(),
+            versions=_versions(),
+            **fields,
+        )
+
+
+def _seed_everything(seed: int) -> None:
+    """The same RNG state before every point, so a point gives the same result in any position."""
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _memory(device: torch.device | None) -> dict[str, float]:
+    """Peak device memory of this point (GPU), or the process's resident memory (CPU)."""
+    rss = psutil.Process().memory_info().rss / _GIB
+    memory = {"process_rss_gib": rss}
+    if device is not None and device.type == "cuda":
+        memory["peak_gib"] = torch.cuda.max_memory_allocated(device) / _GIB
+    else:
+        import resource
+
+        # ru_maxrss is the high-water mark of the whole process (kB on Linux), not of this point.
+        memory["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GIB
+    return memory
+
+
+@contextlib.contextmanager
+def _log_to(path: Path) -> Iterator[None]:
+    """Copy this package's log records of one evaluation into its run folder."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    package_logger = logging.getLogger("blackbox")
+    package_logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
+        handler.close()
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    versions = {
+        "blackbox": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
+    if torch.cuda.is_available():
+        versions["cuda"] = str(torch.version.cuda)
+        versions["gpu"] = torch.cuda.get_device_name()
+    return versions
+
+
+def _new_run_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _position(block_index: int | None) -> str:
+    return f"{block_index + 1}" if block_index is not None else "-"

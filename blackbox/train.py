@@ -1,0 +1,126 @@
+"""The LoRA training loop, written out: steps, micro-batches, accumulation, clipping, schedule."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from blackbox.batches import micro_batches, step_indices, steps_per_epoch, token_loss_sum
+from blackbox.data import TokenizedSplit
+from blackbox.errors import TrainingDiverged, TrainingTimeout
+from blackbox.experiment import TrainingConfig
+from blackbox.model import Precision
+
+logger = logging.getLogger(__name__)
+
+_SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    steps: int
+    train_loss: float  # mean of the step losses, as the HF Trainer reports it
+    last_loss: float
+    target_tokens: int
+    real_tokens: int
+    seconds: float
+
+
+def total_steps(num_examples: int, config: TrainingConfig) -> int:
+    """``max_steps`` when set, else the steps of ``epochs`` epochs (a fraction of an epoch rounds up)."""
+    if config.max_steps is not None:
+        return config.max_steps
+    return max(1, math.ceil(config.epochs * steps_per_epoch(num_examples, config.effective_batch_size)))
+
+
+def train(
+    *,
+    model: Any,
+    split: TokenizedSplit,
+    learning_rate: float,
+    config: TrainingConfig,
+    device: torch.device,
+    precision: Precision,
+    pad_id: int,
+    packed: bool = False,
+) -> TrainStats:
+    """Train the trainable (LoRA) parameters of ``model`` in place.
+
+    Raises:
+        TrainingDiverged: a step loss is NaN or infinite.
+        TrainingTimeout: training ran past ``config.timeout_s``.
+    """
+    steps = total_steps(len(split), config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=learning_rate, weight_decay=config.weight_decay, fused=device.type == "cuda"
+    )
+    from transformers import get_scheduler  # local: slow to import
+
+    scheduler = get_scheduler(
+        _SCHEDULES[config.lr_scheduler],
+        optimizer,
+        num_warmup_steps=math.ceil(config.warmup_ratio * steps),
+        num_training_steps=steps,
+    )
+    plan = step_indices(len(split), config.effective_batch_size, config.seed)
+    model.train()
+    started = time.perf_counter()
+    loss_sum = 0.0
+    step_loss = math.nan
+    target_tokens = real_tokens = 0
+    for step in range(1, steps + 1):
+        batches = micro_batches(
+            split, next(plan), micro_batch_size=config.micro_batch_size, pad_id=pad_id, packed=packed
+        )
+        step_targets = sum(b.target_tokens for b in batches)
+        accumulated = torch.zeros((), device=device)
+        for batch in batches:
+            batch = batch.to(device)
+            with precision.autocast_context(device):
+                logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids).logits
+            # Normalised by the step's target tokens: the loss of a step does not depend on how it is cut.
+            loss = token_loss_sum(logits, batch.labels) / max(step_targets, 1)
+            del logits
+            loss.backward()
+            accumulated += loss.detach()
+        step_loss = float(accumulated)
+        if not math.isfinite(step_loss):
+            optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(f"training loss is {step_loss} at step {step}/{steps}")
+        if config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum += step_loss
+        target_tokens += step_targets
+        real_tokens += sum(b.real_tokens for b in batches)
+        elapsed = time.perf_counter() - started
+        if step % config.log_every_steps == 0 or step == steps:
+            eta = elapsed / step * (steps - step)
+            logger.info(
+                "step %d/%d loss %.4f lr %.3g %.0f tok/s ETA %s",
+                step, steps, step_loss, scheduler.get_last_lr()[0], real_tokens / elapsed, _duration(eta),
+            )
+        if config.timeout_s and elapsed > config.timeout_s and step < steps:
+            raise TrainingTimeout(f"training passed timeout_s={config.timeout_s:g} at step {step}/{steps}")
+    return TrainStats(
+        steps=steps,
+        train_loss=loss_sum / steps,
+        last_loss=step_loss,
+        target_tokens=target_tokens,
+        real_tokens=real_tokens,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"

@@ -1,0 +1,49 @@
+"""Validation: the token-weighted mean cross-entropy of the response tokens of the whole split."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from blackbox.batches import micro_batches, token_loss_sum
+from blackbox.data import TokenizedSplit
+from blackbox.model import Precision
+
+
+@dataclass(frozen=True)
+class ValidationStats:
+    loss: float  # mean over all target tokens of the split (not a mean of batch means)
+    target_tokens: int
+    seconds: float
+
+
+def validate(
+    *,
+    model: Any,
+    split: TokenizedSplit,
+    batch_size: int,
+    device: torch.device,
+    precision: Precision,
+    pad_id: int,
+) -> ValidationStats:
+    """Mean token cross-entropy of ``model`` on ``split``, prompts masked, dropout off."""
+    started = time.perf_counter()
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    tokens = 0
+    # Sorted by length, so that batches hold similar lengths; the sum does not depend on the order.
+    batches = micro_batches(
+        split, np.arange(len(split)), micro_batch_size=batch_size, pad_id=pad_id, packed=False
+    )
+    with torch.inference_mode():
+        for batch in batches:
+            batch = batch.to(device)
+            with precision.autocast_context(device):
+                logits = model(input_ids=batch.input_ids).logits
+            total += token_loss_sum(logits, batch.labels).double()
+            tokens += batch.target_tokens
+    return ValidationStats(loss=float(total) / tokens, target_tokens=tokens, seconds=time.perf_counter() - started)
