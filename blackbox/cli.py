@@ -83,8 +83,9 @@ def eval_command(ctx: click.Context, experiment: str, overrides: tuple[str, ...]
             except SetupError as e:
                 for later, rest in enumerate(lines[index + 1 :], start=index + 1):
                     if rest.strip():
-                        evaluator.record_not_run(rest, f"the call failed: {e}", point_file=str(point_file),
-                                                 block_index=later)
+                        evaluator.record_not_run(
+                            rest, f"the call failed: {e}", point_file=str(point_file), block_index=later
+                        )
                 raise
             emit(record.output_line + "\n")
 

@@ -124,12 +124,18 @@ def prepare_splits(config: DataConfig, tokenizer: Any) -> Splits:
         if len(split) < len(rows):
             logger.warning(
                 "%d of %d %s rows dropped: their prompt alone fills max_length=%d",
-                len(rows) - len(split), len(rows), name, config.max_length,
+                len(rows) - len(split),
+                len(rows),
+                name,
+                config.max_length,
             )
     _store(folder, train, validation)
     logger.info(
         "tokenised %d train / %d validation examples in %.1f s (cached in %s)",
-        len(train), len(validation), time.perf_counter() - started, folder,
+        len(train),
+        len(validation),
+        time.perf_counter() - started,
+        folder,
     )
     return Splits(train, validation, key, False)
 
@@ -182,18 +188,17 @@ def _load_records(source: str) -> list[dict[str, Any]]:
 
     path = Path(source).expanduser()
     builder = LOCAL_SUFFIXES.get(path.suffix.lower())
+    if builder is not None and not path.is_file():
+        raise SetupError(f"data file {source} does not exist")
     try:
         if builder is not None:
-            if not path.is_file():
-                raise SetupError(f"data file {source} does not exist")
             dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
         elif path.is_dir():
             dataset = datasets.load_dataset(str(path), split="train")
         else:
             dataset = datasets.load_dataset(source, split="train")
-    except SetupError:
-        raise
-    except Exception as e:  # noqa: BLE001 - datasets raises many types; each means "cannot read this source"
+    # datasets raises many types (offline hub, unknown name, bad JSON); each means "cannot read this source".
+    except Exception as e:
         raise SetupError(f"cannot load data source {source!r}: {type(e).__name__}: {e}") from e
     return list(dataset.to_list())
 
@@ -211,15 +216,14 @@ def rows_from_records(records: list[dict[str, Any]], *, source: str) -> list[Row
     if not records:
         raise SetupError(f"data source {source!r} holds no rows")
     columns = set(records[0])
-    for instruction, context, response in _FIELD_SETS:
-        if instruction in columns and response in columns:
-            break
-    else:
+    fields = next((f for f in _FIELD_SETS if f[0] in columns and f[2] in columns), None)
+    if fields is None:
         raise SetupError(
             f"data source {source!r} has fields {sorted(columns)}; expected 'instruction' and 'response' "
             "(and optionally 'context'), as in Dolly, or 'instruction' and 'output' (and optionally "
             "'input'), as in Alpaca"
         )
+    instruction, context, response = fields
     rows = []
     for number, record in enumerate(records, start=1):
         if record.get(instruction) is None or record.get(response) is None:
@@ -282,7 +286,9 @@ def tokenize_rows(rows: Sequence[Row], tokenizer: Any, *, template: str, max_len
     return _from_examples(ids_list, prompt_lengths)
 
 
-def _from_examples(ids_list: Sequence[Sequence[int]], prompt_lengths: Sequence[int]) -> TokenizedSplit:
+def _from_examples(
+    ids_list: Sequence[Sequence[int] | np.ndarray], prompt_lengths: Sequence[int]
+) -> TokenizedSplit:
     lengths = np.fromiter((len(ids) for ids in ids_list), dtype=np.int64, count=len(ids_list))
     offsets = np.zeros(len(ids_list) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])

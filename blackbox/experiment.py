@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from blackbox.errors import ConfigError

@@ -25,7 +25,9 @@ class Precision:
     autocast: torch.dtype | None
 
     def autocast_context(self, device: torch.device) -> Any:
-        return torch.autocast(device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None)
+        return torch.autocast(
+            device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None
+        )
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -61,7 +63,9 @@ def resolve_precision(model: ModelConfig, training: TrainingConfig, device: torc
     else:
         autocast = _DTYPES.get(training.autocast)
     if torch.bfloat16 in (weights, autocast) and not bf16_ok:
-        raise SetupError(f"bfloat16 is not supported on {device}: use model.dtype=float32 and training.autocast=none")
+        raise SetupError(
+            f"bfloat16 is not supported on {device}: use model.dtype=float32 and training.autocast=none"
+        )
     if torch.float16 in (weights, autocast) and device.type == "cpu":
         raise SetupError("float16 is not supported on the CPU: use float32 or bfloat16")
     return Precision(weights, autocast)
@@ -115,7 +119,7 @@ def load_base_model(
     except (OSError, ValueError) as e:
         raise SetupError(f"cannot load model {config.name_or_path!r}: {e}") from e
     if "device_map" not in kwargs:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers' decorator hides the signature
     model.requires_grad_(False)
     model.config.use_cache = False  # no KV cache while training
     if config.quantization != "none":
@@ -154,7 +158,7 @@ def attach_lora(base_model: Any, hparams: HyperParams, config: ModelConfig) -> A
 
     lora = LoraConfig(
         r=hparams.lora_r,
-        lora_alpha=hparams.lora_alpha,
+        lora_alpha=hparams.lora_alpha,  # type: ignore[arg-type]  # annotated int; any number works
         lora_dropout=hparams.lora_dropout,
         target_modules=list(config.target_modules),
         bias="none",
@@ -163,13 +167,30 @@ def attach_lora(base_model: Any, hparams: HyperParams, config: ModelConfig) -> A
     try:
         return get_peft_model(base_model, lora)
     except ValueError as e:
+        _strip_lora(base_model)
         # peft names the modules it could not find: a configuration error of the whole experiment.
         raise SetupError(f"cannot attach LoRA to {list(config.target_modules)}: {e}") from e
+    except BaseException:
+        # E.g. out of memory for a huge rank, after some layers were already wrapped: put them back,
+        # so that the next point starts from the plain base model.
+        _strip_lora(base_model)
+        raise
 
 
 def detach_lora(peft_model: Any) -> Any:
     """The base model again, with every LoRA layer removed (nothing merged)."""
     return peft_model.unload()
+
+
+def _strip_lora(model: Any) -> None:
+    """Replace every LoRA-wrapped layer by the layer it wraps."""
+    from peft.tuners.lora import LoraLayer
+
+    wrapped = [(name, module) for name, module in model.named_modules() if isinstance(module, LoraLayer)]
+    for name, module in wrapped:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, module.get_base_layer())
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

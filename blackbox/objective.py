@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 import os
 import platform
 import secrets
@@ -87,78 +88,56 @@ class Evaluator:
         Raises:
             SetupError: the model or the data cannot be loaded; the whole call must fail.
         """
-        where = {"point_line": line, "point_file": point_file, "block_index": block_index}
+        source = PointSource(line=line, file=point_file, index=block_index)
         try:
-            point = parse_point(line)
-            hparams = self.space.decode(point)
+            values = parse_point(line)
+            hparams = self.space.decode(values)
         except PointError as e:
-            logger.error("point %s (%r) is invalid: %s", _position(block_index), line.strip(), e)
-            record = self._record(_new_run_id(), Status.INVALID_POINT, error=str(e), **where)
+            logger.error("point %s (%r) is invalid: %s", source.label, line.strip(), e)
+            record = self._record(_new_run_id(), Status.INVALID_POINT, source, error=str(e))
             append_record(self.records_file, record)
             return record
-        return self.evaluate(hparams, point=point, **where)
+        return self.evaluate(hparams, PointSource(line, values, point_file, block_index))
 
-    def evaluate(
-        self,
-        hparams: HyperParams,
-        *,
-        point: tuple[float, ...] | None = None,
-        point_line: str | None = None,
-        point_file: str | None = None,
-        block_index: int | None = None,
-    ) -> EvalRecord:
+    def evaluate(self, hparams: HyperParams, source: PointSource | None = None) -> EvalRecord:
         """Train and validate one set of hyperparameters; write and return its record.
 
         Raises:
             SetupError: the model or the data cannot be loaded (recorded as NOT_RUN first).
             KeyboardInterrupt: the call was interrupted (recorded as INTERRUPTED first).
         """
-        run_id = _new_run_id()
-        run_dir = self.experiment.records_dir / "evals" / run_id
-        run_dir.mkdir(parents=True, exist_ok=True)
-        where = {"point": point, "point_line": point_line, "point_file": point_file, "block_index": block_index}
-        started_at = _now()
-        started = time.perf_counter()
-        timings: dict[str, float] = {}
-        metrics: dict[str, Any] = {"run_id": run_id}
-        status, error = Status.OK, None
-        with _log_to(run_dir / "eval.log"):
-            logger.info("evaluation %s: %s", run_id, hparams)
+        attempt = _Attempt.start(self.experiment.records_dir, hparams, source or PointSource())
+        with _log_to(attempt.run_dir / "eval.log"):
+            logger.info("evaluation %s: %s", attempt.run_id, hparams)
             try:
-                loaded = self._load(timings)
+                loaded = self._load(attempt.timings)
                 _reset_peak_memory(loaded.device)
-                metrics.update(self._train_and_validate(hparams, loaded, run_dir, timings))
-            except (SetupError, KeyboardInterrupt) as e:
-                status = Status.NOT_RUN if isinstance(e, SetupError) else Status.INTERRUPTED
-                self._finish(run_id, run_dir, status, str(e) or type(e).__name__, hparams, metrics,
-                             timings, started, started_at, where)
+                attempt.metrics.update(self._train_and_validate(hparams, loaded, attempt))
+            except SetupError as e:
+                self._finish(attempt, Status.NOT_RUN, str(e))
+                raise
+            except KeyboardInterrupt as e:
+                self._finish(attempt, Status.INTERRUPTED, str(e) or "interrupted")
                 raise
             except TrainingDiverged as e:
-                status, error = Status.DIVERGED, str(e)
+                return self._finish(attempt, Status.DIVERGED, str(e))
             except TrainingTimeout as e:
-                status, error = Status.TIMEOUT, str(e)
-            except (torch.OutOfMemoryError, MemoryError) as e:
-                status, error = Status.OOM, f"out of memory: {e}"
-            except Exception as e:  # noqa: BLE001 - the one boundary: a failure of one point fails that point only
-                status, error = Status.ERROR, f"{type(e).__name__}: {e}"
-                logger.error("evaluation %s failed", run_id, exc_info=True)
-                (run_dir / "traceback.txt").write_text(traceback.format_exc())
-            if status is not Status.OK:
-                logger.error("evaluation %s: %s: %s", run_id, status.value, error)
-            return self._finish(run_id, run_dir, status, error, hparams, metrics, timings, started,
-                                started_at, where)
+                return self._finish(attempt, Status.TIMEOUT, str(e))
+            # The one boundary: any other failure of one point (a bug, a CUDA error) fails that point only.
+            except Exception as e:
+                (attempt.run_dir / "traceback.txt").write_text(traceback.format_exc())
+                if _is_out_of_memory(e):
+                    return self._finish(attempt, Status.OOM, f"out of memory: {e}")
+                logger.error("evaluation %s failed", attempt.run_id, exc_info=True)
+                return self._finish(attempt, Status.ERROR, f"{type(e).__name__}: {e}")
+            return self._finish(attempt, Status.OK, None)
 
     def record_not_run(self, line: str, reason: str, *, point_file: str | None, block_index: int) -> None:
         """Record a point the call could not reach (it failed before), so no request goes unrecorded."""
-        append_record(
-            self.records_file,
-            self._record(_new_run_id(), Status.NOT_RUN, error=reason, point_line=line,
-                         point_file=point_file, block_index=block_index),
-        )
+        source = PointSource(line=line, file=point_file, index=block_index)
+        append_record(self.records_file, self._record(_new_run_id(), Status.NOT_RUN, source, error=reason))
 
-    def _train_and_validate(
-        self, hparams: HyperParams, loaded: _Loaded, run_dir: Path, timings: dict[str, float]
-    ) -> dict[str, Any]:
+    def _train_and_validate(self, hparams: HyperParams, loaded: _Loaded, attempt: _Attempt) -> dict[str, Any]:
         config = self.experiment
         _seed_everything(config.training.seed)
         model = attach_lora(loaded.base_model, hparams, config.model)
@@ -173,7 +152,7 @@ class Evaluator:
                 precision=loaded.precision,
                 pad_id=loaded.pad_id,
             )
-            timings["train_s"] = stats.seconds
+            attempt.timings["train_s"] = stats.seconds
             result = validate(
                 model=model,
                 split=loaded.splits.validation,
@@ -182,11 +161,11 @@ class Evaluator:
                 precision=loaded.precision,
                 pad_id=loaded.pad_id,
             )
-            timings["validation_s"] = result.seconds
-            if not torch.isfinite(torch.tensor(result.loss)):
+            attempt.timings["validation_s"] = result.seconds
+            if not math.isfinite(result.loss):
                 raise TrainingDiverged(f"validation loss is {result.loss}")
             if config.records.save_adapter:
-                model.save_pretrained(run_dir / "adapter")
+                model.save_pretrained(attempt.run_dir / "adapter")
         finally:
             loaded.base_model = detach_lora(model)
             del model
@@ -221,37 +200,43 @@ class Evaluator:
         started = time.perf_counter()
         base_model = load_base_model(config.model, config.training, device, precision)
         timings["model_load_s"] = time.perf_counter() - started
-        logger.info("model %s loaded on %s in %.1f s", config.model.name_or_path, device, timings["model_load_s"])
+        logger.info(
+            "model %s loaded on %s in %.1f s", config.model.name_or_path, device, timings["model_load_s"]
+        )
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._loaded = _Loaded(tokenizer, splits, base_model, device, precision, pad_id)
         return self._loaded
 
-    def _finish(
-        self,
-        run_id: str,
-        run_dir: Path,
-        status: Status,
-        error: str | None,
-        hparams: HyperParams,
-        metrics: dict[str, Any],
-        timings: dict[str, float],
-        started: float,
-        started_at: str,
-        where: dict[str, Any],
-    ) -> EvalRecord:
-        timings["total_s"] = time.perf_counter() - started
-        metrics["total_seconds"] = timings["total_s"]
-        memory = _memory(self._loaded.device if self._loaded else None)
-        metrics["peak_memory_gib"] = memory["peak_gib"]
+    def _finish(self, attempt: _Attempt, status: Status, error: str | None) -> EvalRecord:
+        """Write the record of an attempt (its run folder and the records file) and return it."""
+        device = self._loaded.device if self._loaded is not None else None
+        if device is not None:
+            # A failed point's tensors are freed with its traceback, which is gone once the caller's
+            # except clause ends; the allocator cache is emptied here, and again before the next point.
+            _release_memory(device)
+        if status is not Status.OK:
+            logger.error("evaluation %s: %s: %s", attempt.run_id, status.value, error)
+        attempt.timings["total_s"] = time.perf_counter() - attempt.started
+        attempt.metrics["total_seconds"] = attempt.timings["total_s"]
+        memory = _memory(device)
+        attempt.metrics["peak_memory_gib"] = memory["peak_gib"]
         record = self._record(
-            run_id, status, error=error, hparams=hparams.as_dict(), metrics=metrics, timings=timings,
-            memory=memory, run_dir=str(run_dir), started_at=started_at, **where,
+            attempt.run_id,
+            status,
+            attempt.source,
+            error=error,
+            hparams=attempt.hparams.as_dict(),
+            metrics=attempt.metrics,
+            timings=attempt.timings,
+            memory=memory,
+            run_dir=str(attempt.run_dir),
+            started_at=attempt.started_at,
         )
-        write_json_atomic(run_dir / "record.json", record.to_json())
+        write_json_atomic(attempt.run_dir / "record.json", record.to_json())
         append_record(self.records_file, record)
         return record
 
-    def _record(self, run_id: str, status: Status, **fields: Any) -> EvalRecord:
+    def _record(self, run_id: str, status: Status, source: PointSource, **fields: Any) -> EvalRecord:
         metrics = fields.pop("metrics", {"run_id": run_id})
         timings = fields.pop("timings", {})
         if self._startup_s is not None:
@@ -264,6 +249,10 @@ class Evaluator:
             fingerprint=self.experiment.fingerprint(),
             status=status,
             outputs=output_tokens(self.experiment.study.outputs, status, metrics),
+            point_line=source.line,
+            point=source.values,
+            point_file=source.file,
+            block_index=source.index,
             metrics=metrics,
             timings=timings,
             seed=self.experiment.training.seed,
@@ -276,11 +265,53 @@ class Evaluator:
         )
 
 
+@dataclass(frozen=True)
+class PointSource:
+    """Where a point came from: a line of an optimizer's point file, or nothing (Python API)."""
+
+    line: str | None = None
+    values: tuple[float, ...] | None = None
+    file: str | None = None
+    index: int | None = None  # 0-based line index in the file
+
+    @property
+    def label(self) -> str:
+        return str(self.index + 1) if self.index is not None else "-"
+
+
+@dataclass
+class _Attempt:
+    """One evaluation while it runs: its identity, folder, and what it has measured so far."""
+
+    run_id: str
+    run_dir: Path
+    hparams: HyperParams
+    source: PointSource
+    started: float
+    started_at: str
+    metrics: dict[str, Any]
+    timings: dict[str, float]
+
+    @classmethod
+    def start(cls, records_dir: Path, hparams: HyperParams, source: PointSource) -> _Attempt:
+        run_id = _new_run_id()
+        run_dir = records_dir / "evals" / run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return cls(run_id, run_dir, hparams, source, time.perf_counter(), _now(), {"run_id": run_id}, {})
+
+
 def _seed_everything(seed: int) -> None:
     """The same RNG state before every point, so a point gives the same result in any position."""
     from transformers import set_seed
 
     set_seed(seed)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """GPU OOM, Python's MemoryError, or the CPU allocator failing (a plain RuntimeError in torch)."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(error)
 
 
 def _reset_peak_memory(device: torch.device) -> None:
@@ -346,7 +377,3 @@ def _new_run_id() -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _position(block_index: int | None) -> str:
-    return f"{block_index + 1}" if block_index is not None else "-"

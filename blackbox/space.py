@@ -79,7 +79,7 @@ class SearchSpace:
             tolerance = 1e-12 * max(1.0, abs(var.lower), abs(var.upper))
             if not var.lower - tolerance <= x <= var.upper + tolerance:
                 raise PointError(f"{var.name}={x!r} is out of bounds [{var.lower:g}, {var.upper:g}]")
-            snapped.append(min(max(x, var.lower), var.upper))
+            snapped.append(min(max(x, var.lower), var.upper) + 0.0)  # + 0.0 turns NOMAD's -0 into 0
         return tuple(snapped)
 
     def decode(self, point: tuple[float, ...]) -> HyperParams:
@@ -134,11 +134,11 @@ def _decode_one(var: VariableConfig, x: float) -> float:
     if var.decode == "plain":
         return x
     if var.decode == "choice":
-        return var.values[int(x) - 1]
+        return float(var.values[int(x) - 1])
     if var.decode == "power_of_two":
-        return 2.0**x
+        return float(2.0**x)
     if var.decode == "log10":
-        return 10.0**x
+        return float(10.0**x)
     raise AssertionError(f"unhandled decode {var.decode!r}")  # 'multiple' is decoded by the caller
 
 

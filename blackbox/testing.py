@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 _WORDS = (
@@ -24,13 +25,17 @@ _WORDS = (
     "thunder meadow castle harbor lemon marble feather"
 ).split()
 
-_TASKS = {
+_TASKS: dict[str, Callable[[list[str]], tuple[str, str, str]]] = {
     "repeat": lambda w: (f"Repeat the word {w[0]} twice.", "", f"{w[0]} {w[0]}"),
     "upper": lambda w: (f"Write {w[0]} in capital letters.", "", w[0].upper()),
     "first": lambda w: ("Give the first word of the list.", " ".join(w[:3]), w[0]),
     "last": lambda w: ("Give the last word of the list.", " ".join(w[:3]), w[2]),
     "reverse": lambda w: ("Reverse the order of the words.", " ".join(w[:3]), " ".join(reversed(w[:3]))),
-    "count": lambda w: ("How many words are in the list?", " ".join(w[: len(w[0]) % 4 + 1]), str(len(w[0]) % 4 + 1)),
+    "count": lambda w: (
+        "How many words are in the list?",
+        " ".join(w[: len(w[0]) % 4 + 1]),
+        str(len(w[0]) % 4 + 1),
+    ),
 }
 
 
@@ -79,22 +84,35 @@ def build_tiny_model(folder: Path, *, pretrain_steps: int = 300, seed: int = 0) 
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     bpe.train_from_iterator(
-        corpus + [" ".join(_WORDS), " ".join(_WORDS).upper()],
-        trainers.BpeTrainer(vocab_size=384, special_tokens=["<s>", "</s>", "<pad>"],
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+        [*corpus, " ".join(_WORDS), " ".join(_WORDS).upper()],
+        trainers.BpeTrainer(
+            vocab_size=384,
+            special_tokens=["<s>", "</s>", "<pad>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
     )
     bos, eos, pad = (bpe.token_to_id(t) for t in ("<s>", "</s>", "<pad>"))
     bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=bpe.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, tie_word_embeddings=True,
+        vocab_size=bpe.get_vocab_size(),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
-    texts = [tokenizer(t)["input_ids"][:160] + [eos] for t in corpus]
+    texts = [[*tokenizer(t)["input_ids"][:160], eos] for t in corpus]
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     rng = random.Random(seed)
     model.train()

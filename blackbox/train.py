@@ -83,7 +83,9 @@ def train(
         for batch in batches:
             batch = batch.to(device)
             with precision.autocast_context(device):
-                logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids).logits
+                logits = model(
+                    input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False
+                ).logits
             # Normalised by the step's target tokens: the loss of a step does not depend on how it is cut.
             loss = token_loss_sum(logits, batch.labels) / max(step_targets, 1)
             del logits
@@ -106,7 +108,12 @@ def train(
             eta = elapsed / step * (steps - step)
             logger.info(
                 "step %d/%d loss %.4f lr %.3g %.0f tok/s ETA %s",
-                step, steps, step_loss, scheduler.get_last_lr()[0], real_tokens / elapsed, _duration(eta),
+                step,
+                steps,
+                step_loss,
+                scheduler.get_last_lr()[0],
+                real_tokens / elapsed,
+                _duration(eta),
             )
         if config.timeout_s and elapsed > config.timeout_s and step < steps:
             raise TrainingTimeout(f"training passed timeout_s={config.timeout_s:g} at step {step}/{steps}")

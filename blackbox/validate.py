@@ -43,7 +43,9 @@ def validate(
         for batch in batches:
             batch = batch.to(device)
             with precision.autocast_context(device):
-                logits = model(input_ids=batch.input_ids).logits
+                logits = model(input_ids=batch.input_ids, use_cache=False).logits
             total += token_loss_sum(logits, batch.labels).double()
             tokens += batch.target_tokens
-    return ValidationStats(loss=float(total) / tokens, target_tokens=tokens, seconds=time.perf_counter() - started)
+    return ValidationStats(
+        loss=float(total) / tokens, target_tokens=tokens, seconds=time.perf_counter() - started
+    )

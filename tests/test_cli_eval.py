@@ -1,0 +1,221 @@
+"""``lora-blackbox eval`` as NOMAD calls it: a subprocess, the point file last, stdout read as bytes."""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from blackbox.record import read_records
+from tests.conftest import BLACKBOX
+
+pytestmark = pytest.mark.slow
+
+RESULT = re.compile(rb"(\d+\.\d+(?:e-?\d+)?) (\d+\.\d+(?:e-?\d+)?) (\d{8}T\d{6}-[0-9a-f]{8})\n")
+FAILED = b"nan nan nan\n"
+
+
+def _records(experiment: Path) -> list[dict]:
+    return read_records(experiment.parent / "runs" / "records.jsonl")
+
+
+def test_a_block_as_nomad_writes_it(tmp_path: Path, tiny_experiment: Path, run_blackbox) -> None:
+    points = tmp_path / "nomadtmp.123.0"
+    points.write_text(
+        "  2   -2.00000000000000   0.10000000000000  \n"  # valid, padded
+        "\n"  # blank: evaluated elsewhere, no output line
+        "1 -2.5 -0\n"  # valid, NOMAD's -0
+        "2.5 -2 0\n"  # integer variable not integral
+        "5 -2 0\n"  # out of bounds
+        "2 -2\n"  # wrong number of values
+        "2 abc 0\n"  # not a number
+        "2 -2 0.1\n"  # the first point again
+    )
+    result = run_blackbox(["eval", "--experiment", str(tiny_experiment), str(points)])
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stdout.splitlines(keepends=True)
+    assert len(lines) == 7
+    first, second, *bad, again = lines
+    assert RESULT.fullmatch(first) and RESULT.fullmatch(second) and RESULT.fullmatch(again)
+    assert bad == [FAILED] * 4
+    assert first.split()[0] == again.split()[0]  # same point, same objective, in one process
+    stderr = result.stderr.decode()
+    for line_number, reason in [
+        (4, "integer variable"),
+        (5, "out of bounds"),
+        (6, "expected 3 values"),
+        (7, "not a number"),
+    ]:
+        assert re.search(rf"point {line_number} .*{reason}", stderr), stderr
+    records = _records(tiny_experiment)
+    assert [r["status"] for r in records] == ["OK", "OK"] + ["INVALID_POINT"] * 4 + ["OK"]
+    assert [r["block_index"] for r in records] == [0, 2, 3, 4, 5, 6, 7]
+    assert records[1]["hparams"]["lora_dropout"] == 0.0
+    ok = records[0]
+    assert ok["outputs"] == first.decode().split()
+    assert float(first.split()[0]) == ok["metrics"]["validation_loss"]
+    assert set(ok["timings"]) >= {
+        "startup_s",
+        "model_load_s",
+        "data_prep_s",
+        "train_s",
+        "validation_s",
+        "total_s",
+    }
+    assert ok["versions"]["torch"] and ok["versions"]["peft"] and ok["versions"]["transformers"]
+    assert ok["memory"]["peak_gib"] > 0 and ok["seed"] == 0
+    assert (Path(ok["run_dir"]) / "eval.log").read_text().count("step ") >= 3
+
+
+def test_a_point_gives_the_same_objective_in_its_own_process(tmp_path, tiny_experiment, run_blackbox) -> None:
+    both = tmp_path / "both.txt"
+    both.write_text("3 -2.5 0\n2 -2 0.1\n")
+    alone = tmp_path / "alone.txt"
+    alone.write_text("2 -2 0.1\n")
+    block = run_blackbox(["eval", "-e", str(tiny_experiment), str(both)])
+    single = run_blackbox(["eval", "-e", str(tiny_experiment), str(alone)])
+    assert block.returncode == single.returncode == 0
+    assert block.stdout.splitlines()[1].split()[:2] == single.stdout.split()[:2]
+
+
+def test_a_diverging_learning_rate_prints_inf(tmp_path, tiny_experiment, run_blackbox) -> None:
+    points = tmp_path / "x.txt"
+    points.write_text("2 36 0\n")  # learning rate 1e36: the loss becomes NaN within a few steps
+    result = run_blackbox(["eval", "-e", str(tiny_experiment), str(points)])
+    assert result.returncode == 0
+    assert re.fullmatch(rb"inf nan \d{8}T\d{6}-[0-9a-f]{8}\n", result.stdout), result.stdout
+    [record] = _records(tiny_experiment)
+    assert record["status"] == "DIVERGED" and "nan" in record["error"]
+
+
+def test_out_of_memory_fails_that_point_only(tmp_path, tiny_experiment, run_blackbox) -> None:
+    points = tmp_path / "x.txt"
+    points.write_text("4 -2 0\n2 -2 0.1\n")  # rank 16,777,216 cannot fit in 4 GiB of address space
+    limit = 4 * 1024**3
+    result = run_blackbox(
+        ["eval", "-e", str(tiny_experiment), str(points)],
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)),
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    oom, after = result.stdout.splitlines(keepends=True)
+    assert oom == FAILED and RESULT.fullmatch(after)
+    assert "OOM" in result.stderr.decode()
+    statuses = [r["status"] for r in _records(tiny_experiment)]
+    assert statuses == ["OOM", "OK"]
+    # The point after the failure ran on a clean base model: same objective as in a fresh process.
+    alone = tmp_path / "alone.txt"
+    alone.write_text("2 -2 0.1\n")
+    single = run_blackbox(["eval", "-e", str(tiny_experiment), str(alone)])
+    assert after.split()[0] == single.stdout.split()[0]
+
+
+SITECUSTOMIZE = """
+import ctypes, os
+import torch.nn.functional as F
+
+_original = F.cross_entropy
+
+def noisy_cross_entropy(*args, **kwargs):
+    print("PRINTED NOISE")                                   # Python-level stdout
+    os.write(1, b"FD1 NOISE\\n")                              # file descriptor 1
+    ctypes.CDLL(None).write(1, b"NATIVE NOISE\\n", 13)        # C code writing to fd 1
+    return _original(*args, **kwargs)
+
+F.cross_entropy = noisy_cross_entropy
+"""
+
+
+def test_stdout_carries_result_lines_only(tmp_path, tiny_experiment, run_blackbox) -> None:
+    (tmp_path / "noise").mkdir()
+    (tmp_path / "noise" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    points = tmp_path / "x.txt"
+    points.write_text("2 -2 0.1\n")
+    result = run_blackbox(
+        ["eval", "-e", str(tiny_experiment), str(points)], env={"PYTHONPATH": str(tmp_path / "noise")}
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert RESULT.fullmatch(result.stdout), result.stdout
+    for noise in ("PRINTED NOISE", "FD1 NOISE", "NATIVE NOISE"):
+        assert noise in result.stderr.decode()
+
+
+def test_missing_model_fails_the_call_and_records_every_point(
+    tmp_path, tiny_experiment, run_blackbox
+) -> None:
+    points = tmp_path / "x.txt"
+    points.write_text("2 -2 0.1\n\n3 -3 0\n")
+    result = run_blackbox(
+        [
+            "eval",
+            "-e",
+            str(tiny_experiment),
+            "--set",
+            f"model.name_or_path={tmp_path}/no-such-model",
+            str(points),
+        ]
+    )
+    assert result.returncode == 1
+    assert result.stdout == b""
+    stderr = result.stderr.decode()
+    assert "no-such-model" in stderr and "Traceback" not in stderr
+    assert [r["status"] for r in _records(tiny_experiment)] == ["NOT_RUN", "NOT_RUN"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--set", "training.max_step=5"], 2, "unknown key 'training.max_step'"),
+        (["--set", "training.seed=abc"], 2, "training.seed"),
+        (["-e", "no-such-experiment"], 2, "no experiment file"),
+    ],
+)
+def test_bad_experiments_exit_2(tmp_path, tiny_experiment, run_blackbox, args, code, message) -> None:
+    points = tmp_path / "x.txt"
+    points.write_text("2 -2 0.1\n")
+    if "-e" not in args:
+        args = ["-e", str(tiny_experiment), *args]
+    result = run_blackbox(["eval", *args, str(points)])
+    assert result.returncode == code
+    assert result.stdout == b""
+    assert message in result.stderr.decode()
+
+
+def test_unreadable_point_file_exits_1(tiny_experiment, run_blackbox) -> None:
+    result = run_blackbox(["eval", "-e", str(tiny_experiment), "/no/such/points.txt"])
+    assert result.returncode == 1 and result.stdout == b""
+    assert "cannot read point file /no/such/points.txt" in result.stderr.decode()
+
+
+def test_experiment_from_the_environment(tmp_path, tiny_experiment, run_blackbox) -> None:
+    points = tmp_path / "x.txt"
+    points.write_text("2 -2 0.1\n")
+    result = run_blackbox(["eval", str(points)], env={"LORA_BLACKBOX_EXPERIMENT": str(tiny_experiment)})
+    assert result.returncode == 0 and RESULT.fullmatch(result.stdout)
+
+
+def test_sigint_records_the_running_point_as_interrupted(tmp_path, tiny_experiment) -> None:
+    points = tmp_path / "x.txt"
+    points.write_text("2 -2 0.1\n")
+    process = subprocess.Popen(
+        [*BLACKBOX, "eval", "-e", str(tiny_experiment), "--set", "training.max_steps=100000", str(points)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    log = tmp_path / "runs" / "evals"
+    deadline = time.monotonic() + 120
+    while not any(p.name == "eval.log" and "step " in p.read_text() for p in log.glob("*/eval.log")):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, _ = process.communicate(timeout=60)
+    assert process.returncode == 130 and stdout == b""
+    [record] = _records(tiny_experiment)
+    assert record["status"] == "INTERRUPTED"
+    assert json.loads((Path(record["run_dir"]) / "record.json").read_text())["status"] == "INTERRUPTED"

@@ -1,0 +1,101 @@
+from importlib import resources
+
+import pytest
+
+from blackbox.errors import ConfigError
+from blackbox.experiment import load_experiment, parse_value, shipped_experiments
+
+
+def test_ships_the_paper_studies_and_the_demo() -> None:
+    assert {"paper_exp1", "paper_exp2", "paper_exp3", "demo"} <= set(shipped_experiments())
+
+
+@pytest.mark.parametrize(
+    ("name", "budget", "epochs"), [("paper_exp1", 50, 3), ("paper_exp2", 100, 2), ("paper_exp3", 50, 3)]
+)
+def test_paper_settings(name: str, budget: int, epochs: int) -> None:
+    exp = load_experiment(name)
+    assert exp.study.budget == budget
+    assert exp.training.epochs == epochs
+    assert exp.model.name_or_path == "meta-llama/Llama-2-7b-hf"
+    assert exp.model.target_modules == ("q_proj", "v_proj")
+    assert exp.data.train == ("tatsu-lab/alpaca", "databricks/databricks-dolly-15k")
+    assert exp.data.holdout_fraction == 0.2 and not exp.data.validation
+    assert (exp.data.max_length, exp.data.template) == (512, "alpaca")
+    t = exp.training
+    assert (t.effective_batch_size, t.lr_scheduler, t.warmup_ratio, t.weight_decay, t.seed) == (
+        128,
+        "cosine",
+        0.03,
+        0.0,
+        42,
+    )
+    assert exp.study.outputs[0] == "OBJ:validation_loss"
+
+
+def test_overrides_parse_toml_values_or_strings() -> None:
+    exp = load_experiment(
+        "paper_exp2",
+        [
+            "model.name_or_path=/models/tiny",
+            "training.max_steps=5",
+            "training.seed=7",
+            'model.target_modules=["q_proj", "k_proj"]',
+            "data.train=/data/train.jsonl",
+            "records.save_adapter=false",
+        ],
+    )
+    assert exp.model.name_or_path == "/models/tiny"
+    assert exp.training.max_steps == 5 and exp.training.seed == 7
+    assert exp.model.target_modules == ("q_proj", "k_proj")
+    assert exp.data.train == ("/data/train.jsonl",)
+    assert exp.records.save_adapter is False
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_experiment("demo", ["training.max_step=5", "model.nme=x", "training.seed=abc"])
+    message = str(caught.value)
+    assert "training.max_step" in message and "model.nme" in message
+    with pytest.raises(ConfigError, match=r"training\.seed"):
+        load_experiment("demo", ["training.seed=abc"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training=3", "is a section"),
+        ("space.x=1", "no sub-keys|cannot be changed"),
+        ("nothing", "KEY=VALUE"),
+        ("model.dtype=float64", "model.dtype"),
+        ("training.max_steps=0", "max_steps"),
+    ],
+)
+def test_bad_overrides(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_experiment("demo", [override])
+
+
+def test_unknown_experiment_lists_the_shipped_ones() -> None:
+    with pytest.raises(ConfigError, match="paper_exp2"):
+        load_experiment("paper_exp9")
+
+
+def test_space_consistency_is_checked(tmp_path) -> None:
+    text = tmp_path / "x.toml"
+    base = resources.files("blackbox").joinpath("experiments", "paper_exp3.toml").read_text()
+    text.write_text(base.replace("learning_rate = 0.00031622776601683794  # 10^-3.5", ""))
+    with pytest.raises(ConfigError, match="learning_rate is neither"):
+        load_experiment(str(text))
+    text.write_text(base.replace("x0 = 8", "x0 = 80"))
+    with pytest.raises(ConfigError, match="x0"):
+        load_experiment(str(text))
+
+
+def test_parse_value() -> None:
+    assert parse_value("5") == 5
+    assert parse_value("1e-4") == 1e-4
+    assert parse_value("true") is True
+    assert parse_value("/a/b") == "/a/b"
+    assert parse_value("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf"
+    assert parse_value('"quoted"') == "quoted"

@@ -1,0 +1,79 @@
+"""The training loop on the tiny model: it learns, and how a step is cut does not change what it learns."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from blackbox.data import DataConfig, prepare_splits
+from blackbox.experiment import ModelConfig, TrainingConfig
+from blackbox.model import Precision, attach_lora, detach_lora, load_base_model, load_tokenizer
+from blackbox.space import HyperParams
+from blackbox.train import train
+from blackbox.validate import validate
+
+FP32 = Precision(torch.float32, None)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model: Path, tiny_data):
+    model_config = ModelConfig(name_or_path=str(tiny_model))
+    tokenizer = load_tokenizer(model_config)
+    data = DataConfig(train=(str(tiny_data[0]),), validation=(str(tiny_data[1]),), max_length=128)
+    splits = prepare_splits(data, tokenizer)
+    base = load_base_model(model_config, TrainingConfig(), CPU, FP32)
+    return model_config, splits, base, tokenizer.eos_token_id
+
+
+def _run(setup, *, learning_rate=1e-2, packed=False, **training) -> tuple[float, float]:
+    model_config, splits, base, pad_id = setup
+    torch.manual_seed(0)
+    model = attach_lora(base, HyperParams(8, 16, 0.0, learning_rate), model_config)
+    try:
+        config = TrainingConfig(max_steps=10, effective_batch_size=16, seed=0, **training)
+        stats = train(
+            model=model,
+            split=splits.train,
+            learning_rate=learning_rate,
+            config=config,
+            device=CPU,
+            precision=FP32,
+            pad_id=pad_id,
+            packed=packed,
+        )
+        result = validate(
+            model=model, split=splits.validation, batch_size=8, device=CPU, precision=FP32, pad_id=pad_id
+        )
+        return stats.train_loss, result.loss
+    finally:
+        detach_lora(model)
+
+
+def test_loss_falls_and_depends_on_the_learning_rate(setup) -> None:
+    _, splits, base, pad_id = setup
+    before = validate(
+        model=base, split=splits.validation, batch_size=8, device=CPU, precision=FP32, pad_id=pad_id
+    ).loss
+    _, tiny_lr = _run(setup, learning_rate=1e-5)
+    _, good_lr = _run(setup, learning_rate=1e-2)
+    assert good_lr < before - 0.1
+    assert abs(tiny_lr - before) < 0.05 < abs(good_lr - tiny_lr)
+
+
+def test_micro_batch_size_does_not_change_the_result(setup) -> None:
+    # The loss of a step is normalised by its target tokens, so gradient accumulation is exact.
+    whole = _run(setup, micro_batch_size=16)
+    cut = _run(setup, micro_batch_size=3)
+    packed = _run(setup, micro_batch_size=5, packed=True)
+    torch.testing.assert_close(cut, whole, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(packed, whole, rtol=1e-4, atol=1e-4)
+
+
+def test_the_base_model_is_unchanged_after_a_point(setup) -> None:
+    _, _, base, _ = setup
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    _run(setup)
+    after = base.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
