@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,14 +30,21 @@ class Batch:
     position_ids: torch.Tensor | None  # packed batches only: positions restart at each example
     target_tokens: int  # tokens that count in the loss
     real_tokens: int  # tokens that are not padding
+    # Packed batches only: the positions whose logits are needed (the next token is a target). The
+    # model computes logits for these alone: no LM-head work on prompt tokens.
+    logit_positions: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> Batch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
         return Batch(
             self.input_ids.to(device, non_blocking=True),
             self.labels.to(device, non_blocking=True),
-            None if self.position_ids is None else self.position_ids.to(device, non_blocking=True),
+            move(self.position_ids),
             self.target_tokens,
             self.real_tokens,
+            move(self.logit_positions),
         )
 
 
@@ -93,7 +101,9 @@ def pack(examples: list[tuple[np.ndarray, int]], *, pad_id: int) -> Batch:
         labels[start + max(prompt_length, 1) : end] = input_ids[start + max(prompt_length, 1) : end]
         positions[start:end] = torch.arange(len(ids))
         start = end
-    return _batch(input_ids[None], labels[None], positions[None], real_tokens=start)
+    logit_positions = torch.nonzero(labels[1:] != IGNORE_INDEX).flatten()
+    batch = _batch(input_ids[None], labels[None], positions[None], real_tokens=start)
+    return Batch(**{**batch.__dict__, "logit_positions": logit_positions})
 
 
 def _batch(
@@ -101,6 +111,22 @@ def _batch(
 ) -> Batch:
     target_tokens = int((labels[:, 1:] != IGNORE_INDEX).sum())
     return Batch(input_ids, labels, position_ids, target_tokens, real_tokens)
+
+
+def loss_sum(model: Any, batch: Batch) -> torch.Tensor:
+    """Sum of the cross-entropy (fp32) of every target token of the batch, each predicted one position
+    earlier. Run it inside the autocast context, on a batch already on the model's device."""
+    if batch.logit_positions is None:
+        logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
+        return token_loss_sum(logits, batch.labels)
+    logits = model(
+        input_ids=batch.input_ids,
+        position_ids=batch.position_ids,
+        logits_to_keep=batch.logit_positions,
+        use_cache=False,
+    ).logits
+    targets = batch.labels[0, batch.logit_positions + 1]
+    return torch.nn.functional.cross_entropy(logits[0].float(), targets, reduction="sum")
 
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

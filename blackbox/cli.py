@@ -30,7 +30,13 @@ logger = logging.getLogger("blackbox")
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr (no progress).")
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    envvar="LORA_BLACKBOX_QUIET",
+    help="Only warnings and errors on stderr (no progress).",
+)
 @click.version_option(__version__, prog_name="lora-blackbox")
 @click.pass_context
 def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
@@ -116,6 +122,68 @@ def decode_command(ctx: click.Context, experiment: str, overrides: tuple[str, ..
                 click.echo(json.dumps({"error": str(e)}))
         if failed:
             ctx.exit(1)
+
+
+@main.command("params")
+@experiment_options
+@click.option("--out", type=click.Path(path_type=Path), help="Write to this file instead of stdout.")
+@click.option("--container", metavar="IMAGE", help="BB_EXE runs each evaluation in this container image.")
+@click.option(
+    "--block-size",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Points per blackbox call (BB_MAX_BLOCK_SIZE); above 1, MEGA_SEARCH_POLL fills blocks.",
+)
+@click.pass_context
+def params_command(
+    ctx: click.Context,
+    experiment: str,
+    overrides: tuple[str, ...],
+    out: Path | None,
+    container: str | None,
+    block_size: int,
+) -> None:
+    """Write a NOMAD parameter file for the experiment's study (search space, budget, BB_EXE, files)."""
+    from blackbox.experiment import shipped_experiments
+    from blackbox.nomad import render_params
+
+    with _exit_codes(ctx):
+        exp = load_experiment(experiment, overrides)
+        path = Path(experiment).expanduser()
+        # A shipped name stays a name; a file is named by its absolute path, so BB_EXE finds it from anywhere.
+        shipped = experiment in shipped_experiments() and not path.is_file()
+        reference = experiment if shipped else str(path.resolve())
+        text = render_params(
+            exp, experiment_ref=reference, overrides=overrides, container=container, block_size=block_size
+        )
+        if out is None:
+            click.echo(text, nl=False)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
+            logger.info("wrote %s", out)
+
+
+@main.command("study")
+@click.argument("param_file", type=click.Path(path_type=Path))
+@click.option(
+    "--dir",
+    "study_dir",
+    type=click.Path(path_type=Path),
+    help="Study folder (default: runs/<PARAM_FILE name>). Rerun with the same folder to resume.",
+)
+@click.pass_context
+def study_command(ctx: click.Context, param_file: Path, study_dir: Path | None) -> None:
+    """Run or resume the NOMAD study of PARAM_FILE in its own folder (what ./run_nomad.sh does).
+
+    Uses the nomad executable ($NOMAD_EXE, or nomad on PATH), else the NOMAD library of PyNomadBBO.
+    Ctrl-C stops after the running evaluations; twice cuts them; the same command resumes.
+    """
+    from blackbox.study import run_study
+
+    with _exit_codes(ctx):
+        ctx.exit(run_study(param_file, study_dir or Path("runs") / param_file.stem))
 
 
 @contextlib.contextmanager

@@ -115,9 +115,7 @@ def prepare_splits(config: DataConfig, tokenizer: Any) -> Splits:
         return Splits(_load_split(folder, "train"), _load_split(folder, "validation"), key, True)
     started = time.perf_counter()
     train = tokenize_rows(train_rows, tokenizer, template=config.template, max_length=config.max_length)
-    validation = tokenize_rows(
-        validation_rows, tokenizer, template=config.template, max_length=config.max_length
-    )
+    validation = tokenize_rows(validation_rows, tokenizer, template=config.template, max_length=config.max_length)
     for name, split, rows in (("train", train, train_rows), ("validation", validation, validation_rows)):
         if len(split) == 0:
             raise SetupError(f"no {name} example has a response token within max_length={config.max_length}")
@@ -286,9 +284,7 @@ def tokenize_rows(rows: Sequence[Row], tokenizer: Any, *, template: str, max_len
     return _from_examples(ids_list, prompt_lengths)
 
 
-def _from_examples(
-    ids_list: Sequence[Sequence[int] | np.ndarray], prompt_lengths: Sequence[int]
-) -> TokenizedSplit:
+def _from_examples(ids_list: Sequence[Sequence[int] | np.ndarray], prompt_lengths: Sequence[int]) -> TokenizedSplit:
     lengths = np.fromiter((len(ids) for ids in ids_list), dtype=np.int64, count=len(ids_list))
     offsets = np.zeros(len(ids_list) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])

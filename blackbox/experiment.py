@@ -70,8 +70,7 @@ class StudyConfig(_Section):
             kind, _, metric = spec.partition(":")
             if kind not in OUTPUT_TYPES or metric not in METRIC_NAMES:
                 problems.append(
-                    f"output {spec!r} must be TYPE:METRIC with TYPE in {OUTPUT_TYPES} "
-                    f"and METRIC in {METRIC_NAMES}"
+                    f"output {spec!r} must be TYPE:METRIC with TYPE in {OUTPUT_TYPES} and METRIC in {METRIC_NAMES}"
                 )
             elif kind == "OBJ" and metric == "run_id":
                 problems.append("run_id is not a number: it can only be an EXTRA_O output")
@@ -191,6 +190,7 @@ class TrainingConfig(_Section):
     max_steps: int | None = Field(default=None, ge=1)
     effective_batch_size: int = Field(default=128, ge=1, description="sequences per optimizer step")
     micro_batch_size: int = Field(default=4, ge=1, description="sequences per forward/backward pass")
+    packing: bool = Field(default=True, description="pack micro-batches into one row: no padding at all")
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)

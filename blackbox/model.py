@@ -25,9 +25,7 @@ class Precision:
     autocast: torch.dtype | None
 
     def autocast_context(self, device: torch.device) -> Any:
-        return torch.autocast(
-            device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None
-        )
+        return torch.autocast(device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None)
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -63,9 +61,7 @@ def resolve_precision(model: ModelConfig, training: TrainingConfig, device: torc
     else:
         autocast = _DTYPES.get(training.autocast)
     if torch.bfloat16 in (weights, autocast) and not bf16_ok:
-        raise SetupError(
-            f"bfloat16 is not supported on {device}: use model.dtype=float32 and training.autocast=none"
-        )
+        raise SetupError(f"bfloat16 is not supported on {device}: use model.dtype=float32 and training.autocast=none")
     if torch.float16 in (weights, autocast) and device.type == "cpu":
         raise SetupError("float16 is not supported on the CPU: use float32 or bfloat16")
     return Precision(weights, autocast)
@@ -94,9 +90,7 @@ def load_tokenizer(config: ModelConfig) -> Any:
         raise SetupError(f"cannot load the tokenizer of {config.name_or_path!r}: {e}") from e
 
 
-def load_base_model(
-    config: ModelConfig, training: TrainingConfig, device: torch.device, precision: Precision
-) -> Any:
+def load_base_model(config: ModelConfig, training: TrainingConfig, device: torch.device, precision: Precision) -> Any:
     """The frozen base model on ``device``, through the real ``from_pretrained`` path.
 
     Raises:
@@ -125,9 +119,7 @@ def load_base_model(
     if config.quantization != "none":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=training.gradient_checkpointing
-        )
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training.gradient_checkpointing)
     elif training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model

@@ -76,13 +76,12 @@ class Evaluator:
     def __init__(self, experiment: Experiment) -> None:
         self.experiment = experiment
         self.space = SearchSpace.from_experiment(experiment)
-        self.records_file = experiment.records_dir / RECORDS_FILE
+        self.records_dir = experiment.records_dir.resolve()
+        self.records_file = self.records_dir / RECORDS_FILE
         self._loaded: _Loaded | None = None
         self._startup_s: float | None = time.time() - psutil.Process().create_time()
 
-    def evaluate_line(
-        self, line: str, *, point_file: str | None = None, block_index: int | None = None
-    ) -> EvalRecord:
+    def evaluate_line(self, line: str, *, point_file: str | None = None, block_index: int | None = None) -> EvalRecord:
         """Evaluate one non-blank line of a point file. An invalid point is recorded and fails alone.
 
         Raises:
@@ -106,7 +105,7 @@ class Evaluator:
             SetupError: the model or the data cannot be loaded (recorded as NOT_RUN first).
             KeyboardInterrupt: the call was interrupted (recorded as INTERRUPTED first).
         """
-        attempt = _Attempt.start(self.experiment.records_dir, hparams, source or PointSource())
+        attempt = _Attempt.start(self.records_dir, hparams, source or PointSource())
         with _log_to(attempt.run_dir / "eval.log"):
             logger.info("evaluation %s: %s", attempt.run_id, hparams)
             try:
@@ -160,6 +159,7 @@ class Evaluator:
                 device=loaded.device,
                 precision=loaded.precision,
                 pad_id=loaded.pad_id,
+                packed=config.training.packing,
             )
             attempt.timings["validation_s"] = result.seconds
             if not math.isfinite(result.loss):
@@ -200,9 +200,7 @@ class Evaluator:
         started = time.perf_counter()
         base_model = load_base_model(config.model, config.training, device, precision)
         timings["model_load_s"] = time.perf_counter() - started
-        logger.info(
-            "model %s loaded on %s in %.1f s", config.model.name_or_path, device, timings["model_load_s"]
-        )
+        logger.info("model %s loaded on %s in %.1f s", config.model.name_or_path, device, timings["model_load_s"])
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._loaded = _Loaded(tokenizer, splits, base_model, device, precision, pad_id)
         return self._loaded

@@ -107,9 +107,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                logger.warning(
-                    "%s line %d is not a complete record (a writer was killed?): skipped", path, number
-                )
+                logger.warning("%s line %d is not a complete record (a writer was killed?): skipped", path, number)
                 continue
             if isinstance(record, dict):
                 records.append(record)

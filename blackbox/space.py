@@ -40,9 +40,7 @@ class SearchSpace:
     @classmethod
     def from_experiment(cls, experiment: Experiment) -> SearchSpace:
         fixed = {
-            name: value
-            for name in HPARAM_NAMES
-            if (value := getattr(experiment.hyperparameters, name)) is not None
+            name: value for name in HPARAM_NAMES if (value := getattr(experiment.hyperparameters, name)) is not None
         }
         return cls(variables=experiment.space, fixed=fixed)
 

@@ -59,8 +59,7 @@ def write_instruction_files(folder: Path, *, n_train: int = 256, n_validation: i
     seen = {json.dumps(r) for r in instruction_rows(n_train, seed=1)}
     unseen = [r for r in instruction_rows(4 * n_validation, seed=2) if json.dumps(r) not in seen]
     alpaca = [
-        {"instruction": r["instruction"], "input": r["context"], "output": r["response"]}
-        for r in unseen[:n_validation]
+        {"instruction": r["instruction"], "input": r["context"], "output": r["response"]} for r in unseen[:n_validation]
     ]
     validation.write_text(json.dumps(alpaca, indent=1))
     return train, validation
@@ -93,9 +92,7 @@ def build_tiny_model(folder: Path, *, pretrain_steps: int = 300, seed: int = 0) 
     )
     bos, eos, pad = (bpe.token_to_id(t) for t in ("<s>", "</s>", "<pad>"))
     bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
     torch.manual_seed(seed)
     config = LlamaConfig(

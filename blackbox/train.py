@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from blackbox.batches import micro_batches, step_indices, steps_per_epoch, token_loss_sum
+from blackbox.batches import loss_sum, micro_batches, step_indices, steps_per_epoch
 from blackbox.data import TokenizedSplit
 from blackbox.errors import TrainingDiverged, TrainingTimeout
 from blackbox.experiment import TrainingConfig
@@ -47,7 +47,6 @@ def train(
     device: torch.device,
     precision: Precision,
     pad_id: int,
-    packed: bool = False,
 ) -> TrainStats:
     """Train the trainable (LoRA) parameters of ``model`` in place.
 
@@ -71,24 +70,20 @@ def train(
     plan = step_indices(len(split), config.effective_batch_size, config.seed)
     model.train()
     started = time.perf_counter()
-    loss_sum = 0.0
+    losses_total = 0.0
     step_loss = math.nan
     target_tokens = real_tokens = 0
     for step in range(1, steps + 1):
         batches = micro_batches(
-            split, next(plan), micro_batch_size=config.micro_batch_size, pad_id=pad_id, packed=packed
+            split, next(plan), micro_batch_size=config.micro_batch_size, pad_id=pad_id, packed=config.packing
         )
         step_targets = sum(b.target_tokens for b in batches)
         accumulated = torch.zeros((), device=device)
         for batch in batches:
             batch = batch.to(device)
             with precision.autocast_context(device):
-                logits = model(
-                    input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False
-                ).logits
-            # Normalised by the step's target tokens: the loss of a step does not depend on how it is cut.
-            loss = token_loss_sum(logits, batch.labels) / max(step_targets, 1)
-            del logits
+                # Normalised by the step's target tokens: the loss of a step does not depend on how it is cut.
+                loss = loss_sum(model, batch) / max(step_targets, 1)
             loss.backward()
             accumulated += loss.detach()
         step_loss = float(accumulated)
@@ -100,7 +95,7 @@ def train(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_sum += step_loss
+        losses_total += step_loss
         target_tokens += step_targets
         real_tokens += sum(b.real_tokens for b in batches)
         elapsed = time.perf_counter() - started
@@ -119,7 +114,7 @@ def train(
             raise TrainingTimeout(f"training passed timeout_s={config.timeout_s:g} at step {step}/{steps}")
     return TrainStats(
         steps=steps,
-        train_loss=loss_sum / steps,
+        train_loss=losses_total / steps,
         last_loss=step_loss,
         target_tokens=target_tokens,
         real_tokens=real_tokens,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from blackbox.batches import micro_batches, token_loss_sum
+from blackbox.batches import loss_sum, micro_batches
 from blackbox.data import TokenizedSplit
 from blackbox.model import Precision
 
@@ -29,6 +29,7 @@ def validate(
     device: torch.device,
     precision: Precision,
     pad_id: int,
+    packed: bool,
 ) -> ValidationStats:
     """Mean token cross-entropy of ``model`` on ``split``, prompts masked, dropout off."""
     started = time.perf_counter()
@@ -36,16 +37,11 @@ def validate(
     total = torch.zeros((), dtype=torch.float64, device=device)
     tokens = 0
     # Sorted by length, so that batches hold similar lengths; the sum does not depend on the order.
-    batches = micro_batches(
-        split, np.arange(len(split)), micro_batch_size=batch_size, pad_id=pad_id, packed=False
-    )
+    batches = micro_batches(split, np.arange(len(split)), micro_batch_size=batch_size, pad_id=pad_id, packed=packed)
     with torch.inference_mode():
         for batch in batches:
             batch = batch.to(device)
             with precision.autocast_context(device):
-                logits = model(input_ids=batch.input_ids, use_cache=False).logits
-            total += token_loss_sum(logits, batch.labels).double()
+                total += loss_sum(model, batch).double()
             tokens += batch.target_tokens
-    return ValidationStats(
-        loss=float(total) / tokens, target_tokens=tokens, seconds=time.perf_counter() - started
-    )
+    return ValidationStats(loss=float(total) / tokens, target_tokens=tokens, seconds=time.perf_counter() - started)

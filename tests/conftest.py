@@ -106,9 +106,7 @@ def tiny_experiment(tmp_path: Path, tiny_model: Path, tiny_data: tuple[Path, Pat
     path = tmp_path / "experiment.toml"
     train, validation = tiny_data
     path.write_text(
-        TINY_EXPERIMENT.format(
-            model=tiny_model, train=train, validation=validation, records=tmp_path / "runs"
-        )
+        TINY_EXPERIMENT.format(model=tiny_model, train=train, validation=validation, records=tmp_path / "runs")
     )
     return path
 

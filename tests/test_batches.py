@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from blackbox.batches import micro_batches, pack, pad, step_indices, steps_per_epoch, token_loss_sum
+from blackbox.batches import loss_sum, micro_batches, pack, pad, step_indices, steps_per_epoch
 from blackbox.data import Row, tokenize_rows
 from blackbox.testing import instruction_rows
 
@@ -22,8 +22,7 @@ def model_and_split(tiny_model: Path):
 
 def _loss(model, batch) -> tuple[float, int]:
     with torch.no_grad():
-        logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
-    return float(token_loss_sum(logits, batch.labels)), batch.target_tokens
+        return float(loss_sum(model, batch)), batch.target_tokens
 
 
 def test_padded_and_packed_batches_give_the_loss_of_each_example_alone(model_and_split) -> None:

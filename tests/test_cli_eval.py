@@ -145,9 +145,7 @@ def test_stdout_carries_result_lines_only(tmp_path, tiny_experiment, run_blackbo
         assert noise in result.stderr.decode()
 
 
-def test_missing_model_fails_the_call_and_records_every_point(
-    tmp_path, tiny_experiment, run_blackbox
-) -> None:
+def test_missing_model_fails_the_call_and_records_every_point(tmp_path, tiny_experiment, run_blackbox) -> None:
     points = tmp_path / "x.txt"
     points.write_text("2 -2 0.1\n\n3 -3 0\n")
     result = run_blackbox(

@@ -27,13 +27,9 @@ def tokenizer(tiny_model: Path):
 
 def test_alpaca_and_dolly_fields() -> None:
     alpaca = rows_from_records([{"instruction": "i", "input": "c", "output": "o", "text": "t"}], source="a")
-    dolly = rows_from_records(
-        [{"instruction": "i", "context": "c", "response": "o", "category": "x"}], source="d"
-    )
+    dolly = rows_from_records([{"instruction": "i", "context": "c", "response": "o", "category": "x"}], source="d")
     assert alpaca == dolly == [Row("i", "c", "o")]
-    assert rows_from_records([{"instruction": "i", "input": None, "output": "o"}], source="a") == [
-        Row("i", "", "o")
-    ]
+    assert rows_from_records([{"instruction": "i", "input": None, "output": "o"}], source="a") == [Row("i", "", "o")]
 
 
 def test_missing_field_is_a_clear_error() -> None:

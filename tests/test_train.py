@@ -31,7 +31,7 @@ def _run(setup, *, learning_rate=1e-2, packed=False, **training) -> tuple[float,
     torch.manual_seed(0)
     model = attach_lora(base, HyperParams(8, 16, 0.0, learning_rate), model_config)
     try:
-        config = TrainingConfig(max_steps=10, effective_batch_size=16, seed=0, **training)
+        config = TrainingConfig(max_steps=10, effective_batch_size=16, seed=0, packing=packed, **training)
         stats = train(
             model=model,
             split=splits.train,
@@ -40,10 +40,9 @@ def _run(setup, *, learning_rate=1e-2, packed=False, **training) -> tuple[float,
             device=CPU,
             precision=FP32,
             pad_id=pad_id,
-            packed=packed,
         )
         result = validate(
-            model=model, split=splits.validation, batch_size=8, device=CPU, precision=FP32, pad_id=pad_id
+            model=model, split=splits.validation, batch_size=8, device=CPU, precision=FP32, pad_id=pad_id, packed=packed
         )
         return stats.train_loss, result.loss
     finally:
@@ -53,7 +52,7 @@ def _run(setup, *, learning_rate=1e-2, packed=False, **training) -> tuple[float,
 def test_loss_falls_and_depends_on_the_learning_rate(setup) -> None:
     _, splits, base, pad_id = setup
     before = validate(
-        model=base, split=splits.validation, batch_size=8, device=CPU, precision=FP32, pad_id=pad_id
+        model=base, split=splits.validation, batch_size=8, device=CPU, precision=FP32, pad_id=pad_id, packed=False
     ).loss
     _, tiny_lr = _run(setup, learning_rate=1e-5)
     _, good_lr = _run(setup, learning_rate=1e-2)

