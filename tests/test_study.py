@@ -164,7 +164,7 @@ def test_ctrl_c_then_resume(tmp_path: Path, tiny_model: Path, tiny_data, signals
     for _ in range(signals):
         os.killpg(process.pid, signal.SIGINT)
         time.sleep(0.3)
-    stdout, stderr = process.communicate(timeout=300)
+    _stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 130, stderr[-3000:]
     first = read_records(records_file)
     statuses = [r["status"] for r in first]
@@ -179,7 +179,7 @@ def test_ctrl_c_then_resume(tmp_path: Path, tiny_model: Path, tiny_data, signals
 
     result = _run_nomad(param, study_dir)
     assert result.returncode == 0, result.stderr[-3000:]
-    records, cache = _check_records_agree_with_nomad(study_dir)
+    records, _cache = _check_records_agree_with_nomad(study_dir)
     ok_points = [tuple(r["point"]) for r in records if r["status"] == "OK"]
     assert len(ok_points) == len(set(ok_points))  # no finished evaluation was run again
     assert {r["run_id"] for r in first if r["status"] == "OK"} <= {r["run_id"] for r in records}  # none lost
