@@ -153,7 +153,8 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantization: Literal["none", "int8", "nf4", "fp4"] = "none"
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = "sdpa"
+    # auto: "varlen" (padding-free flash attention, attention.py) for packed batches on CUDA, else "sdpa".
+    attn_implementation: Literal["auto", "varlen", "sdpa", "eager", "flash_attention_2", "flex_attention"] = "auto"
 
 
 class DataConfig(_Section):
@@ -189,7 +190,11 @@ class TrainingConfig(_Section):
     epochs: float = Field(default=3.0, gt=0)
     max_steps: int | None = Field(default=None, ge=1)
     effective_batch_size: int = Field(default=128, ge=1, description="sequences per optimizer step")
-    micro_batch_size: int = Field(default=4, ge=1, description="sequences per forward/backward pass")
+    micro_batch_size: int = Field(
+        default=0,
+        ge=0,
+        description="sequences per forward/backward pass; 0 = the largest that fits on CUDA, 8 elsewhere",
+    )
     packing: bool = Field(default=True, description="pack micro-batches into one row: no padding at all")
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)

@@ -101,7 +101,7 @@ def load_base_model(config: ModelConfig, training: TrainingConfig, device: torch
     kwargs: dict[str, Any] = {
         "revision": config.revision or None,
         "dtype": precision.weights,
-        "attn_implementation": config.attn_implementation,
+        "attn_implementation": resolve_attention(config, training, device),
     }
     if config.quantization != "none":
         kwargs["quantization_config"] = _quantization_config(config, precision)
@@ -123,6 +123,26 @@ def load_base_model(config: ModelConfig, training: TrainingConfig, device: torch
     elif training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def resolve_attention(config: ModelConfig, training: TrainingConfig, device: torch.device) -> str:
+    """The attention implementation: ``auto`` picks variable-length flash attention for packed batches
+    on CUDA when this torch has it, else SDPA.
+
+    Raises:
+        SetupError: ``varlen`` without packing.
+    """
+    from blackbox import attention
+
+    choice: str = config.attn_implementation
+    if choice == "auto":
+        fast = device.type == "cuda" and training.packing and attention.varlen_available()
+        choice = attention.NAME if fast else "sdpa"
+    if choice == attention.NAME:
+        if not training.packing:
+            raise SetupError("attn_implementation 'varlen' needs training.packing = true")
+        attention.register()
+    return choice
 
 
 def _quantization_config(config: ModelConfig, precision: Precision) -> Any:

@@ -179,10 +179,12 @@ class Evaluator:
             "train_last_loss": stats.last_loss,
             "train_steps": stats.steps,
             "train_tokens": stats.real_tokens,
+            "train_padding_share": 1 - stats.real_tokens / stats.padded_tokens,
             "train_target_tokens": stats.target_tokens,
             "train_seconds": stats.seconds,
             "tokens_per_second": stats.real_tokens / stats.seconds if stats.seconds else 0.0,
             "trainable_params": trainable,
+            "micro_batch_size": stats.micro_batch_size,
         }
 
     def _load(self, timings: dict[str, float]) -> _Loaded:
@@ -194,6 +196,8 @@ class Evaluator:
         precision = resolve_precision(config.model, config.training, device)
         started = time.perf_counter()
         tokenizer = load_tokenizer(config.model)
+        timings["tokenizer_load_s"] = time.perf_counter() - started
+        started = time.perf_counter()
         splits = prepare_splits(config.data, tokenizer)
         timings["data_prep_s"] = time.perf_counter() - started
         logger.info("data: %d train / %d validation examples", len(splits.train), len(splits.validation))
