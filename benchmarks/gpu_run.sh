@@ -7,7 +7,8 @@
 # Prepare the wheels on the development machine (Python 3.12 on the GPU image):
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl pydantic pydantic-core annotated-types typing-inspection typing_extensions datasets dill multiprocess
+#     -d .whl pydantic pydantic-core annotated-types typing-inspection typing_extensions datasets dill multiprocess \
+#     liger-kernel
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
@@ -21,6 +22,6 @@ print('transformers', transformers.__version__, 'peft', peft.__version__)"
   python3 -c "from blackbox import attention; print('varlen available:', attention.varlen_available())"
 } > "$OUT/environment.txt" 2>&1
 cat "$OUT/environment.txt"
-timeout 420 python3 benchmarks/throughput.py --models llama2-7b,llama-1b --steps 3 --out "$OUT/throughput.json" \
+timeout 330 python3 benchmarks/throughput.py --models llama2-7b,llama-1b --steps 3 --variants baseline,padded,packed-varlen,packed-varlen-liger --out "$OUT/throughput.json" \
   2>&1 | grep -v -E "it/s\]|Warning|warn" | tee "$OUT/throughput.log"
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -30 | tee "$OUT/test_gpu.log"
+timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -30 | tee "$OUT/test_gpu.log"

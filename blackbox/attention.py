@@ -78,26 +78,27 @@ def _flash(
 ) -> torch.Tensor:
     from torch.nn.attention import varlen
 
-    # Its signature changed across torch releases: typed loosely, chosen by inspection below.
+    # Its signature changed across torch releases: typed loosely, arguments chosen by inspection.
     varlen_attn: Any = varlen.varlen_attn
-    result: torch.Tensor
 
     parameters = inspect.signature(varlen_attn).parameters
-    if "window_size" in parameters:  # newer torch: causal as a window, grouped-query attention built in
-        result = varlen_attn(
-            q, k, v, cu, cu, max_len, max_len, scale=scale, window_size=(-1, 0), enable_gqa=k.shape[1] != q.shape[1]
-        )
-        return result
-    # Older signature: no scale and no grouped-query option.
-    if k.shape[1] != q.shape[1]:
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    kwargs: dict[str, Any] = {}
+    # Causal: a (-1, 0) window in newer releases, is_causal in older ones.
+    if "window_size" in parameters:
+        kwargs["window_size"] = (-1, 0)
+    else:
+        kwargs["is_causal"] = True
     if "scale" in parameters:
-        result = varlen_attn(q, k, v, cu, cu, max_len, max_len, is_causal=True, scale=scale)
+        kwargs["scale"] = scale
     elif abs(scale - q.shape[-1] ** -0.5) > 1e-12:
         raise ValueError("this torch's varlen_attn cannot take a custom attention scale: use 'sdpa'")
-    else:
-        result = varlen_attn(q, k, v, cu, cu, max_len, max_len, is_causal=True)
+    if k.shape[1] != q.shape[1]:  # grouped-query attention
+        if "enable_gqa" in parameters:
+            kwargs["enable_gqa"] = True
+        else:
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    result: torch.Tensor = varlen_attn(q, k, v, cu, cu, max_len, max_len, **kwargs)
     return result
 
 

@@ -44,7 +44,7 @@ def test_flash_varlen_matches_padded_sdpa_forward_and_backward(split_and_models)
         embeddings.requires_grad_(True)
         loss = loss_sum(model, batch.to(torch.device("cuda"))) / batch.target_tokens
         loss.backward()
-        losses[attn] = float(loss)
+        losses[attn] = float(loss.detach())
         grads[attn] = embeddings.grad.float().clone()
         embeddings.grad = None
         embeddings.requires_grad_(False)
