@@ -24,6 +24,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -146,10 +147,9 @@ def run_ours(
     precision = Precision(torch.bfloat16 if device.type == "cuda" else torch.float32, None)
     base = build_model(name, dtype=precision.weights, device=device, attn=attn)
     if liger:
-        from liger_kernel.transformers import apply_liger_kernel_to_llama
+        from blackbox.model import apply_fused_kernels
 
-        # Fused RMSNorm, SwiGLU and RoPE kernels; the loss stays ours (logits at target positions only).
-        apply_liger_kernel_to_llama(fused_linear_cross_entropy=False, cross_entropy=False, model=base)
+        apply_fused_kernels(base, "liger", device)
     model = attach_lora(base)
     n_params = sum(p.numel() for p in model.parameters())
     config = TrainingConfig(max_steps=1, effective_batch_size=128, micro_batch_size=0, packing=packing, seed=0)
@@ -280,6 +280,8 @@ def _free(device: torch.device) -> None:
 
 
 def main() -> None:
+    # As the blackbox sets it (cli.py): packed batches of varying length fragment the caching allocator.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="llama2-7b,llama-1b")
     parser.add_argument("--variants", default="baseline,padded,packed-varlen,packed-varlen-liger")

@@ -43,6 +43,9 @@ def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
     """LoRA fine-tuning + validation as a blackbox for NOMAD and other optimizers."""
     ctx.obj = {"debug": debug}
     _setup_logging(quiet=quiet)
+    # Packed batches of varying length fragment CUDA's caching allocator; expandable segments avoid
+    # out-of-memory errors with gigabytes reserved but unusable. Set before CUDA starts; a user's value wins.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 
 def experiment_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -203,6 +203,8 @@ class TrainingConfig(_Section):
     seed: int = 42
     autocast: Literal["auto", "none", "bfloat16", "float16"] = "auto"
     gradient_checkpointing: bool = False
+    # "liger": fused RMSNorm, SwiGLU and RoPE Triton kernels from liger-kernel (CUDA, Llama-family models).
+    fused_kernels: Literal["none", "liger"] = "none"
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
     timeout_s: float = Field(default=0.0, ge=0, description="wall-clock limit of training; 0 = none")
     log_every_steps: int = Field(default=10, ge=1)
