@@ -138,6 +138,11 @@ def decode_command(ctx: click.Context, experiment: str, overrides: tuple[str, ..
     show_default=True,
     help="Points per blackbox call (BB_MAX_BLOCK_SIZE); above 1, MEGA_SEARCH_POLL fills blocks.",
 )
+@click.option(
+    "--surrogate-fidelity",
+    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+    help="Add a SURROGATE_EXE: the same evaluation at this fraction of the training steps and validation set.",
+)
 @click.pass_context
 def params_command(
     ctx: click.Context,
@@ -146,6 +151,7 @@ def params_command(
     out: Path | None,
     container: str | None,
     block_size: int,
+    surrogate_fidelity: float | None,
 ) -> None:
     """Write a NOMAD parameter file for the experiment's study (search space, budget, BB_EXE, files)."""
     from blackbox.experiment import shipped_experiments
@@ -158,7 +164,12 @@ def params_command(
         shipped = experiment in shipped_experiments() and not path.is_file()
         reference = experiment if shipped else str(path.resolve())
         text = render_params(
-            exp, experiment_ref=reference, overrides=overrides, container=container, block_size=block_size
+            exp,
+            experiment_ref=reference,
+            overrides=overrides,
+            container=container,
+            block_size=block_size,
+            surrogate_fidelity=surrogate_fidelity,
         )
         if out is None:
             click.echo(text, nl=False)

@@ -79,6 +79,12 @@ class TokenizedSplit:
     def example(self, i: int) -> tuple[np.ndarray, int]:
         return self.ids[self.offsets[i] : self.offsets[i + 1]], int(self.prompt_lengths[i])
 
+    def head(self, count: int) -> TokenizedSplit:
+        """The first ``count`` examples (a view, no copy)."""
+        count = min(count, len(self))
+        end = int(self.offsets[count])
+        return TokenizedSplit(self.ids[:end], self.offsets[: count + 1], self.prompt_lengths[:count])
+
     def subset(self, indices: Sequence[int] | np.ndarray) -> TokenizedSplit:
         examples = [self.example(int(i)) for i in indices]
         return _from_examples([ids for ids, _ in examples], [p for _, p in examples])

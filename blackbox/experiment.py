@@ -214,6 +214,21 @@ class ValidationConfig(_Section):
     batch_size: int = Field(default=8, ge=1, description="sequences per validation forward pass")
 
 
+class FidelityConfig(_Section):
+    """Cheaper, lower-fidelity evaluations of the same study (e.g. NOMAD's SURROGATE_EXE).
+
+    ``train``: the fraction of the training steps (the schedule is compressed, not cut); ``validation``:
+    the fraction of the validation set (always the same examples, so that points stay comparable).
+    """
+
+    train: float = Field(default=1.0, gt=0, le=1)
+    validation: float = Field(default=1.0, gt=0, le=1)
+
+    @property
+    def full(self) -> bool:
+        return self.train == 1.0 and self.validation == 1.0
+
+
 class RecordsConfig(_Section):
     dir: str = Field(default="", description="'' = runs/<study.name> under the working directory")
     save_adapter: bool = False
@@ -229,6 +244,7 @@ class Experiment(_Section):
     data: DataConfig
     training: TrainingConfig = TrainingConfig()
     validation: ValidationConfig = ValidationConfig()
+    fidelity: FidelityConfig = FidelityConfig()
     records: RecordsConfig = RecordsConfig()
 
     @model_validator(mode="after")

@@ -150,11 +150,14 @@ class Evaluator:
                 device=loaded.device,
                 precision=loaded.precision,
                 pad_id=loaded.pad_id,
+                fidelity=config.fidelity.train,
             )
             attempt.timings["train_s"] = stats.seconds
+            validation = loaded.splits.validation
+            validation = validation.head(math.ceil(len(validation) * config.fidelity.validation))
             result = validate(
                 model=model,
-                split=loaded.splits.validation,
+                split=validation,
                 batch_size=config.validation.batch_size,
                 device=loaded.device,
                 precision=loaded.precision,
@@ -185,6 +188,8 @@ class Evaluator:
             "tokens_per_second": stats.real_tokens / stats.seconds if stats.seconds else 0.0,
             "trainable_params": trainable,
             "micro_batch_size": stats.micro_batch_size,
+            "fidelity_train": config.fidelity.train,
+            "fidelity_validation": config.fidelity.validation,
         }
 
     def _load(self, timings: dict[str, float]) -> _Loaded:

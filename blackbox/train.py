@@ -36,11 +36,14 @@ class TrainStats:
     micro_batch_size: int  # sequences per forward pass, as configured or as found by the auto search
 
 
-def total_steps(num_examples: int, config: TrainingConfig) -> int:
-    """``max_steps`` when set, else the steps of ``epochs`` epochs (a fraction of an epoch rounds up)."""
+def total_steps(num_examples: int, config: TrainingConfig, fidelity: float = 1.0) -> int:
+    """``max_steps`` when set, else the steps of ``epochs`` epochs (a fraction of an epoch rounds up);
+    times ``fidelity``, the fraction of a full run that a low-fidelity evaluation trains."""
     if config.max_steps is not None:
-        return config.max_steps
-    return max(1, math.ceil(config.epochs * steps_per_epoch(num_examples, config.effective_batch_size)))
+        full = config.max_steps
+    else:
+        full = math.ceil(config.epochs * steps_per_epoch(num_examples, config.effective_batch_size))
+    return max(1, math.ceil(full * fidelity))
 
 
 def train(
@@ -52,14 +55,15 @@ def train(
     device: torch.device,
     precision: Precision,
     pad_id: int,
+    fidelity: float = 1.0,
 ) -> TrainStats:
-    """Train the trainable (LoRA) parameters of ``model`` in place.
+    """Train the trainable (LoRA) parameters of ``model`` in place, for ``fidelity`` of the full run.
 
     Raises:
         TrainingDiverged: a step loss is NaN or infinite.
         TrainingTimeout: training ran past ``config.timeout_s``.
     """
-    steps = total_steps(len(split), config)
+    steps = total_steps(len(split), config, fidelity)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=learning_rate, weight_decay=config.weight_decay, fused=device.type == "cuda"
