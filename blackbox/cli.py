@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -22,8 +22,8 @@ from typing import Any, NoReturn
 import click
 
 from blackbox import __version__
-from blackbox.errors import BlackboxError, ConfigError, PointError, SetupError
-from blackbox.experiment import ENV_EXPERIMENT, load_experiment
+from blackbox.errors import BlackboxError, ConfigError, PointError
+from blackbox.experiment import ENV_EXPERIMENT, Experiment, load_experiment
 
 logger = logging.getLogger("blackbox")
 
@@ -68,35 +68,97 @@ def experiment_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 @main.command("eval")
 @experiment_options
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Evaluations of a block at once on this machine, each on its own leased GPU(s).",
+)
+@click.option(
+    "--gpus-per-eval",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="GPUs per evaluation: data-parallel over torchrun ranks (on a CPU host: gloo processes).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Run the points here, or as tasks on a Ray cluster.",
+)
+@click.option(
+    "--ray-address",
+    envvar="RAY_ADDRESS",
+    default="auto",
+    show_default=True,
+    help="The Ray cluster to use with --backend ray (or $RAY_ADDRESS).",
+)
 @click.argument("point_file", type=click.Path(path_type=Path))
 @click.pass_context
-def eval_command(ctx: click.Context, experiment: str, overrides: tuple[str, ...], point_file: Path) -> None:
+def eval_command(
+    ctx: click.Context,
+    experiment: str,
+    overrides: tuple[str, ...],
+    workers: int,
+    gpus_per_eval: int,
+    backend: str,
+    ray_address: str,
+    point_file: Path,
+) -> None:
     """Evaluate every point of POINT_FILE: one output line per non-blank line, in order.
 
-    POINT_FILE is written by the optimizer (NOMAD passes it as the last argument).
+    POINT_FILE is written by the optimizer (NOMAD passes it as the last argument). By default the points
+    run one after the other in this process (one model load); --workers, --gpus-per-eval and --backend
+    spread them over GPUs, processes or a Ray cluster.
     """
     with _exit_codes(ctx), protocol_stdout() as emit:
         exp = load_experiment(experiment, overrides)
-        from blackbox.objective import Evaluator  # local: imports torch
+        from blackbox import block, distributed  # local: imports torch
+        from blackbox.objective import Evaluator
         from blackbox.point import read_point_lines
 
         lines = read_point_lines(point_file)
         point_file = point_file.resolve()
         evaluator = Evaluator(exp)
         _install_sigterm_handler()
-        for index, line in enumerate(lines):
-            if not line.strip():
-                continue  # a point evaluated elsewhere: no output line
-            try:
-                record = evaluator.evaluate_line(line, point_file=str(point_file), block_index=index)
-            except SetupError as e:
-                for later, rest in enumerate(lines[index + 1 :], start=index + 1):
-                    if rest.strip():
-                        evaluator.record_not_run(
-                            rest, f"the call failed: {e}", point_file=str(point_file), block_index=later
-                        )
-                raise
-            emit(record.output_line + "\n")
+        runner = _runner(exp, experiment, overrides, workers, gpus_per_eval, backend, ray_address, evaluator)
+        if runner is None:
+            outputs: Iterable[str] = block.evaluate_here(evaluator, lines, str(point_file))
+        else:
+            outputs = block.evaluate_spread(evaluator, runner, lines, str(point_file))
+        for output in outputs:
+            if evaluator.world.main:  # under torchrun, rank 0 alone answers
+                emit(output + "\n")
+        distributed.stop()
+
+
+def _runner(
+    exp: Experiment,
+    experiment: str,
+    overrides: tuple[str, ...],
+    workers: int,
+    gpus_per_eval: int,
+    backend: str,
+    ray_address: str,
+    evaluator: Any,
+) -> Any:
+    """The runner that spreads a block, or None to evaluate it in this process."""
+    # Children resolve a relative experiment path from their own working directory: pass it absolute.
+    reference = str(Path(experiment).resolve()) if Path(experiment).expanduser().is_file() else experiment
+    if backend == "ray":
+        from blackbox.runners.ray_pool import RayRunner
+
+        return RayRunner(reference, overrides, ray_address, evaluator.records_file, gpus_per_eval=gpus_per_eval)
+    if workers == 1 and gpus_per_eval == 1:
+        return None
+    from blackbox.devices import discover, lease_dir
+    from blackbox.runners.local import LocalRunner
+
+    slots = discover(cpu_slots=workers * gpus_per_eval)
+    return LocalRunner(reference, overrides, slots, workers, gpus_per_eval, lease_dir())
 
 
 @main.command("decode")
@@ -139,6 +201,20 @@ def decode_command(ctx: click.Context, experiment: str, overrides: tuple[str, ..
     help="Points per blackbox call (BB_MAX_BLOCK_SIZE); above 1, MEGA_SEARCH_POLL fills blocks.",
 )
 @click.option(
+    "--parallel",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Evaluations at once: blocks of this size, spread over the machine's GPUs (eval --workers).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: BB_EXE runs the points of a block as tasks on a Ray cluster.",
+)
+@click.option(
     "--surrogate-fidelity",
     type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
     help="Add a SURROGATE_EXE: the same evaluation at this fraction of the training steps and validation set.",
@@ -151,6 +227,8 @@ def params_command(
     out: Path | None,
     container: str | None,
     block_size: int,
+    parallel: int,
+    backend: str,
     surrogate_fidelity: float | None,
 ) -> None:
     """Write a NOMAD parameter file for the experiment's study (search space, budget, BB_EXE, files)."""
@@ -170,6 +248,8 @@ def params_command(
             container=container,
             block_size=block_size,
             surrogate_fidelity=surrogate_fidelity,
+            parallel=parallel,
+            backend=backend,
         )
         if out is None:
             click.echo(text, nl=False)
@@ -272,6 +352,7 @@ def _setup_logging(*, quiet: bool) -> None:
     logger.setLevel(logging.INFO)  # INFO always reaches each evaluation's eval.log
     logger.propagate = False
     if quiet:
+        os.environ["LORA_BLACKBOX_QUIET"] = "1"  # evaluation processes started from here are quiet too
         for variable in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
             os.environ.setdefault(variable, "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -28,14 +28,14 @@ class Precision:
         return torch.autocast(device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None)
 
 
-def resolve_device(setting: str) -> torch.device:
-    """``auto`` is the first CUDA device when there is one, else the CPU.
+def resolve_device(setting: str, *, local_rank: int = 0) -> torch.device:
+    """``auto`` is the (rank's) CUDA device when there is one, else the CPU.
 
     Raises:
         SetupError: a CUDA device is asked for and there is none.
     """
     if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(setting)
     except RuntimeError as e:

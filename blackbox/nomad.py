@@ -24,7 +24,14 @@ HOT_RESTART_FILE = "hotrestart.txt"
 UNSAFE_IN_PYNOMAD = ("HISTORY_FILE", "SOLUTION_FILE")
 
 
-def bb_exe_words(experiment_ref: str, overrides: tuple[str, ...], *, container: str | None = None) -> list[str]:
+def bb_exe_words(
+    experiment_ref: str,
+    overrides: tuple[str, ...],
+    *,
+    container: str | None = None,
+    workers: int = 1,
+    backend: str = "local",
+) -> list[str]:
     """The command NOMAD runs for each evaluation (the point file is appended by NOMAD).
 
     Records go to NOMAD's working directory (``records.dir=.``): ``run_nomad.sh`` runs NOMAD in the
@@ -36,6 +43,10 @@ def bb_exe_words(experiment_ref: str, overrides: tuple[str, ...], *, container: 
     words = ["lora-blackbox"]
     words += ["container", "--image", container] if container else ["eval"]
     words += ["--experiment", experiment_ref]
+    if workers > 1:
+        words += ["--workers", str(workers)]
+    if backend != "local":
+        words += ["--backend", backend]
     for item in (*overrides, "records.dir=."):
         words += ["--set", item]
     spaced = [w for w in words if not w or any(c.isspace() for c in w) or '"' in w]
@@ -52,6 +63,8 @@ def render_params(
     container: str | None = None,
     block_size: int = 1,
     surrogate_fidelity: float | None = None,
+    parallel: int = 1,
+    backend: str = "local",
 ) -> str:
     """A complete NOMAD 4 parameter file for the experiment's study.
 
@@ -61,18 +74,29 @@ def render_params(
         overrides: the ``--set`` items to pass on to every evaluation.
         container: an image name: BB_EXE then runs the evaluation in a container.
         block_size: BB_MAX_BLOCK_SIZE; above 1, MEGA_SEARCH_POLL fills the blocks.
+        parallel: evaluations at once: blocks of this size (MEGA_SEARCH_POLL fills them), spread by
+            ``eval --workers`` over the machine's GPUs (or by ``--backend ray`` over a Ray cluster).
+        backend: ``local`` or ``ray``.
         surrogate_fidelity: when set, a SURROGATE_EXE runs the same evaluation at this fraction of the
             training steps and of the validation set, and NOMAD orders its trial points by it
             (EVAL_QUEUE_SORT SURROGATE): the most promising points are evaluated first.
     """
     space = SearchSpace.from_experiment(experiment)
     study = experiment.study
-    command = " ".join(f"${w}" for w in bb_exe_words(experiment_ref, overrides, container=container))
+    block_size = max(block_size, parallel)
+    workers = parallel if backend == "local" else 1
+
+    def words(items: tuple[str, ...]) -> str:
+        exe = bb_exe_words(experiment_ref, items, container=container, workers=workers, backend=backend)
+        return " ".join(f"${w}" for w in exe)
+
+    command = words(overrides)
     regenerate = " ".join(
         ["lora-blackbox params --experiment", experiment_ref]
         + [f"--set {item}" for item in overrides]
         + ([f"--container {container}"] if container else [])
-        + ([f"--block-size {block_size}"] if block_size > 1 else [])
+        + ([f"--parallel {parallel}"] if parallel > 1 else [f"--block-size {block_size}"] if block_size > 1 else [])
+        + ([f"--backend {backend}"] if backend != "local" else [])
         + ([f"--surrogate-fidelity {surrogate_fidelity:g}"] if surrogate_fidelity else [])
     )
     variables = ", ".join(f"{v.name} ({v.decode}{' of ' + v.of if v.of else ''})" for v in space.variables)
@@ -100,7 +124,7 @@ def render_params(
         lines += [f"BB_MAX_BLOCK_SIZE {block_size}", "MEGA_SEARCH_POLL yes"]
     if surrogate_fidelity:
         cheap = (f"fidelity.train={surrogate_fidelity:g}", f"fidelity.validation={surrogate_fidelity:g}")
-        surrogate = " ".join(f"${w}" for w in bb_exe_words(experiment_ref, (*overrides, *cheap), container=container))
+        surrogate = words((*overrides, *cheap))
         lines += [
             f"# The same evaluation at {surrogate_fidelity:g} of the training steps and of the validation set:",
             "# NOMAD evaluates it on every trial point first and evaluates the true blackbox best first.",

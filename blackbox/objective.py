@@ -25,8 +25,9 @@ from typing import Any
 import psutil
 import torch
 
-from blackbox import __version__
+from blackbox import __version__, distributed
 from blackbox.data import Splits, prepare_splits
+from blackbox.distributed import world_from_env
 from blackbox.errors import PointError, SetupError, TrainingDiverged, TrainingTimeout
 from blackbox.experiment import Experiment
 from blackbox.model import (
@@ -79,6 +80,8 @@ class Evaluator:
         self.records_dir = experiment.records_dir.resolve()
         self.records_file = self.records_dir / RECORDS_FILE
         self._loaded: _Loaded | None = None
+        # Under torchrun every rank evaluates the same points together; rank 0 alone records and prints.
+        self.world = world_from_env()
         self._startup_s: float | None = time.time() - psutil.Process().create_time()
 
     def evaluate_line(self, line: str, *, point_file: str | None = None, block_index: int | None = None) -> EvalRecord:
@@ -94,7 +97,8 @@ class Evaluator:
         except PointError as e:
             logger.error("point %s (%r) is invalid: %s", source.label, line.strip(), e)
             record = self._record(_new_run_id(), Status.INVALID_POINT, source, error=str(e))
-            append_record(self.records_file, record)
+            if self.world.main:
+                append_record(self.records_file, record)
             return record
         return self.evaluate(hparams, PointSource(line, values, point_file, block_index))
 
@@ -105,8 +109,8 @@ class Evaluator:
             SetupError: the model or the data cannot be loaded (recorded as NOT_RUN first).
             KeyboardInterrupt: the call was interrupted (recorded as INTERRUPTED first).
         """
-        attempt = _Attempt.start(self.records_dir, hparams, source or PointSource())
-        with _log_to(attempt.run_dir / "eval.log"):
+        attempt = _Attempt.start(self.records_dir, hparams, source or PointSource(), create=self.world.main)
+        with _log_to(attempt.run_dir / "eval.log") if self.world.main else contextlib.nullcontext():
             logger.info("evaluation %s: %s", attempt.run_id, hparams)
             try:
                 loaded = self._load(attempt.timings)
@@ -131,15 +135,22 @@ class Evaluator:
                 return self._finish(attempt, Status.ERROR, f"{type(e).__name__}: {e}")
             return self._finish(attempt, Status.OK, None)
 
-    def record_not_run(self, line: str, reason: str, *, point_file: str | None, block_index: int) -> None:
-        """Record a point the call could not reach (it failed before), so no request goes unrecorded."""
+    def record_unrun(
+        self, line: str, status: Status, reason: str, point_file: str | None, block_index: int | None
+    ) -> None:
+        """Record a point this process did not evaluate itself: the call failed before reaching it
+        (NOT_RUN), or the process that evaluated it died without a result (ERROR). No request goes
+        unrecorded."""
         source = PointSource(line=line, file=point_file, index=block_index)
-        append_record(self.records_file, self._record(_new_run_id(), Status.NOT_RUN, source, error=reason))
+        if self.world.main:
+            append_record(self.records_file, self._record(_new_run_id(), status, source, error=reason))
 
     def _train_and_validate(self, hparams: HyperParams, loaded: _Loaded, attempt: _Attempt) -> dict[str, Any]:
         config = self.experiment
         _seed_everything(config.training.seed)
         model = attach_lora(loaded.base_model, hparams, config.model)
+        if self.world.size > 1:
+            torch.manual_seed(config.training.seed + self.world.rank)  # same adapter, own dropout per rank
         try:
             trainable, _ = count_parameters(model)
             stats = train(
@@ -151,6 +162,7 @@ class Evaluator:
                 precision=loaded.precision,
                 pad_id=loaded.pad_id,
                 fidelity=config.fidelity.train,
+                world=self.world,
             )
             attempt.timings["train_s"] = stats.seconds
             validation = loaded.splits.validation
@@ -163,11 +175,12 @@ class Evaluator:
                 precision=loaded.precision,
                 pad_id=loaded.pad_id,
                 packed=config.training.packing,
+                world=self.world,
             )
             attempt.timings["validation_s"] = result.seconds
             if not math.isfinite(result.loss):
                 raise TrainingDiverged(f"validation loss is {result.loss}")
-            if config.records.save_adapter:
+            if config.records.save_adapter and self.world.main:
                 model.save_pretrained(attempt.run_dir / "adapter")
         finally:
             loaded.base_model = detach_lora(model)
@@ -197,7 +210,8 @@ class Evaluator:
         if self._loaded is not None:
             return self._loaded
         config = self.experiment
-        device = resolve_device(config.training.device)
+        device = resolve_device(config.training.device, local_rank=self.world.local_rank)
+        distributed.start(self.world, device)
         precision = resolve_precision(config.model, config.training, device)
         started = time.perf_counter()
         tokenizer = load_tokenizer(config.model)
@@ -239,8 +253,9 @@ class Evaluator:
             run_dir=str(attempt.run_dir),
             started_at=attempt.started_at,
         )
-        write_json_atomic(attempt.run_dir / "record.json", record.to_json())
-        append_record(self.records_file, record)
+        if self.world.main:
+            write_json_atomic(attempt.run_dir / "record.json", record.to_json())
+            append_record(self.records_file, record)
         return record
 
     def _record(self, run_id: str, status: Status, source: PointSource, **fields: Any) -> EvalRecord:
@@ -268,6 +283,7 @@ class Evaluator:
             host=platform.node(),
             pid=os.getpid(),
             versions=_versions(),
+            slot=os.environ.get("LORA_BLACKBOX_SLOT"),
             **fields,
         )
 
@@ -300,10 +316,11 @@ class _Attempt:
     timings: dict[str, float]
 
     @classmethod
-    def start(cls, records_dir: Path, hparams: HyperParams, source: PointSource) -> _Attempt:
+    def start(cls, records_dir: Path, hparams: HyperParams, source: PointSource, *, create: bool) -> _Attempt:
         run_id = _new_run_id()
         run_dir = records_dir / "evals" / run_id
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if create:
+            run_dir.mkdir(parents=True, exist_ok=True)
         return cls(run_id, run_dir, hparams, source, time.perf_counter(), _now(), {"run_id": run_id}, {})
 
 
@@ -383,4 +400,4 @@ def _new_run_id() -> str:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

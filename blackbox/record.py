@@ -58,6 +58,7 @@ class EvalRecord:
     pid: int | None = None
     versions: dict[str, str] = field(default_factory=dict)
     run_dir: str | None = None
+    slot: str | None = None  # the leased device(s) of a parallel run (LORA_BLACKBOX_SLOT)
     point_file: str | None = None
     block_index: int | None = None
     schema_version: int = SCHEMA_VERSION
@@ -74,8 +75,13 @@ class EvalRecord:
 
 def append_record(path: Path, record: EvalRecord) -> None:
     """Append one record as one line, safely against concurrent writers and torn previous lines."""
+    append_json_line(path, record.to_json())
+
+
+def append_json_line(path: Path, text: str) -> None:
+    """Append one JSON text as one line (see :func:`append_record`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = (record.to_json() + "\n").encode()
+    data = (text + "\n").encode()
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

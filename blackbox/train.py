@@ -13,6 +13,7 @@ import torch
 
 from blackbox.batches import Batch, loss_sum, micro_batches, step_indices, steps_per_epoch
 from blackbox.data import TokenizedSplit
+from blackbox.distributed import SINGLE, World
 from blackbox.errors import TrainingDiverged, TrainingTimeout
 from blackbox.experiment import TrainingConfig
 from blackbox.model import Precision
@@ -56,12 +57,16 @@ def train(
     precision: Precision,
     pad_id: int,
     fidelity: float = 1.0,
+    world: World = SINGLE,
 ) -> TrainStats:
     """Train the trainable (LoRA) parameters of ``model`` in place, for ``fidelity`` of the full run.
 
     Raises:
         TrainingDiverged: a step loss is NaN or infinite.
         TrainingTimeout: training ran past ``config.timeout_s``.
+
+    With ``world.size`` > 1 (torchrun), each rank trains on its share of every step's micro-batches and
+    the LoRA gradients are summed across ranks (see ``distributed``).
     """
     steps = total_steps(len(split), config, fidelity)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -90,19 +95,24 @@ def train(
         while True:
             batches = micro_batches(split, indices, micro_batch_size=micro, pad_id=pad_id, packed=config.packing)
             step_targets = sum(b.target_tokens for b in batches)
+            out_of_memory = False
             try:
-                accumulated = _accumulate_gradients(model, batches, step_targets, device, precision)
-                break
+                accumulated = _accumulate_gradients(model, world.share(batches), step_targets, device, precision)
             except torch.OutOfMemoryError:
                 if config.micro_batch_size or micro == 1:
                     raise
+                out_of_memory = True
+            # Ranks agree before going on: one rank out of memory makes all of them retry.
+            if not world.any(out_of_memory, device):
+                break
             # Outside the except clause: the failed pass's tensors are freed with its traceback.
             optimizer.zero_grad(set_to_none=True)
             gc.collect()
             torch.cuda.empty_cache()
             micro = max(1, micro // 2)
             logger.info("out of memory: micro-batch of %d sequences now", micro)
-        step_loss = float(accumulated)
+        world.sum_gradients(params)
+        step_loss = float(world.sum(accumulated))
         if not math.isfinite(step_loss):
             optimizer.zero_grad(set_to_none=True)
             raise TrainingDiverged(f"training loss is {step_loss} at step {step}/{steps}")
@@ -127,7 +137,7 @@ def train(
                 real_tokens / elapsed,
                 _duration(eta),
             )
-        if config.timeout_s and elapsed > config.timeout_s and step < steps:
+        if world.any(bool(config.timeout_s) and elapsed > config.timeout_s and step < steps, device):
             raise TrainingTimeout(f"training passed timeout_s={config.timeout_s:g} at step {step}/{steps}")
     return TrainStats(
         steps=steps,
