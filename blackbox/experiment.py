@@ -275,8 +275,8 @@ class Experiment(_Section):
         return Path(self.records.dir or f"runs/{self.study.name}")
 
     def fingerprint(self) -> str:
-        """A short hash of the effective settings, stored in every record."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+        """A short hash of the settings that decide an evaluation's result (not where records go)."""
+        return hashlib.sha256(self.model_dump_json(exclude={"records"}).encode()).hexdigest()[:16]
 
 
 def shipped_experiments() -> list[str]:
