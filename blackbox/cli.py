@@ -17,13 +17,17 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from blackbox import __version__
 from blackbox.errors import BlackboxError, ConfigError, PointError
-from blackbox.experiment import ENV_EXPERIMENT, Experiment, load_experiment
+from blackbox.experiment import ENV_EXPERIMENT, load_experiment
+
+if TYPE_CHECKING:
+    from blackbox.objective import Evaluator
+    from blackbox.runners import Runner
 
 logger = logging.getLogger("blackbox")
 
@@ -124,7 +128,7 @@ def eval_command(
         point_file = point_file.resolve()
         evaluator = Evaluator(exp)
         _install_sigterm_handler()
-        runner = _runner(exp, experiment, overrides, workers, gpus_per_eval, backend, ray_address, evaluator)
+        runner = _runner(experiment, overrides, workers, gpus_per_eval, backend, ray_address, evaluator)
         if runner is None:
             outputs: Iterable[str] = block.evaluate_here(evaluator, lines, str(point_file))
         else:
@@ -136,15 +140,14 @@ def eval_command(
 
 
 def _runner(
-    exp: Experiment,
     experiment: str,
     overrides: tuple[str, ...],
     workers: int,
     gpus_per_eval: int,
     backend: str,
     ray_address: str,
-    evaluator: Any,
-) -> Any:
+    evaluator: Evaluator,
+) -> Runner | None:
     """The runner that spreads a block, or None to evaluate it in this process."""
     # Children resolve a relative experiment path from their own working directory: pass it absolute.
     reference = str(Path(experiment).resolve()) if Path(experiment).expanduser().is_file() else experiment
