@@ -19,34 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from blackbox.testing import build_tiny_model, write_instruction_files
-
-EXPERIMENT = """\
-[study]
-name = "parallel"
-budget = 1
-[[space]]
-name = "learning_rate"
-type = "R"
-lower = -5
-upper = -1
-x0 = -3
-decode = "log10"
-[hyperparameters]
-lora_r = 8
-lora_alpha = 16
-lora_dropout = 0.0
-[model]
-name_or_path = "{model}"
-[data]
-train = "{train}"
-validation = "{validation}"
-max_length = 128
-[training]
-max_steps = {steps}
-effective_batch_size = 16
-micro_batch_size = 8
-"""
+from blackbox.testing import build_tiny_model, write_instruction_files, write_learning_rate_study
 
 
 def timed(command: list[str], env: dict[str, str]) -> float:
@@ -66,8 +39,9 @@ def main() -> None:
         tmp = Path(name)
         model = build_tiny_model(tmp / "model")
         train, validation = write_instruction_files(tmp / "data", n_train=1024, n_validation=128)
-        experiment = tmp / "experiment.toml"
-        experiment.write_text(EXPERIMENT.format(model=model, train=train, validation=validation, steps=args.steps))
+        experiment = write_learning_rate_study(
+            tmp / "experiment.toml", name="parallel", model=model, train=train, validation=validation, steps=args.steps
+        )
         points = tmp / "points.txt"
         points.write_text("".join(f"{-4 + 0.5 * i}\n" for i in range(args.points)))
         env = {

@@ -21,36 +21,7 @@ from pathlib import Path
 import torch
 
 from blackbox.record import read_records
-from blackbox.testing import build_tiny_model, write_instruction_files
-
-EXPERIMENT = """\
-[study]
-name = "phases"
-budget = 1
-[[space]]
-name = "learning_rate"
-type = "R"
-lower = -5
-upper = -1
-x0 = -3
-decode = "log10"
-[hyperparameters]
-lora_r = 8
-lora_alpha = 16
-lora_dropout = 0.0
-[model]
-name_or_path = "{model}"
-[data]
-train = "{train}"
-validation = "{validation}"
-max_length = 128
-[training]
-max_steps = {steps}
-effective_batch_size = 16
-micro_batch_size = 8
-[records]
-dir = "{records}"
-"""
+from blackbox.testing import build_tiny_model, write_instruction_files, write_learning_rate_study
 
 PHASES = ("startup_s", "data_prep_s", "model_load_s", "train_s", "validation_s", "total_s")
 
@@ -64,9 +35,8 @@ def main() -> None:
         tmp = Path(tmp_name)
         model = build_tiny_model(tmp / "model")
         train, validation = write_instruction_files(tmp / "data", n_train=2048, n_validation=256)
-        experiment = tmp / "experiment.toml"
-        experiment.write_text(
-            EXPERIMENT.format(model=model, train=train, validation=validation, records=tmp / "runs", steps=args.steps)
+        experiment = write_learning_rate_study(
+            tmp / "experiment.toml", name="phases", model=model, train=train, validation=validation, steps=args.steps
         )
         (tmp / "point.txt").write_text("-3\n")
         env = {**os.environ, "LORA_BLACKBOX_CACHE": str(tmp / "cache"), "HF_HOME": str(tmp / "hf")}
@@ -82,6 +52,8 @@ def main() -> None:
                     "eval",
                     "-e",
                     str(experiment),
+                    "--set",
+                    f"records.dir={tmp / 'runs'}",
                     str(tmp / "point.txt"),
                 ],
                 env=env,

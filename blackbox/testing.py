@@ -126,3 +126,38 @@ def build_tiny_model(folder: Path, *, pretrain_steps: int = 300, seed: int = 0) 
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+LEARNING_RATE_STUDY = """\
+# A one-variable study (log10 of the learning rate) on the tiny model, for benchmarks.
+[study]
+name = "{name}"
+budget = 1
+[[space]]
+name = "learning_rate"
+type = "R"
+lower = -5
+upper = -1
+x0 = -3
+decode = "log10"
+[hyperparameters]
+lora_r = 8
+lora_alpha = 16
+lora_dropout = 0.0
+[model]
+name_or_path = "{model}"
+[data]
+train = "{train}"
+validation = "{validation}"
+max_length = 128
+[training]
+max_steps = {steps}
+effective_batch_size = 16
+micro_batch_size = 8
+"""
+
+
+def write_learning_rate_study(path: Path, *, name: str, model: Path, train: Path, validation: Path, steps: int) -> Path:
+    """An experiment file whose only variable is log10 of the learning rate (see LEARNING_RATE_STUDY)."""
+    path.write_text(LEARNING_RATE_STUDY.format(name=name, model=model, train=train, validation=validation, steps=steps))
+    return path
