@@ -19,7 +19,9 @@ from tests.conftest import REPO
 
 COMMITTED = sorted((REPO / "nomad_params").glob("*.txt"))
 # How each committed file is generated (the file name is the experiment name unless listed here).
-GENERATED_BY: dict[str, list[str]] = {}
+GENERATED_BY: dict[str, list[str]] = {
+    "demo_container": ["--experiment", "demo", "--container", "lora-blackbox:latest"],
+}
 
 
 def _arguments(path: Path) -> list[str]:
