@@ -283,7 +283,6 @@ class Outcome:
     ended: Ended
     status: int | None
     oom_killed: bool = False
-    seconds: float = 0.0
 
 
 def run_call(spec: CallSpec, *, timeout_s: float = 0.0, pull: Pull = "missing", stdout: Sink, stderr: Sink) -> Outcome:
@@ -306,6 +305,8 @@ def run_call(spec: CallSpec, *, timeout_s: float = 0.0, pull: Pull = "missing", 
             _ensure_image(client.api, spec.image, pull, signals)
         except _Interrupted:
             return Outcome("interrupted", None)
+        if signals.count:
+            return Outcome("interrupted", None)  # before a container exists: nothing to stop
         name = f"lora-blackbox-{secrets.token_hex(6)}"
         try:
             _create(client, spec, name)
@@ -318,19 +319,17 @@ def run_call(spec: CallSpec, *, timeout_s: float = 0.0, pull: Pull = "missing", 
             stream = client.api.attach(name, stdout=True, stderr=True, stream=True, logs=True, demux=True)
             relay = _Relay(stream, stdout, stderr)
             relay.start()
-            started = time.monotonic()
             client.api.start(name)
             logger.debug("container %s started", name)
             ended: Ended = _supervise(client.api, name, relay, timeout_s, signals)
             state = client.api.inspect_container(name)["State"]
-            seconds = time.monotonic() - started
             if relay.error is not None:
                 raise SetupError(f"the container's output was lost: {relay.error}") from relay.error
             status = int(state["ExitCode"])
             oom = bool(state.get("OOMKilled"))
             if ended == "exited" and (status == 128 + signal.SIGKILL or oom):
                 ended = "killed"
-            return Outcome(ended, status, oom, seconds)
+            return Outcome(ended, status, oom)
         except docker.errors.DockerException as e:
             raise SetupError(f"the engine failed to run {spec.image}: {_explain(e)}") from e
         finally:
@@ -470,8 +469,6 @@ def _supervise(
             elif now >= deadline:
                 ended = "timeout"
                 logger.error("no result within the time limit of %g s: stopping the container", timeout_s)
-            elif relay.error is not None:
-                pass  # stopped below
             else:
                 continue
             _signal(api, name, "SIGINT")
@@ -480,8 +477,8 @@ def _supervise(
             logger.error("the container did not stop: killing it")
             _signal(api, name, "SIGKILL")
             killed = True
-    if relay.error is not None and not stop_sent:
-        _signal(api, name, "SIGKILL")
+    if relay.error is not None:
+        _signal(api, name, "SIGKILL")  # its output has nowhere to go
     api.wait(name)
     return ended
 
