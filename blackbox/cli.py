@@ -83,7 +83,7 @@ def eval_command(ctx: click.Context, experiment: str, overrides: tuple[str, ...]
         lines = read_point_lines(point_file)
         point_file = point_file.resolve()
         evaluator = Evaluator(exp)
-        _install_sigterm_handler()
+        _install_signal_handlers()
         for index, line in enumerate(lines):
             if not line.strip():
                 continue  # a point evaluated elsewhere: no output line
@@ -389,12 +389,17 @@ def _write_stderr(data: bytes) -> None:
         buffer.flush()
 
 
-def _install_sigterm_handler() -> None:
-    """SIGTERM ends the call like Ctrl-C does: the running evaluation is recorded as INTERRUPTED."""
+def _install_signal_handlers() -> None:
+    """SIGINT and SIGTERM end the call: the running evaluation is recorded as INTERRUPTED.
+
+    SIGINT is set explicitly: a process started in the background by a script inherits SIGINT ignored,
+    and Python then installs no KeyboardInterrupt handler of its own.
+    """
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupt)
 
 
