@@ -17,26 +17,14 @@
 ARG BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.9-cudnn9-runtime
 # hadolint ignore=DL3006
 FROM ${BASE_IMAGE}
-# Steps chain with && (not a SHELL with -e: podman's default OCI image format ignores SHELL).
+# Declared again to be in scope after FROM (for the base.name label). Steps chain with && rather than
+# relying on a SHELL with -e: podman's default OCI image format ignores SHELL.
 ARG BASE_IMAGE
 
 # torch to install first, e.g. torch==2.13.0, for a base without it (CI). Empty: keep the base's torch.
 ARG TORCH_SPEC=""
 # A folder of wheels for TORCH_SPEC (bind-mounted into the build), e.g. a CPU wheel; empty: PyPI only.
 ARG TORCH_FIND_LINKS=""
-# OCI labels. VERSION is the package's (tests/test_dockerfile.py checks it); `make image` sets all three.
-ARG VERSION=0.1.0
-ARG REVISION=""
-ARG SOURCE_URL=""
-
-LABEL org.opencontainers.image.title="lora-blackbox" \
-      org.opencontainers.image.description="LoRA fine-tuning + validation as a blackbox for NOMAD and other optimizers" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.source="${SOURCE_URL}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="${BASE_IMAGE}"
-
 # Versions are pinned by pyproject.toml's ranges, not here: the image follows the package (DL3013).
 # hadolint ignore=DL3013
 RUN if [ -n "${TORCH_SPEC}" ]; then \
@@ -87,3 +75,16 @@ USER 10001:10001
 STOPSIGNAL SIGINT
 ENTRYPOINT ["lora-blackbox", "eval"]
 CMD ["--help"]
+
+# OCI labels, last: a new revision then rebuilds no layer. VERSION is the package's (tests/test_dockerfile.py
+# checks it); `make image` sets all three.
+ARG VERSION=0.1.0
+ARG REVISION=""
+ARG SOURCE_URL=""
+LABEL org.opencontainers.image.title="lora-blackbox" \
+      org.opencontainers.image.description="LoRA fine-tuning + validation as a blackbox for NOMAD and other optimizers" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
