@@ -210,12 +210,16 @@ def test_sigint_records_the_running_point_as_interrupted(tmp_path, tiny_experime
         preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if inherited == "ignored" else None,
     )
     log = tmp_path / "runs" / "evals"
-    deadline = time.monotonic() + 120
-    while not any(p.name == "eval.log" and "step " in p.read_text() for p in log.glob("*/eval.log")):
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    stdout, _ = process.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.name == "eval.log" and "step " in p.read_text() for p in log.glob("*/eval.log")):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        stdout, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()  # a failed test leaves no training process behind (a no-op once it has ended)
+        process.wait()
     assert process.returncode == 130 and stdout == b""
     [record] = _records(tiny_experiment)
     assert record["status"] == "INTERRUPTED"

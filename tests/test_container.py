@@ -19,7 +19,7 @@ import socket
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -289,8 +289,24 @@ def _point(tmp_path: Path, text: str = "2 -3 0.1\n") -> Path:
     return point
 
 
-def _popen(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+@pytest.fixture
+def popen() -> Iterator[Callable[[list[str], Path], subprocess.Popen[bytes]]]:
+    """Start a runner in the background; one a failed test leaves running is killed at teardown."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+        started.append(subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)  # the runner stops and removes its container
+            try:
+                process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
 
 
 def _wait_for_stderr(process: subprocess.Popen[bytes], text: bytes, timeout: float = 180) -> bytes:
@@ -380,9 +396,9 @@ def test_a_container_that_ignores_sigint_is_killed(tmp_path: Path, tiny_experime
 @pytest.mark.docker
 @pytest.mark.usefixtures("no_leftovers")
 def test_container_killed_from_outside(
-    tmp_path: Path, tiny_experiment: Path, fake_image: str, engine: docker.DockerClient
+    tmp_path: Path, tiny_experiment: Path, fake_image: str, engine: docker.DockerClient, popen: Any
 ) -> None:
-    process = _popen([*_runner("-e", str(tiny_experiment), image=fake_image), str(_point(tmp_path))], tmp_path)
+    process = popen([*_runner("-e", str(tiny_experiment), image=fake_image), str(_point(tmp_path))], tmp_path)
     _wait_for_stderr(process, b"fake sleeping")
     (container,) = engine.containers.list(filters={"label": f"{LABEL}.pid={process.pid}"})
     container.kill()  # SIGKILL, as the kernel's OOM killer would
@@ -450,10 +466,10 @@ def test_failure_inside_the_container_is_its_exit_status(tmp_path: Path, tiny_ex
 @pytest.mark.usefixtures("no_leftovers")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_the_evaluation_cleanly(
-    tmp_path: Path, tiny_experiment: Path, image: str, signum: signal.Signals
+    tmp_path: Path, tiny_experiment: Path, image: str, signum: signal.Signals, popen: Any
 ) -> None:
     args = ["--offline", "-e", str(tiny_experiment), "--set", "training.max_steps=100000"]
-    process = _popen([*_runner(*args, image=image), str(_point(tmp_path))], tmp_path)
+    process = popen([*_runner(*args, image=image), str(_point(tmp_path))], tmp_path)
     _wait_for_stderr(process, b"lora-blackbox INFO: step ")  # training
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=120)
