@@ -10,6 +10,7 @@ and padding only follows real tokens) or packed into one row with restarting pos
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,10 @@ class Batch:
     # Packed batches only: the positions whose logits are needed (the next token is a target). The
     # model computes logits for these alone: no LM-head work on prompt tokens.
     logit_positions: torch.Tensor | None = None
+    # Packed batches only: where each example starts (int32, examples + 1), and the longest example,
+    # for variable-length attention kernels.
+    cu_seq_lens: torch.Tensor | None = None
+    max_length: int = 0
 
     def to(self, device: torch.device) -> Batch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -45,6 +50,8 @@ class Batch:
             self.target_tokens,
             self.real_tokens,
             move(self.logit_positions),
+            move(self.cu_seq_lens),
+            self.max_length,
         )
 
 
@@ -101,9 +108,14 @@ def pack(examples: list[tuple[np.ndarray, int]], *, pad_id: int) -> Batch:
         labels[start + max(prompt_length, 1) : end] = input_ids[start + max(prompt_length, 1) : end]
         positions[start:end] = torch.arange(len(ids))
         start = end
-    logit_positions = torch.nonzero(labels[1:] != IGNORE_INDEX).flatten()
+    lengths = torch.tensor([0] + [len(ids) for ids, _ in examples], dtype=torch.int32)
     batch = _batch(input_ids[None], labels[None], positions[None], real_tokens=start)
-    return Batch(**{**batch.__dict__, "logit_positions": logit_positions})
+    return dataclasses.replace(
+        batch,
+        logit_positions=torch.nonzero(labels[1:] != IGNORE_INDEX).flatten(),
+        cu_seq_lens=torch.cumsum(lengths, 0, dtype=torch.int32),
+        max_length=int(lengths.max()),
+    )
 
 
 def _batch(
@@ -124,6 +136,11 @@ def loss_sum(model: Any, batch: Batch) -> torch.Tensor:
         position_ids=batch.position_ids,
         logits_to_keep=batch.logit_positions,
         use_cache=False,
+        # Read by variable-length attention kernels (attention.py), ignored by SDPA, which masks instead.
+        cu_seq_lens_q=batch.cu_seq_lens,
+        cu_seq_lens_k=batch.cu_seq_lens,
+        max_length_q=batch.max_length,
+        max_length_k=batch.max_length,
     ).logits
     targets = batch.labels[0, batch.logit_positions + 1]
     return torch.nn.functional.cross_entropy(logits[0].float(), targets, reduction="sum")

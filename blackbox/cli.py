@@ -46,6 +46,9 @@ def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
     """LoRA fine-tuning + validation as a blackbox for NOMAD and other optimizers."""
     ctx.obj = {"debug": debug, "quiet": quiet}
     _setup_logging(quiet=quiet)
+    # Packed batches of varying length fragment CUDA's caching allocator; expandable segments avoid
+    # out-of-memory errors with gigabytes reserved but unusable. Set before CUDA starts; a user's value wins.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 
 def experiment_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -138,6 +141,11 @@ def decode_command(ctx: click.Context, experiment: str, overrides: tuple[str, ..
     show_default=True,
     help="Points per blackbox call (BB_MAX_BLOCK_SIZE); above 1, MEGA_SEARCH_POLL fills blocks.",
 )
+@click.option(
+    "--surrogate-fidelity",
+    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+    help="Add a SURROGATE_EXE: the same evaluation at this fraction of the training steps and validation set.",
+)
 @click.pass_context
 def params_command(
     ctx: click.Context,
@@ -146,6 +154,7 @@ def params_command(
     out: Path | None,
     container: str | None,
     block_size: int,
+    surrogate_fidelity: float | None,
 ) -> None:
     """Write a NOMAD parameter file for the experiment's study (search space, budget, BB_EXE, files)."""
     from blackbox.experiment import shipped_experiments
@@ -158,7 +167,12 @@ def params_command(
         shipped = experiment in shipped_experiments() and not path.is_file()
         reference = experiment if shipped else str(path.resolve())
         text = render_params(
-            exp, experiment_ref=reference, overrides=overrides, container=container, block_size=block_size
+            exp,
+            experiment_ref=reference,
+            overrides=overrides,
+            container=container,
+            block_size=block_size,
+            surrogate_fidelity=surrogate_fidelity,
         )
         if out is None:
             click.echo(text, nl=False)

@@ -79,6 +79,12 @@ class TokenizedSplit:
     def example(self, i: int) -> tuple[np.ndarray, int]:
         return self.ids[self.offsets[i] : self.offsets[i + 1]], int(self.prompt_lengths[i])
 
+    def head(self, count: int) -> TokenizedSplit:
+        """The first ``count`` examples (a view, no copy)."""
+        count = min(count, len(self))
+        end = int(self.offsets[count])
+        return TokenizedSplit(self.ids[:end], self.offsets[: count + 1], self.prompt_lengths[:count])
+
     def subset(self, indices: Sequence[int] | np.ndarray) -> TokenizedSplit:
         examples = [self.example(int(i)) for i in indices]
         return _from_examples([ids for ids, _ in examples], [p for _, p in examples])
@@ -104,15 +110,32 @@ def cache_root() -> Path:
 def prepare_splits(config: DataConfig, tokenizer: Any) -> Splits:
     """Rows, split, template and tokenisation, through the on-disk cache.
 
+    When every source is a local file (or an embedded data set), a warm cache is found from the files'
+    sizes and modification times alone, without reading a row; otherwise the rows are read and hashed.
+
     Raises:
         SetupError: a source cannot be read or lacks the fields of an instruction data set.
     """
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    quick_key = _quick_key(config, fingerprint)
+    if quick_key is not None:
+        key = _read_alias(quick_key)
+        if key is not None and _is_cached(key):
+            return _load_cached(key)
     train_rows, validation_rows = load_split_rows(config)
-    key = _cache_key(config, tokenizer, train_rows, validation_rows)
-    folder = cache_root() / "tokenized" / key
-    if (folder / "meta.json").is_file():
-        logger.info("tokenised data from cache %s", folder)
-        return Splits(_load_split(folder, "train"), _load_split(folder, "validation"), key, True)
+    key = _cache_key(config, fingerprint, train_rows, validation_rows)
+    if _is_cached(key):
+        splits = _load_cached(key)
+    else:
+        splits = _tokenize_and_store(config, tokenizer, train_rows, validation_rows, key)
+    if quick_key is not None:
+        _write_alias(quick_key, key)
+    return splits
+
+
+def _tokenize_and_store(
+    config: DataConfig, tokenizer: Any, train_rows: list[Row], validation_rows: list[Row], key: str
+) -> Splits:
     started = time.perf_counter()
     train = tokenize_rows(train_rows, tokenizer, template=config.template, max_length=config.max_length)
     validation = tokenize_rows(validation_rows, tokenizer, template=config.template, max_length=config.max_length)
@@ -127,6 +150,7 @@ def prepare_splits(config: DataConfig, tokenizer: Any) -> Splits:
                 name,
                 config.max_length,
             )
+    folder = _tokenized_dir() / key
     _store(folder, train, validation)
     logger.info(
         "tokenised %d train / %d validation examples in %.1f s (cached in %s)",
@@ -136,6 +160,59 @@ def prepare_splits(config: DataConfig, tokenizer: Any) -> Splits:
         folder,
     )
     return Splits(train, validation, key, False)
+
+
+def _tokenized_dir() -> Path:
+    return cache_root() / "tokenized"
+
+
+def _is_cached(key: str) -> bool:
+    return (_tokenized_dir() / key / "meta.json").is_file()
+
+
+def _load_cached(key: str) -> Splits:
+    folder = _tokenized_dir() / key
+    logger.info("tokenised data from cache %s", folder)
+    return Splits(_load_split(folder, "train"), _load_split(folder, "validation"), key, True)
+
+
+def _quick_key(config: DataConfig, tokenizer_fingerprint: str) -> str | None:
+    """A key from the settings and the sources' file stamps, or None when a source has no stamp (hub)."""
+    stamps = [_source_stamp(s) for s in (*config.train, *config.validation)]
+    if any(stamp is None for stamp in stamps):
+        return None
+    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, config.model_dump(mode="json"), stamps]).encode())
+    digest.update(tokenizer_fingerprint.encode())
+    return digest.hexdigest()[:32]
+
+
+def _source_stamp(source: str) -> str | None:
+    """Path, size and modification time of a local source: changes whenever its content does."""
+    from blackbox import embedded
+
+    if embedded.is_embedded(source):
+        path = embedded.data_file(source)
+    else:
+        path = Path(source).expanduser()
+        if path.suffix.lower() not in LOCAL_SUFFIXES or not path.is_file():
+            return None  # a hub name or a dataset folder: only its rows tell what it holds
+    stat = path.stat()
+    return f"{source}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _read_alias(quick_key: str) -> str | None:
+    try:
+        return (_tokenized_dir() / "by-source" / quick_key).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _write_alias(quick_key: str, key: str) -> None:
+    folder = _tokenized_dir() / "by-source"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{quick_key}.tmp-{os.getpid()}"
+    tmp.write_text(key)
+    tmp.replace(folder / quick_key)
 
 
 def load_split_rows(config: DataConfig) -> tuple[list[Row], list[Row]]:
@@ -292,12 +369,10 @@ def _from_examples(ids_list: Sequence[Sequence[int] | np.ndarray], prompt_length
     return TokenizedSplit(flat, offsets, np.asarray(prompt_lengths, dtype=np.int32))
 
 
-def _cache_key(config: DataConfig, tokenizer: Any, train: list[Row], validation: list[Row]) -> str:
+def _cache_key(config: DataConfig, tokenizer_fingerprint: str, train: list[Row], validation: list[Row]) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps([CACHE_FORMAT, config.template, config.max_length]).encode())
-    digest.update(tokenizer_fingerprint(tokenizer).encode())
-    if config.template == "chat":
-        digest.update(str(tokenizer.chat_template).encode())
+    digest.update(tokenizer_fingerprint.encode())
     for rows in (train, validation):
         digest.update(b"\x00split")
         for row in rows:
@@ -308,7 +383,7 @@ def _cache_key(config: DataConfig, tokenizer: Any, train: list[Row], validation:
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A hash of everything that decides how the tokenizer maps text to ids."""
+    """A hash of everything that decides how the tokenizer maps text to ids, chat template included."""
     digest = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -316,6 +391,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     else:
         digest.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
     digest.update(json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id]).encode())
+    digest.update(str(getattr(tokenizer, "chat_template", None)).encode())
     return digest.hexdigest()
 
 

@@ -82,8 +82,8 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)  # another process converted it first
 
 
-def load_rows(name: str) -> list[tuple[str, str, str]]:
-    """(instruction, context, response) rows of an embedded data set.
+def data_file(name: str) -> Path:
+    """The file an embedded data set is read from.
 
     Raises:
         SetupError: unknown name, or its package is not installed.
@@ -93,8 +93,17 @@ def load_rows(name: str) -> list[tuple[str, str, str]]:
         raise SetupError(
             f"unknown embedded data set {name!r}; known: " + ", ".join(f"{PREFIX}chitchat/{s}" for s in CHITCHAT_SPLITS)
         )
-    path = _package_folder("chitchat_dataset", "chitchat-dataset") / "dataset.json"
-    conversations = json.loads(path.read_text(encoding="utf-8"))
+    return _package_folder("chitchat_dataset", "chitchat-dataset") / "dataset.json"
+
+
+def load_rows(name: str) -> list[tuple[str, str, str]]:
+    """(instruction, context, response) rows of an embedded data set.
+
+    Raises:
+        SetupError: unknown name, or its package is not installed.
+    """
+    split = name.removeprefix(PREFIX).partition("/")[2]
+    conversations = json.loads(data_file(name).read_text(encoding="utf-8"))
     rows: list[tuple[str, str, str]] = []
     for conversation_id in sorted(conversations):
         in_validation = _bucket(conversation_id) < _CHITCHAT_VALIDATION_PERCENT

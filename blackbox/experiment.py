@@ -153,7 +153,8 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantization: Literal["none", "int8", "nf4", "fp4"] = "none"
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = "sdpa"
+    # auto: "varlen" (padding-free flash attention, attention.py) for packed batches on CUDA, else "sdpa".
+    attn_implementation: Literal["auto", "varlen", "sdpa", "eager", "flash_attention_2", "flex_attention"] = "auto"
 
 
 class DataConfig(_Section):
@@ -189,7 +190,11 @@ class TrainingConfig(_Section):
     epochs: float = Field(default=3.0, gt=0)
     max_steps: int | None = Field(default=None, ge=1)
     effective_batch_size: int = Field(default=128, ge=1, description="sequences per optimizer step")
-    micro_batch_size: int = Field(default=4, ge=1, description="sequences per forward/backward pass")
+    micro_batch_size: int = Field(
+        default=0,
+        ge=0,
+        description="sequences per forward/backward pass; 0 = the largest that fits on CUDA, 8 elsewhere",
+    )
     packing: bool = Field(default=True, description="pack micro-batches into one row: no padding at all")
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
@@ -198,6 +203,8 @@ class TrainingConfig(_Section):
     seed: int = 42
     autocast: Literal["auto", "none", "bfloat16", "float16"] = "auto"
     gradient_checkpointing: bool = False
+    # "liger": fused RMSNorm, SwiGLU and RoPE Triton kernels from liger-kernel (CUDA, Llama-family models).
+    fused_kernels: Literal["none", "liger"] = "none"
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
     timeout_s: float = Field(default=0.0, ge=0, description="wall-clock limit of training; 0 = none")
     log_every_steps: int = Field(default=10, ge=1)
@@ -205,6 +212,21 @@ class TrainingConfig(_Section):
 
 class ValidationConfig(_Section):
     batch_size: int = Field(default=8, ge=1, description="sequences per validation forward pass")
+
+
+class FidelityConfig(_Section):
+    """Cheaper, lower-fidelity evaluations of the same study (e.g. NOMAD's SURROGATE_EXE).
+
+    ``train``: the fraction of the training steps (the schedule is compressed, not cut); ``validation``:
+    the fraction of the validation set (always the same examples, so that points stay comparable).
+    """
+
+    train: float = Field(default=1.0, gt=0, le=1)
+    validation: float = Field(default=1.0, gt=0, le=1)
+
+    @property
+    def full(self) -> bool:
+        return self.train == 1.0 and self.validation == 1.0
 
 
 class RecordsConfig(_Section):
@@ -222,6 +244,7 @@ class Experiment(_Section):
     data: DataConfig
     training: TrainingConfig = TrainingConfig()
     validation: ValidationConfig = ValidationConfig()
+    fidelity: FidelityConfig = FidelityConfig()
     records: RecordsConfig = RecordsConfig()
 
     @model_validator(mode="after")

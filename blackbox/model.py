@@ -101,7 +101,7 @@ def load_base_model(config: ModelConfig, training: TrainingConfig, device: torch
     kwargs: dict[str, Any] = {
         "revision": config.revision or None,
         "dtype": precision.weights,
-        "attn_implementation": config.attn_implementation,
+        "attn_implementation": resolve_attention(config, training, device),
     }
     if config.quantization != "none":
         kwargs["quantization_config"] = _quantization_config(config, precision)
@@ -116,6 +116,7 @@ def load_base_model(config: ModelConfig, training: TrainingConfig, device: torch
         model.to(device)  # type: ignore[arg-type]  # transformers' decorator hides the signature
     model.requires_grad_(False)
     model.config.use_cache = False  # no KV cache while training
+    apply_fused_kernels(model, training.fused_kernels, device)
     if config.quantization != "none":
         from peft import prepare_model_for_kbit_training
 
@@ -123,6 +124,52 @@ def load_base_model(config: ModelConfig, training: TrainingConfig, device: torch
     elif training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def resolve_attention(config: ModelConfig, training: TrainingConfig, device: torch.device) -> str:
+    """The attention implementation: ``auto`` picks variable-length flash attention for packed batches
+    on CUDA when this torch has it, else SDPA.
+
+    Raises:
+        SetupError: ``varlen`` without packing.
+    """
+    from blackbox import attention
+
+    choice: str = config.attn_implementation
+    if choice == "auto":
+        fast = device.type == "cuda" and training.packing and attention.varlen_available()
+        choice = attention.NAME if fast else "sdpa"
+    if choice == attention.NAME:
+        if not training.packing:
+            raise SetupError("attn_implementation 'varlen' needs training.packing = true")
+        attention.register()
+    return choice
+
+
+def apply_fused_kernels(model: Any, kernels: str, device: torch.device) -> None:
+    """Swap RMSNorm, SwiGLU and RoPE of a Llama-family model for liger-kernel's fused Triton kernels.
+
+    liger-kernel patches transformers' Llama module for the whole process (RoPE) besides this model's
+    layers; the loss stays ours (logits at target positions only).
+
+    Raises:
+        SetupError: not on CUDA, not a Llama-family model, or liger-kernel is not installed.
+    """
+    if kernels == "none":
+        return
+    if device.type != "cuda":
+        raise SetupError("training.fused_kernels = 'liger' needs CUDA (Triton kernels)")
+    if model.config.model_type != "llama":
+        raise SetupError(
+            f"training.fused_kernels = 'liger' supports Llama-family models, not {model.config.model_type!r}"
+        )
+    try:
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+    except ImportError as e:
+        raise SetupError(
+            "training.fused_kernels = 'liger' needs liger-kernel: pip install 'lora-blackbox[kernels]'"
+        ) from e
+    apply_liger_kernel_to_llama(fused_linear_cross_entropy=False, cross_entropy=False, model=model)
 
 
 def _quantization_config(config: ModelConfig, precision: Precision) -> Any:

@@ -51,6 +51,7 @@ def render_params(
     overrides: tuple[str, ...] = (),
     container: str | None = None,
     block_size: int = 1,
+    surrogate_fidelity: float | None = None,
 ) -> str:
     """A complete NOMAD 4 parameter file for the experiment's study.
 
@@ -60,6 +61,9 @@ def render_params(
         overrides: the ``--set`` items to pass on to every evaluation.
         container: an image name: BB_EXE then runs the evaluation in a container.
         block_size: BB_MAX_BLOCK_SIZE; above 1, MEGA_SEARCH_POLL fills the blocks.
+        surrogate_fidelity: when set, a SURROGATE_EXE runs the same evaluation at this fraction of the
+            training steps and of the validation set, and NOMAD orders its trial points by it
+            (EVAL_QUEUE_SORT SURROGATE): the most promising points are evaluated first.
     """
     space = SearchSpace.from_experiment(experiment)
     study = experiment.study
@@ -69,6 +73,7 @@ def render_params(
         + [f"--set {item}" for item in overrides]
         + ([f"--container {container}"] if container else [])
         + ([f"--block-size {block_size}"] if block_size > 1 else [])
+        + ([f"--surrogate-fidelity {surrogate_fidelity:g}"] if surrogate_fidelity else [])
     )
     variables = ", ".join(f"{v.name} ({v.decode}{' of ' + v.of if v.of else ''})" for v in space.variables)
     lines = [
@@ -93,6 +98,15 @@ def render_params(
     ]
     if block_size > 1:
         lines += [f"BB_MAX_BLOCK_SIZE {block_size}", "MEGA_SEARCH_POLL yes"]
+    if surrogate_fidelity:
+        cheap = (f"fidelity.train={surrogate_fidelity:g}", f"fidelity.validation={surrogate_fidelity:g}")
+        surrogate = " ".join(f"${w}" for w in bb_exe_words(experiment_ref, (*overrides, *cheap), container=container))
+        lines += [
+            f"# The same evaluation at {surrogate_fidelity:g} of the training steps and of the validation set:",
+            "# NOMAD evaluates it on every trial point first and evaluates the true blackbox best first.",
+            f'SURROGATE_EXE "{surrogate}"',
+            "EVAL_QUEUE_SORT SURROGATE",
+        ]
     lines += [
         "",
         f"MAX_BB_EVAL {study.budget}",

@@ -150,11 +150,14 @@ class Evaluator:
                 device=loaded.device,
                 precision=loaded.precision,
                 pad_id=loaded.pad_id,
+                fidelity=config.fidelity.train,
             )
             attempt.timings["train_s"] = stats.seconds
+            validation = loaded.splits.validation
+            validation = validation.head(math.ceil(len(validation) * config.fidelity.validation))
             result = validate(
                 model=model,
-                split=loaded.splits.validation,
+                split=validation,
                 batch_size=config.validation.batch_size,
                 device=loaded.device,
                 precision=loaded.precision,
@@ -179,10 +182,14 @@ class Evaluator:
             "train_last_loss": stats.last_loss,
             "train_steps": stats.steps,
             "train_tokens": stats.real_tokens,
+            "train_padding_share": 1 - stats.real_tokens / stats.padded_tokens,
             "train_target_tokens": stats.target_tokens,
             "train_seconds": stats.seconds,
             "tokens_per_second": stats.real_tokens / stats.seconds if stats.seconds else 0.0,
             "trainable_params": trainable,
+            "micro_batch_size": stats.micro_batch_size,
+            "fidelity_train": config.fidelity.train,
+            "fidelity_validation": config.fidelity.validation,
         }
 
     def _load(self, timings: dict[str, float]) -> _Loaded:
@@ -194,6 +201,8 @@ class Evaluator:
         precision = resolve_precision(config.model, config.training, device)
         started = time.perf_counter()
         tokenizer = load_tokenizer(config.model)
+        timings["tokenizer_load_s"] = time.perf_counter() - started
+        started = time.perf_counter()
         splits = prepare_splits(config.data, tokenizer)
         timings["data_prep_s"] = time.perf_counter() - started
         logger.info("data: %d train / %d validation examples", len(splits.train), len(splits.validation))

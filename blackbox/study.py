@@ -215,7 +215,8 @@ def summarize(study_dir: Path, param_file: Path) -> Summary:
     statuses: dict[str, int] = {}
     for r in records:
         statuses[r["status"]] = statuses.get(r["status"], 0) + 1
-    ok = [r for r in records if r["status"] == "OK" and r.get("point")]
+    # Low-fidelity (surrogate) evaluations share the records file; the best point is a full evaluation.
+    ok = [r for r in records if r["status"] == "OK" and r.get("point") and _full_fidelity(r)]
     best = min(ok, key=lambda r: float(r["outputs"][objective_index]), default=None)
     cache = study_dir / CACHE_FILE
     nomad_best = None
@@ -223,6 +224,11 @@ def summarize(study_dir: Path, param_file: Path) -> Summary:
         values = [float(e.outputs[objective_index]) for e in read_cache(cache) if e.ok]
         nomad_best = min(values, default=None)
     return Summary(study_dir, budget, statuses, best, objective_index, nomad_best)
+
+
+def _full_fidelity(record: dict[str, Any]) -> bool:
+    metrics = record.get("metrics", {})
+    return bool(metrics.get("fidelity_train", 1.0) == 1.0 and metrics.get("fidelity_validation", 1.0) == 1.0)
 
 
 def _read_outputs_and_budget(param_file: Path) -> tuple[list[str], int | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
@@ -10,13 +11,15 @@ from typing import Any
 
 import torch
 
-from blackbox.batches import loss_sum, micro_batches, step_indices, steps_per_epoch
+from blackbox.batches import Batch, loss_sum, micro_batches, step_indices, steps_per_epoch
 from blackbox.data import TokenizedSplit
 from blackbox.errors import TrainingDiverged, TrainingTimeout
 from blackbox.experiment import TrainingConfig
 from blackbox.model import Precision
 
 logger = logging.getLogger(__name__)
+
+CPU_MICRO_BATCH = 8
 
 _SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
@@ -28,14 +31,19 @@ class TrainStats:
     last_loss: float
     target_tokens: int
     real_tokens: int
+    padded_tokens: int  # tokens computed, padding included
     seconds: float
+    micro_batch_size: int  # sequences per forward pass, as configured or as found by the auto search
 
 
-def total_steps(num_examples: int, config: TrainingConfig) -> int:
-    """``max_steps`` when set, else the steps of ``epochs`` epochs (a fraction of an epoch rounds up)."""
+def total_steps(num_examples: int, config: TrainingConfig, fidelity: float = 1.0) -> int:
+    """``max_steps`` when set, else the steps of ``epochs`` epochs (a fraction of an epoch rounds up);
+    times ``fidelity``, the fraction of a full run that a low-fidelity evaluation trains."""
     if config.max_steps is not None:
-        return config.max_steps
-    return max(1, math.ceil(config.epochs * steps_per_epoch(num_examples, config.effective_batch_size)))
+        full = config.max_steps
+    else:
+        full = math.ceil(config.epochs * steps_per_epoch(num_examples, config.effective_batch_size))
+    return max(1, math.ceil(full * fidelity))
 
 
 def train(
@@ -47,14 +55,15 @@ def train(
     device: torch.device,
     precision: Precision,
     pad_id: int,
+    fidelity: float = 1.0,
 ) -> TrainStats:
-    """Train the trainable (LoRA) parameters of ``model`` in place.
+    """Train the trainable (LoRA) parameters of ``model`` in place, for ``fidelity`` of the full run.
 
     Raises:
         TrainingDiverged: a step loss is NaN or infinite.
         TrainingTimeout: training ran past ``config.timeout_s``.
     """
-    steps = total_steps(len(split), config)
+    steps = total_steps(len(split), config, fidelity)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=learning_rate, weight_decay=config.weight_decay, fused=device.type == "cuda"
@@ -68,24 +77,31 @@ def train(
         num_training_steps=steps,
     )
     plan = step_indices(len(split), config.effective_batch_size, config.seed)
+    # 0 = auto: on CUDA the whole step in one pass, halved after each out-of-memory until it fits; elsewhere
+    # (no recoverable out-of-memory error: the process is killed) a fixed, modest size.
+    micro = config.micro_batch_size or (config.effective_batch_size if device.type == "cuda" else CPU_MICRO_BATCH)
     model.train()
     started = time.perf_counter()
     losses_total = 0.0
     step_loss = math.nan
-    target_tokens = real_tokens = 0
+    target_tokens = real_tokens = padded_tokens = 0
     for step in range(1, steps + 1):
-        batches = micro_batches(
-            split, next(plan), micro_batch_size=config.micro_batch_size, pad_id=pad_id, packed=config.packing
-        )
-        step_targets = sum(b.target_tokens for b in batches)
-        accumulated = torch.zeros((), device=device)
-        for batch in batches:
-            batch = batch.to(device)
-            with precision.autocast_context(device):
-                # Normalised by the step's target tokens: the loss of a step does not depend on how it is cut.
-                loss = loss_sum(model, batch) / max(step_targets, 1)
-            loss.backward()
-            accumulated += loss.detach()
+        indices = next(plan)
+        while True:
+            batches = micro_batches(split, indices, micro_batch_size=micro, pad_id=pad_id, packed=config.packing)
+            step_targets = sum(b.target_tokens for b in batches)
+            try:
+                accumulated = _accumulate_gradients(model, batches, step_targets, device, precision)
+                break
+            except torch.OutOfMemoryError:
+                if config.micro_batch_size or micro == 1:
+                    raise
+            # Outside the except clause: the failed pass's tensors are freed with its traceback.
+            optimizer.zero_grad(set_to_none=True)
+            gc.collect()
+            torch.cuda.empty_cache()
+            micro = max(1, micro // 2)
+            logger.info("out of memory: micro-batch of %d sequences now", micro)
         step_loss = float(accumulated)
         if not math.isfinite(step_loss):
             optimizer.zero_grad(set_to_none=True)
@@ -98,6 +114,7 @@ def train(
         losses_total += step_loss
         target_tokens += step_targets
         real_tokens += sum(b.real_tokens for b in batches)
+        padded_tokens += sum(b.input_ids.numel() for b in batches)
         elapsed = time.perf_counter() - started
         if step % config.log_every_steps == 0 or step == steps:
             eta = elapsed / step * (steps - step)
@@ -118,8 +135,25 @@ def train(
         last_loss=step_loss,
         target_tokens=target_tokens,
         real_tokens=real_tokens,
+        padded_tokens=padded_tokens,
         seconds=time.perf_counter() - started,
+        micro_batch_size=micro,
     )
+
+
+def _accumulate_gradients(
+    model: Any, batches: list[Batch], step_targets: int, device: torch.device, precision: Precision
+) -> torch.Tensor:
+    """Forward and backward over the micro-batches of one step; returns the step's loss."""
+    accumulated = torch.zeros((), device=device)
+    for batch in batches:
+        batch = batch.to(device)
+        with precision.autocast_context(device):
+            # Normalised by the step's target tokens: the loss of a step does not depend on how it is cut.
+            loss = loss_sum(model, batch) / max(step_targets, 1)
+        loss.backward()
+        accumulated += loss.detach()
+    return accumulated
 
 
 def _duration(seconds: float) -> str:

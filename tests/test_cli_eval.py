@@ -190,6 +190,34 @@ def test_unreadable_point_file_exits_1(tiny_experiment, run_blackbox) -> None:
     assert "cannot read point file /no/such/points.txt" in result.stderr.decode()
 
 
+@pytest.mark.parametrize("quantization", ["nf4", "int8"])
+def test_quantised_lora_trains(tmp_path, tiny_experiment, run_blackbox, quantization) -> None:
+    """QLoRA through bitsandbytes, which also runs on the CPU."""
+    points = tmp_path / "x.txt"
+    points.write_text("2 -2 0.1\n")
+    result = run_blackbox(
+        ["eval", "-e", str(tiny_experiment), "--set", f"model.quantization={quantization}", str(points)]
+    )
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    assert RESULT.fullmatch(result.stdout), result.stdout
+    [record] = _records(tiny_experiment)
+    assert record["status"] == "OK" and record["metrics"]["train_last_loss"] < record["metrics"]["train_loss"] + 1
+
+
+def test_low_fidelity_is_recorded_and_cheaper(tmp_path, tiny_experiment, run_blackbox) -> None:
+    points = tmp_path / "x.txt"
+    points.write_text("2 -2 0.1\n")
+    low = ["--set", "fidelity.train=0.25", "--set", "fidelity.validation=0.5"]
+    result = run_blackbox(["eval", "-e", str(tiny_experiment), *low, str(points)])
+    assert result.returncode == 0 and RESULT.fullmatch(result.stdout)
+    full = run_blackbox(["eval", "-e", str(tiny_experiment), str(points)])
+    cheap, whole = _records(tiny_experiment)
+    assert cheap["metrics"]["train_steps"] == 3 and whole["metrics"]["train_steps"] == 12
+    assert cheap["metrics"]["validation_tokens"] < whole["metrics"]["validation_tokens"]
+    assert (cheap["metrics"]["fidelity_train"], cheap["metrics"]["fidelity_validation"]) == (0.25, 0.5)
+    assert full.stdout.split()[0] != result.stdout.split()[0]
+
+
 def test_experiment_from_the_environment(tmp_path, tiny_experiment, run_blackbox) -> None:
     points = tmp_path / "x.txt"
     points.write_text("2 -2 0.1\n")

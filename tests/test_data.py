@@ -102,6 +102,29 @@ def test_tokenised_data_is_cached_and_keyed_by_content(tokenizer, tiny_data, tmp
     assert fewer.key != first.key and len(fewer.train) == 10
 
 
+def test_a_warm_cache_of_local_files_reads_no_row(tokenizer, tiny_data, tmp_path, monkeypatch) -> None:
+    import blackbox.data as data
+
+    monkeypatch.setenv("LORA_BLACKBOX_CACHE", str(tmp_path / "cache"))
+    train = tmp_path / "train.jsonl"
+    train.write_bytes(tiny_data[0].read_bytes())
+    config = DataConfig(train=(str(train),), validation=(str(tiny_data[1]),), max_length=128)
+    first = prepare_splits(config, tokenizer)
+
+    def no_rows(config):
+        raise AssertionError("rows were read although the cache is warm")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(data, "load_split_rows", no_rows)
+        again = prepare_splits(config, tokenizer)
+    assert again.from_cache and again.key == first.key
+    # New content: the stamp changes, the rows are read again and tokenised anew.
+    lines = train.read_text().splitlines(keepends=True)
+    train.write_text("".join(lines[:-5]))
+    changed = prepare_splits(config, tokenizer)
+    assert not changed.from_cache and changed.key != first.key and len(changed.train) < len(first.train)
+
+
 def test_missing_local_file_is_a_setup_error(tokenizer) -> None:
     with pytest.raises(SetupError, match="does not exist"):
         prepare_splits(DataConfig(train=("/nonexistent/train.jsonl",)), tokenizer)

@@ -21,6 +21,7 @@ COMMITTED = sorted((REPO / "nomad_params").glob("*.txt"))
 # How each committed file is generated (the file name is the experiment name unless listed here).
 GENERATED_BY: dict[str, list[str]] = {
     "demo_container": ["--experiment", "demo", "--container", "lora-blackbox:latest"],
+    "demo_surrogate": ["--experiment", "demo", "--surrogate-fidelity", "0.25"],
 }
 
 
@@ -102,7 +103,8 @@ def test_pynomad_accepts_every_committed_file(tmp_path: Path, path: Path) -> Non
     text = path.read_text()
     extras = len(_value(text, "BB_OUTPUT_TYPE").split()) - 1
     (tmp_path / "bb.py").write_text(CONSTANT_BLACKBOX.format(extras=extras))
-    text = re.sub(r"^BB_EXE .*$", f'BB_EXE "${sys.executable} bb.py"', text, flags=re.MULTILINE)
+    for exe in ("BB_EXE", "SURROGATE_EXE"):
+        text = re.sub(rf"^{exe} .*$", f'{exe} "${sys.executable} bb.py"', text, flags=re.MULTILINE)
     text = re.sub(r"^MAX_BB_EVAL .*$", "MAX_BB_EVAL 2", text, flags=re.MULTILINE)
     (tmp_path / "param.txt").write_text(text)
     result = subprocess.run(
@@ -115,8 +117,8 @@ def test_pynomad_accepts_every_committed_file(tmp_path: Path, path: Path) -> Non
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Blackbox evaluations:" in result.stdout
-    entries = read_cache(tmp_path / "cache.txt")
-    assert len(entries) == 2 and all(e.ok and e.outputs[0] == "1.5" for e in entries)
+    evaluated = [e for e in read_cache(tmp_path / "cache.txt") if e.ok]  # (surrogate-only points are not)
+    assert len(evaluated) == 2 and all(e.outputs[0] == "1.5" for e in evaluated)
 
 
 def test_drop_from_cache_removes_failed_entries_only(tmp_path: Path) -> None:

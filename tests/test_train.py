@@ -76,3 +76,96 @@ def test_the_base_model_is_unchanged_after_a_point(setup) -> None:
     after = base.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+class _MemoryLimit(torch.nn.Module):
+    """The model behind a device memory limit: a pass over more than ``tokens`` tokens runs out of memory,
+    as it would on a GPU (the CPU has no recoverable out-of-memory error)."""
+
+    def __init__(self, model, tokens: int) -> None:
+        super().__init__()
+        self.model = model
+        self.tokens = tokens
+        self.refused = 0
+
+    def forward(self, input_ids, **kwargs):
+        if input_ids.numel() > self.tokens:
+            self.refused += 1
+            raise torch.OutOfMemoryError(f"{input_ids.numel()} tokens do not fit")
+        return self.model(input_ids=input_ids, **kwargs)
+
+
+def test_auto_micro_batch_halves_until_a_step_fits(setup) -> None:
+    model_config, splits, base, pad_id = setup
+    results = {}
+    for limit in (None, 300):
+        torch.manual_seed(0)
+        model = attach_lora(base, HyperParams(8, 16, 0.0, 1e-2), model_config)
+        wrapped = _MemoryLimit(model, limit or 10**9)
+        try:
+            config = TrainingConfig(max_steps=4, effective_batch_size=16, micro_batch_size=0, seed=0)
+            stats = train(
+                model=wrapped,
+                split=splits.train,
+                learning_rate=1e-2,
+                config=config,
+                device=CPU,
+                precision=FP32,
+                pad_id=pad_id,
+            )
+        finally:
+            detach_lora(model)
+        results[limit] = (stats, wrapped.refused)
+    (free, refused_free), (limited, refused) = results[None], results[300]
+    assert refused_free == 0 and free.micro_batch_size == 8
+    assert refused > 0 and limited.micro_batch_size < 8
+    # Exact accumulation: the smaller micro-batches learn the same thing.
+    assert abs(limited.train_loss - free.train_loss) < 1e-4
+
+
+def test_fidelity_trains_a_fraction_of_the_steps(setup) -> None:
+    model_config, splits, base, pad_id = setup
+    torch.manual_seed(0)
+    model = attach_lora(base, HyperParams(8, 16, 0.0, 1e-2), model_config)
+    try:
+        config = TrainingConfig(max_steps=10, effective_batch_size=16, seed=0)
+        stats = train(
+            model=model,
+            split=splits.train,
+            learning_rate=1e-2,
+            config=config,
+            device=CPU,
+            precision=FP32,
+            pad_id=pad_id,
+            fidelity=0.25,
+        )
+    finally:
+        detach_lora(model)
+    assert stats.steps == 3
+    assert len(splits.validation.head(5)) == 5
+    assert splits.validation.head(5).example(4)[0].tolist() == splits.validation.example(4)[0].tolist()
+
+
+def test_activation_checkpointing_learns_the_same(tiny_model: Path, tiny_data) -> None:
+    model_config = ModelConfig(name_or_path=str(tiny_model))
+    tokenizer = load_tokenizer(model_config)
+    splits = prepare_splits(
+        DataConfig(train=(str(tiny_data[0]),), validation=(str(tiny_data[1]),), max_length=128), tokenizer
+    )
+    losses = []
+    for checkpointing in (False, True):
+        training = TrainingConfig(max_steps=4, effective_batch_size=16, seed=0, gradient_checkpointing=checkpointing)
+        base = load_base_model(model_config, training, CPU, FP32)
+        torch.manual_seed(0)
+        model = attach_lora(base, HyperParams(8, 16, 0.0, 1e-2), model_config)
+        stats = train(
+            model=model,
+            split=splits.train,
+            learning_rate=1e-2,
+            config=training,
+            device=CPU,
+            precision=FP32,
+            pad_id=tokenizer.eos_token_id,
+        )
+        losses.append(stats.train_loss)
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,82 @@
+"""A block of points in one call: the base model is loaded once, memory does not grow from point to point,
+and each point gives the objective it gives in a process of its own (the demo model, on the CPU).
+
+    python benchmarks/block_memory.py [--points 5] [--steps 4] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from blackbox.record import read_records
+
+
+def run(points: list[str], records: Path, steps: int) -> list[dict]:
+    records.mkdir(parents=True, exist_ok=True)
+    points_file = records / "points.txt"
+    points_file.write_text("\n".join(points) + "\n")
+    sets = ["--set", f"training.max_steps={steps}", "--set", f"records.dir={records}"]
+    subprocess.run(
+        [sys.executable, "-m", "blackbox.cli", "-q", "eval", "-e", "demo", *sets, str(points_file)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return read_records(records / "records.jsonl")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--points", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    points = [f"{1 + i % 5} {1 + i % 8} {-4.5 + 0.5 * i}" for i in range(args.points)]
+    with tempfile.TemporaryDirectory() as tmp:
+        block = run(points, Path(tmp) / "block", args.steps)
+        alone = [run([p], Path(tmp) / f"alone{i}", args.steps)[0] for i, p in enumerate(points[:2])]
+    rows = [
+        {
+            "point": r["point_line"],
+            "validation_loss": r["metrics"]["validation_loss"],
+            "rss_after_gib": r["memory"]["process_rss_gib"],
+            "max_rss_gib": r["memory"]["peak_gib"],
+            "model_load_s": r["timings"].get("model_load_s", 0.0),
+            "total_s": r["timings"]["total_s"],
+        }
+        for r in block
+    ]
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "block": rows,
+        "rss_growth_gib_first_to_last": rows[-1]["rss_after_gib"] - rows[0]["rss_after_gib"],
+        "same_objective_alone": [
+            a["metrics"]["validation_loss"] == b["validation_loss"] for a, b in zip(alone, rows, strict=False)
+        ],
+    }
+    print(f"demo, a block of {len(points)} points, {args.steps} steps each, one call")
+    print("| point | validation loss | RSS after (GiB) | max RSS so far (GiB) | model load s | total s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['point']} | {r['validation_loss']:.6f} | {r['rss_after_gib']:.3f} | {r['max_rss_gib']:.3f} | "
+            f"{r['model_load_s']:.2f} | {r['total_s']:.1f} |"
+        )
+    print(
+        f"RSS growth first -> last point: {result['rss_growth_gib_first_to_last']:+.3f} GiB; "
+        f"same objective as alone (first 2 points): {result['same_objective_alone']}"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
