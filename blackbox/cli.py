@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import click
 
@@ -26,6 +26,7 @@ from blackbox.errors import BlackboxError, ConfigError, PointError
 from blackbox.experiment import ENV_EXPERIMENT, load_experiment
 
 if TYPE_CHECKING:
+    from blackbox.container import Gpus
     from blackbox.objective import Evaluator
     from blackbox.runners import Runner
 
@@ -45,7 +46,7 @@ logger = logging.getLogger("blackbox")
 @click.pass_context
 def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
     """LoRA fine-tuning + validation as a blackbox for NOMAD and other optimizers."""
-    ctx.obj = {"debug": debug}
+    ctx.obj = {"debug": debug, "quiet": quiet}
     _setup_logging(quiet=quiet)
     # Packed batches of varying length fragment CUDA's caching allocator; expandable segments avoid
     # out-of-memory errors with gigabytes reserved but unusable. Set before CUDA starts; a user's value wins.
@@ -127,7 +128,7 @@ def eval_command(
         lines = read_point_lines(point_file)
         point_file = point_file.resolve()
         evaluator = Evaluator(exp)
-        _install_sigterm_handler()
+        _install_signal_handlers()
         runner = _runner(experiment, overrides, workers, gpus_per_eval, backend, ray_address, evaluator)
         if runner is None:
             outputs: Iterable[str] = block.evaluate_here(evaluator, lines, str(point_file))
@@ -262,6 +263,135 @@ def params_command(
             logger.info("wrote %s", out)
 
 
+@main.command("container")
+@experiment_options
+@click.option(
+    "--image",
+    required=True,
+    envvar="LORA_BLACKBOX_IMAGE",
+    metavar="IMAGE",
+    help="The lora-blackbox image (built from the project's Dockerfile), e.g. lora-blackbox:latest.",
+)
+@click.option(
+    "--gpus",
+    default="auto",
+    show_default=True,
+    envvar="LORA_BLACKBOX_GPUS",
+    metavar="auto|all|none|N|device=ID,..",
+    callback=lambda ctx, param, value: _container_value("parse_gpus", value),
+    help="GPUs for the container; auto: all when this machine has an NVIDIA GPU, else none.",
+)
+@click.option(
+    "--mount",
+    "mounts",
+    multiple=True,
+    envvar="LORA_BLACKBOX_MOUNTS",
+    type=click.Path(path_type=Path),
+    metavar="PATH",
+    help="Also mount this host path, read-only, at the same path (repeatable). The point file, the experiment "
+    "file, its model folder and data files, the records folder and the caches are mounted anyway.",
+)
+@click.option(
+    "--env",
+    multiple=True,
+    metavar="NAME[=VALUE]",
+    callback=lambda ctx, param, value: _container_value("parse_env", value),
+    help="Set a variable in the container (NAME alone: the host's value); repeatable.",
+)
+@click.option(
+    "--offline",
+    is_flag=True,
+    envvar="LORA_BLACKBOX_OFFLINE",
+    help="No network in the container (HF_HUB_OFFLINE=1): models and data from mounted folders or caches.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0),
+    default=0,
+    envvar="LORA_BLACKBOX_TIMEOUT",
+    metavar="SECONDS",
+    help="Wall-clock limit of the call; then the container is stopped and the exit status is 124. 0: none.",
+)
+@click.option(
+    "--pull",
+    type=click.Choice(["missing", "always", "never"]),
+    default="missing",
+    show_default=True,
+    envvar="LORA_BLACKBOX_PULL",
+    help="When to pull the image from its registry.",
+)
+@click.option(
+    "--user",
+    envvar="LORA_BLACKBOX_USER",
+    metavar="UID[:GID]",
+    help="User in the container; default: yours, so that it can write the mounted folders.",
+)
+@click.argument("point_file", type=click.Path(path_type=Path))
+@click.pass_context
+def container_command(
+    ctx: click.Context,
+    experiment: str,
+    overrides: tuple[str, ...],
+    image: str,
+    gpus: Gpus,
+    mounts: tuple[Path, ...],
+    env: dict[str, str],
+    offline: bool,
+    timeout_s: float,
+    pull: Literal["missing", "always", "never"],
+    user: str | None,
+    point_file: Path,
+) -> None:
+    """Run one blackbox call (lora-blackbox eval) in a container: NOMAD's BB_EXE for an image.
+
+    Talks to any Docker-API engine: Docker, or podman's API service through DOCKER_HOST. Host paths are
+    mounted at the same paths, the records folder and the caches ($HF_HOME, $LORA_BLACKBOX_CACHE)
+    read-write, so records land on the host. The container's stdout is relayed byte for byte and its
+    exit status becomes this command's; 124: time limit reached; 130: interrupted (SIGINT or SIGTERM
+    stop the container with SIGINT, then kill it); 1: no engine, or no image.
+    """
+    from blackbox.container import plan_call, run_call
+
+    with _exit_codes(ctx), protocol_stdout() as emit:
+        exp = load_experiment(experiment, overrides)
+        spec = plan_call(
+            image=image,
+            experiment_ref=experiment,
+            experiment=exp,
+            overrides=overrides,
+            point_file=point_file,
+            mounts=mounts,
+            gpus=gpus,
+            offline=offline,
+            user=user,
+            env=env,
+            quiet=ctx.obj.get("quiet", False),
+        )
+        outcome = run_call(spec, timeout_s=timeout_s, pull=pull, stdout=emit, stderr=_write_stderr)
+    if outcome.ended == "timeout":
+        ctx.exit(124)
+    if outcome.ended == "interrupted":
+        ctx.exit(130)
+    status = outcome.status or 0
+    if outcome.ended == "killed":
+        cause = "out of memory" if outcome.oom_killed else "SIGKILL from outside"
+        logger.error("the container was killed (%s; exit status %d)", cause, status)
+    elif status:
+        logger.error("the blackbox in the container exited with status %d", status)
+    ctx.exit(status)
+
+
+def _container_value(parser: str, value: Any) -> Any:
+    """An option of ``container`` parsed by blackbox.container (imported only when that command runs)."""
+    from blackbox import container
+
+    try:
+        return getattr(container, parser)(value)
+    except ConfigError as e:
+        raise click.BadParameter("; ".join(e.problems)) from e
+
+
 @main.command("study")
 @click.argument("param_file", type=click.Path(path_type=Path))
 @click.option(
@@ -284,12 +414,12 @@ def study_command(ctx: click.Context, param_file: Path, study_dir: Path | None) 
 
 
 @contextlib.contextmanager
-def protocol_stdout() -> Iterator[Callable[[str], None]]:
+def protocol_stdout() -> Iterator[Callable[[str | bytes], None]]:
     """Keep stdout for result lines only.
 
     While the body runs, file descriptor 1 points at stderr (native code, C extensions and stray
     prints cannot reach the optimizer) and ``sys.stdout`` is ``sys.stderr``. Result lines go through
-    the function this yields, to the real stdout.
+    the function this yields, to the real stdout: text, or bytes written as they are.
     """
     real = sys.stdout
     real.flush()
@@ -301,13 +431,18 @@ def protocol_stdout() -> Iterator[Callable[[str], None]]:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
 
-    def emit(text: str) -> None:
+    def emit(text: str | bytes) -> None:
+        data = text.encode() if isinstance(text, str) else text
         if real_is_fd1:
-            data = memoryview(text.encode())
-            while data:
-                data = data[os.write(saved, data) :]
+            view = memoryview(data)
+            while view:
+                view = view[os.write(saved, view) :]
+        elif hasattr(real, "buffer"):
+            real.flush()
+            real.buffer.write(data)
+            real.buffer.flush()
         else:
-            real.write(text)
+            real.write(data.decode(errors="replace"))
             real.flush()
 
     try:
@@ -338,12 +473,28 @@ def _fail(error: BlackboxError, code: int, debug: bool) -> NoReturn:
     sys.exit(code)
 
 
-def _install_sigterm_handler() -> None:
-    """SIGTERM ends the call like Ctrl-C does: the running evaluation is recorded as INTERRUPTED."""
+def _write_stderr(data: bytes) -> None:
+    """Bytes to stderr as they are (the container's stderr)."""
+    sys.stderr.flush()
+    buffer = getattr(sys.stderr, "buffer", None)
+    if buffer is None:
+        sys.stderr.write(data.decode(errors="replace"))
+    else:
+        buffer.write(data)
+        buffer.flush()
+
+
+def _install_signal_handlers() -> None:
+    """SIGINT and SIGTERM end the call: the running evaluation is recorded as INTERRUPTED.
+
+    SIGINT is set explicitly: a process started in the background by a script inherits SIGINT ignored,
+    and Python then installs no KeyboardInterrupt handler of its own.
+    """
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupt)
 
 

@@ -225,7 +225,9 @@ def test_experiment_from_the_environment(tmp_path, tiny_experiment, run_blackbox
     assert result.returncode == 0 and RESULT.fullmatch(result.stdout)
 
 
-def test_sigint_records_the_running_point_as_interrupted(tmp_path, tiny_experiment) -> None:
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_sigint_records_the_running_point_as_interrupted(tmp_path, tiny_experiment, inherited: str) -> None:
+    """Also when started with SIGINT ignored, as a script's background job is."""
     points = tmp_path / "x.txt"
     points.write_text("2 -2 0.1\n")
     process = subprocess.Popen(
@@ -233,14 +235,19 @@ def test_sigint_records_the_running_point_as_interrupted(tmp_path, tiny_experime
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=tmp_path,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if inherited == "ignored" else None,
     )
     log = tmp_path / "runs" / "evals"
-    deadline = time.monotonic() + 120
-    while not any(p.name == "eval.log" and "step " in p.read_text() for p in log.glob("*/eval.log")):
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    stdout, _ = process.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.name == "eval.log" and "step " in p.read_text() for p in log.glob("*/eval.log")):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        stdout, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()  # a failed test leaves no training process behind (a no-op once it has ended)
+        process.wait()
     assert process.returncode == 130 and stdout == b""
     [record] = _records(tiny_experiment)
     assert record["status"] == "INTERRUPTED"

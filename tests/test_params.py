@@ -20,6 +20,7 @@ from tests.conftest import REPO
 COMMITTED = sorted((REPO / "nomad_params").glob("*.txt"))
 # How each committed file is generated (the file name is the experiment name unless listed here).
 GENERATED_BY: dict[str, list[str]] = {
+    "demo_container": ["--experiment", "demo", "--container", "lora-blackbox:latest"],
     "demo_surrogate": ["--experiment", "demo", "--surrogate-fidelity", "0.25"],
 }
 

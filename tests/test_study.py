@@ -61,7 +61,16 @@ seed = 0
 """
 
 
-def _study(tmp_path: Path, tiny_model: Path, tiny_data, *, budget: int, steps: int = 6, block_size: int = 1) -> Path:
+def _study(
+    tmp_path: Path,
+    tiny_model: Path,
+    tiny_data,
+    *,
+    budget: int,
+    steps: int = 6,
+    block_size: int = 1,
+    container: str | None = None,
+) -> Path:
     experiment = tmp_path / "study.toml"
     experiment.write_text(
         STUDY_EXPERIMENT.format(
@@ -70,6 +79,7 @@ def _study(tmp_path: Path, tiny_model: Path, tiny_data, *, budget: int, steps: i
     )
     param = tmp_path / "study.txt"
     args = ["params", "-e", str(experiment), "--out", str(param), "--block-size", str(block_size)]
+    args += ["--container", container] if container else []
     subprocess.run([*BLACKBOX, "-q", *args], check=True)
     return param
 
