@@ -201,9 +201,10 @@ def _tell_not_counted(study: optuna.Study, trial: optuna.Trial, why: str) -> Non
     """Fail a trial that did not really run, keep it out of the count, and queue its point for the resume."""
     from optuna.trial import TrialState
 
+    params = trial.params
     trial.set_user_attr("status", why)
     study.tell(trial, state=TrialState.FAIL)
-    _not_count(study, trial.number, trial.params)
+    _not_count(study, trial.number, params)
 
 
 def _not_count(study: optuna.Study, number: int, params: dict[str, Any]) -> None:
