@@ -105,7 +105,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/compare-solvers"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/solvers"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per evaluation (OMP_NUM_THREADS). 1: on a shared 2-core machine two threads "
+        "fighting other jobs trained 6x slower; one count for all runs keeps objectives comparable, since "
+        "the thread count changes the order of floating-point sums.",
+    )
     args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every lora-blackbox eval
     seeds = [int(s) for s in args.seeds.split(",")]
     solvers = args.solvers.split(",")
     overrides = (*CPU_SETTINGS, *args.overrides)
@@ -133,6 +142,7 @@ def main() -> None:
         "overrides": list(overrides),
         "budget": args.budget,
         "seeds": seeds,
+        "torch_threads": args.threads,
         "wall_seconds": time.monotonic() - started,
         "table": rows,
     }

@@ -189,8 +189,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: Result) -> None:
     trial.set_user_attr("point", list(result.point) if result.point is not None else None)
     if result.error:
         trial.set_user_attr("error", result.error[:1000])
-    for name, value in result.extras.items():
-        trial.set_user_attr(name, value)
+    trial.set_user_attr("extras", {k: v for k, v in result.extras.items() if k != "run_id"})
     if result.failed:
         study.tell(trial, state=TrialState.FAIL)
     else:
@@ -249,7 +248,7 @@ def _check_identity(study: optuna.Study, blackbox: Blackbox, sampler: Sampler, s
         # records.dir may differ between machines; everything that changes the objective may not.
         "fingerprint": experiment.model_copy(update={"records": RecordsConfig()}).fingerprint(),
         "experiment": experiment.study.name,
-        "space": [v.model_dump() for v in blackbox.space.variables],
+        "space": [v.model_dump(mode="json") for v in blackbox.space.variables],  # as the storage returns it
         "sampler": sampler,
         "seed": seed,
     }
@@ -260,12 +259,13 @@ def _check_identity(study: optuna.Study, blackbox: Blackbox, sampler: Sampler, s
             raise SetupError(f"study {study.study_name!r} holds trials that lora-blackbox did not make")
         study.set_user_attr(_ATTR_IDENTITY, identity)
         return
-    changed = sorted(k for k in identity if stored.get(k) != identity[k])
+    changed = [k for k in identity if stored.get(k) != identity[k]]
     if changed:
+        was = [f"{k} {stored.get(k)!r}, now {identity[k]!r}" for k in changed if k in ("experiment", "sampler", "seed")]
         raise SetupError(
-            f"study {study.study_name!r} was created with another {', '.join(changed)} "
-            f"({', '.join(f'{k}={stored.get(k)!r}' for k in changed if k != 'space')}); "
-            "resuming it would mix two studies. Use another --study-name or storage."
+            f"study {study.study_name!r} was created with another {', '.join(changed)}"
+            + (f" ({'; '.join(was)})" if was else "")
+            + ": resuming it would mix two studies. Use another --study-name or storage."
         )
 
 
