@@ -196,8 +196,8 @@ def study_command(ctx: click.Context, param_file: Path, study_dir: Path | None) 
     from blackbox.study import run_study
 
     with _exit_codes(ctx):
-        progress = not ctx.obj.get("quiet", False)
-        ctx.exit(run_study(param_file, study_dir or Path("runs") / param_file.stem, progress=progress))
+        quiet = ctx.obj.get("quiet", False)
+        ctx.exit(run_study(param_file, study_dir or Path("runs") / param_file.stem, quiet=quiet))
 
 
 @main.command("optuna")

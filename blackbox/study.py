@@ -127,10 +127,11 @@ class _Interrupts:
                 _signal(process, signal.SIGKILL)
 
 
-def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout, progress: bool = True) -> int:
+def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout, quiet: bool = False) -> int:
     """Run (or resume) a study. Returns 0, 130 when interrupted, or NOMAD's non-zero exit status.
 
-    ``progress``: log evaluations done / budget, the best objective and an ETA on stderr as records arrive.
+    Unless ``quiet``, stderr shows evaluations done / budget, the best objective and an ETA as records
+    arrive; ``quiet`` also makes the blackbox calls quiet (no training progress).
 
     Raises:
         SetupError: bad parameter file or study folder, or no way to run NOMAD.
@@ -142,8 +143,10 @@ def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout, pr
     _say(f"study folder {study_dir}; NOMAD: {nomad or 'embedded in PyNomadBBO ' + _pynomad_version()}")
     # BB_EXE calls lora-blackbox by name: the one installed beside this Python comes first.
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    if quiet:
+        env["LORA_BLACKBOX_QUIET"] = "1"
     # Started first: nothing may fail between starting NOMAD and the try block that waits for it.
-    watcher = _ProgressWatcher(study_dir, copy) if progress else None
+    watcher = None if quiet else _ProgressWatcher(study_dir, copy)
     if watcher:
         watcher.start()
     process = subprocess.Popen(

@@ -27,7 +27,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_data) -> dict:
-    """A NOMAD study of 4 evaluations and an Optuna TPE study of 3 trials, the first of which diverges."""
+    """A NOMAD study of 4 evaluations, and a quiet, in-process Optuna TPE study of 3 trials, the first of which
+    diverges."""
     tmp = tmp_path_factory.mktemp("reports")
     text = STUDY_EXPERIMENT.format(budget=4, model=tiny_model, train=tiny_data[0], validation=tiny_data[1], steps=6)
     nomad_experiment = tmp / "nomad.toml"
@@ -50,7 +51,7 @@ def studies(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_dat
     optuna_experiment.write_text(text.replace("upper = -1", "upper = 36"))  # room for a diverging learning rate
     storage = f"sqlite:///{tmp / 'optuna.db'}"
     optuna.create_study(storage=storage, study_name="s").enqueue_trial({"lora_r": 2, "learning_rate": 36.0})
-    command = [*BLACKBOX, "optuna", "-e", str(optuna_experiment), "--n-trials", "3", "--in-process"]
+    command = [*BLACKBOX, "--quiet", "optuna", "-e", str(optuna_experiment), "--n-trials", "3", "--in-process"]
     command += ["--storage", storage, "--study-name", "s", "--dir", str(tmp / "tpe")]
     tpe = subprocess.run(
         command,
@@ -78,12 +79,13 @@ def studies(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_dat
     return {"tmp": tmp, "nomad": nomad, "tpe": tpe, "report": report}
 
 
-def test_study_progress_on_stderr(studies: dict) -> None:
+def test_progress_on_stderr_unless_quiet(studies: dict) -> None:
     stderr = studies["nomad"].stderr
     assert "progress: 4/4 evaluations done, best objective" in stderr
     assert "ETA" in stderr
     assert "progress" not in studies["nomad"].stdout  # stdout: NOMAD's display and the summary only
-    assert "3/3 evaluations done" in studies["tpe"].stderr
+    # --quiet: neither the trials' progress nor the training steps.
+    assert "evaluations done" not in studies["tpe"].stderr and "step " not in studies["tpe"].stderr
     assert json.loads(studies["tpe"].stdout)["counted_trials"] == 3
 
 

@@ -56,6 +56,9 @@ def convergence_png(runs: Sequence[Run], *, objective: str) -> bytes:
     by_count.set_xlabel("evaluations")
     by_count.set_ylabel(f"best {objective} so far (dots: each evaluation)")
     by_hours.set_xlabel(f"accumulated evaluation hours (wall clock; {', '.join(devices) or 'device unknown'})")
+    from matplotlib.ticker import MaxNLocator
+
+    by_count.xaxis.set_major_locator(MaxNLocator(integer=True))
     for axes in (by_count, by_hours):
         axes.grid(alpha=0.3)
     _clip_to_best(by_count, runs)
