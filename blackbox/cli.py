@@ -263,8 +263,7 @@ def optuna_command(
         )
         storage = storage or default_storage(folder)
         logger.info("Optuna study folder %s; storage %s", folder, storage)
-        if in_process:
-            _install_sigterm_handler()
+        _install_sigterm_handler()  # SIGTERM stops like Ctrl-C: the running trial is recorded, not orphaned
         summary = run_optuna(
             blackbox,
             n_trials=n_trials,

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 from optuna.trial import TrialState
 
@@ -182,3 +183,35 @@ def test_ctrl_c_records_the_running_trial_and_resume_runs_it_again(tmp_path: Pat
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].params == trial.params  # the interrupted point ran first
     assert json.loads(result.stdout)["counted_trials"] == 1
+
+
+@pytest.mark.slow
+def test_a_killed_evaluation_fails_its_trial_only(tmp_path: Path, tiny_experiment: Path) -> None:
+    """The kernel's OOM killer (here: SIGKILL from the test) ends an evaluation without a record: the trial
+    fails, a record says why, and the study goes on."""
+    folder = tmp_path / "study"
+    args = ["-e", str(tiny_experiment), "--set", "training.max_steps=20", "--dir", str(folder), "--sampler", "random"]
+    process = subprocess.Popen(
+        [*BLACKBOX, "optuna", *args, "--seed", "7", "--n-trials", "2"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    logs = folder / "evals"
+    while not (logs.exists() and any("step " in p.read_text() for p in logs.glob("*/eval.log"))):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    [evaluation] = psutil.Process(process.pid).children()
+    evaluation.send_signal(signal.SIGKILL)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    records = read_records(folder / "records.jsonl")
+    assert records[0]["status"] == "ERROR" and records[1]["status"] in ("OK", "DIVERGED")
+    assert "killed by SIGKILL" in records[0]["error"] and records[0]["hparams"] is not None
+    trials = optuna.load_study(study_name="tiny-random", storage=f"sqlite:///{folder / 'optuna.db'}").trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[0].user_attrs["run_id"] == records[0]["run_id"]
+    assert json.loads(stdout)["counted_trials"] == 2
