@@ -31,13 +31,13 @@ demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" ./run_nomad.sh
 
 test: install
-	$(BIN)/ruff check blackbox tests benchmarks
+	$(BIN)/ruff check blackbox tests benchmarks examples
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check blackbox tests benchmarks
-	$(BIN)/ruff format --check blackbox tests benchmarks
+	$(BIN)/ruff check blackbox tests benchmarks examples
+	$(BIN)/ruff format --check blackbox tests benchmarks examples
 	$(BIN)/mypy
 	$(BIN)/hadolint --failure-threshold warning Dockerfile
 

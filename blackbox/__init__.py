@@ -1,13 +1,49 @@
 """LoRA fine-tuning and validation as a blackbox for NOMAD and other hyperparameter optimizers.
 
-The command line (``lora-blackbox``) is the main interface; see ``blackbox.cli``.
+The command line (``lora-blackbox``) is built on the Python API (``blackbox.api``)::
+
+    from blackbox import Blackbox
+
+    bb = Blackbox("demo")
+    result = bb.evaluate({"lora_r": 8, "lora_alpha": 16, "learning_rate": 1e-3})
+    result.objective, result.status, result.extras, result.timings
+
+Importing ``blackbox`` is cheap: the API's names are loaded on first use, and torch only when an
+evaluation runs.
 """
 
+from __future__ import annotations
+
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("lora-blackbox")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-__all__ = ["__version__"]
+if TYPE_CHECKING:
+    from blackbox.api import Blackbox, Result
+    from blackbox.experiment import Experiment, load_experiment
+    from blackbox.record import Status
+    from blackbox.space import HyperParams, SearchSpace
+
+_LAZY = {
+    "Blackbox": "blackbox.api",
+    "Result": "blackbox.api",
+    "Experiment": "blackbox.experiment",
+    "load_experiment": "blackbox.experiment",
+    "Status": "blackbox.record",
+    "HyperParams": "blackbox.space",
+    "SearchSpace": "blackbox.space",
+}
+
+__all__ = ["Blackbox", "Experiment", "HyperParams", "Result", "SearchSpace", "Status", "__version__", "load_experiment"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'blackbox' has no attribute {name!r}")

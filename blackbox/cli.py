@@ -120,14 +120,14 @@ def eval_command(
     spread them over GPUs, processes or a Ray cluster.
     """
     with _exit_codes(ctx), protocol_stdout() as emit:
-        exp = load_experiment(experiment, overrides)
         from blackbox import block, distributed  # local: imports torch
-        from blackbox.objective import Evaluator
+        from blackbox.api import Blackbox
         from blackbox.point import read_point_lines
 
+        blackbox = Blackbox(load_experiment(experiment, overrides))
         lines = read_point_lines(point_file)
         point_file = point_file.resolve()
-        evaluator = Evaluator(exp)
+        evaluator = blackbox.evaluator
         _install_signal_handlers()
         runner = _runner(experiment, overrides, workers, gpus_per_eval, backend, ray_address, evaluator)
         if runner is None:
@@ -410,7 +410,118 @@ def study_command(ctx: click.Context, param_file: Path, study_dir: Path | None) 
     from blackbox.study import run_study
 
     with _exit_codes(ctx):
-        ctx.exit(run_study(param_file, study_dir or Path("runs") / param_file.stem))
+        quiet = ctx.obj.get("quiet", False)
+        ctx.exit(run_study(param_file, study_dir or Path("runs") / param_file.stem, quiet=quiet))
+
+
+@main.command("optuna")
+@experiment_options
+@click.option(
+    "--n-trials",
+    type=click.IntRange(min=1),
+    required=True,
+    help="Trials of the study in all (completed and failed); a resumed study runs only the missing ones.",
+)
+@click.option(
+    "--sampler",
+    type=click.Choice(["tpe", "random", "cmaes"]),
+    default="tpe",
+    show_default=True,
+    help="Optuna's TPESampler, RandomSampler, or CmaEsSampler (started at the experiment's X0).",
+)
+@click.option("--seed", type=int, help="The sampler's seed (default: the experiment's study.seed).")
+@click.option("--storage", metavar="URL", help="Optuna storage (default: sqlite:///DIR/optuna.db).")
+@click.option("--study-name", help="Name in the storage (default: <study.name>-<sampler>).")
+@click.option(
+    "--dir",
+    "study_dir",
+    type=click.Path(path_type=Path),
+    help="Study folder for records and the default storage (default: runs/<study.name>-optuna-<sampler>).",
+)
+@click.option(
+    "--in-process",
+    is_flag=True,
+    help="Evaluate in this process (model loaded once) instead of one lora-blackbox eval subprocess per trial.",
+)
+@click.pass_context
+def optuna_command(
+    ctx: click.Context,
+    experiment: str,
+    overrides: tuple[str, ...],
+    n_trials: int,
+    sampler: Literal["tpe", "random", "cmaes"],
+    seed: int | None,
+    storage: str | None,
+    study_name: str | None,
+    study_dir: Path | None,
+    in_process: bool,
+) -> None:
+    """Run or resume an Optuna study of the experiment's search space (same space, evaluations and records
+    as NOMAD's). Prints a JSON summary on stdout; trials and progress go to stderr.
+
+    A failed evaluation (nan) is a failed trial; a diverged one (inf) a completed, very bad one. Ctrl-C
+    stops after recording the running trial (exit status 130); the same command resumes the study.
+    """
+    from blackbox.api import Blackbox
+    from blackbox.optuna_study import default_storage, run_optuna
+
+    with _exit_codes(ctx), protocol_stdout() as emit:
+        exp = load_experiment(experiment, overrides)
+        folder = (study_dir or Path("runs") / f"{exp.study.name}-optuna-{sampler}").resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        blackbox = Blackbox(
+            experiment,
+            (*overrides, f"records.dir={folder}"),
+            isolate=not in_process,
+            quiet=ctx.obj.get("quiet", False),
+        )
+        storage = storage or default_storage(folder)
+        logger.info("Optuna study folder %s; storage %s", folder, storage)
+        _install_signal_handlers()  # SIGTERM stops like Ctrl-C: the running trial is recorded, not orphaned
+        summary = run_optuna(
+            blackbox,
+            n_trials=n_trials,
+            sampler=sampler,
+            seed=exp.study.seed if seed is None else seed,
+            storage=storage,
+            study_name=study_name or f"{exp.study.name}-{sampler}",
+        )
+        emit(summary.as_json() + "\n")
+        if summary.best:
+            logger.info(
+                "best: %s (trial %d, run %s)", summary.best["value"], summary.best["trial"], summary.best["run_id"]
+            )
+    if summary.interrupted:
+        logger.error("interrupted: run the same command again to resume (%d trials kept)", summary.counted)
+        ctx.exit(130)
+
+
+@main.command("report")
+@click.argument("runs", nargs=-1, required=True, metavar="[LABEL=]RECORDS_OR_RUN_DIR...")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Folder for the report (default: report/ in the run folder; ./report for several runs).",
+)
+@click.option("--objective", default="validation_loss", show_default=True, help="The metric that was minimised.")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows of the top-points table.")
+@click.pass_context
+def report_command(ctx: click.Context, runs: tuple[str, ...], out: Path | None, objective: str, top: int) -> None:
+    """Write a report of one or more studies: convergence and parallel-coordinates plots (PNG), the top
+    points, failures, and one self-contained HTML page. Prints the HTML file's path.
+
+    Each run is a records.jsonl file or a study folder (NOMAD's stats and cache files are read when
+    present). Several runs are drawn on the same axes; runs given the same LABEL share a colour, e.g.
+    NOMAD=runs/nomad-s0 NOMAD=runs/nomad-s1 TPE=runs/tpe-s0.
+    """
+    from blackbox.reports import write_report
+
+    with _exit_codes(ctx):
+        if out is None:
+            first = Path(runs[0].partition("=")[2] if "=" in runs[0] else runs[0])
+            out = (first if first.is_dir() else first.parent) / "report" if len(runs) == 1 else Path("report")
+        files = write_report(runs, out, objective=objective, top=top)
+        click.echo(str(files["html"]))
 
 
 @contextlib.contextmanager

@@ -14,9 +14,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 from blackbox.errors import PointError
 from blackbox.experiment import HPARAM_NAMES, Experiment, VariableConfig
+
+
+class Trial(Protocol):
+    """What :meth:`SearchSpace.suggest` needs of an Optuna trial (``Trial``, ``FixedTrial``)."""
+
+    def suggest_int(self, name: str, low: int, high: int) -> int: ...
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -123,9 +132,33 @@ class SearchSpace:
                 x = float(round(x))
             point.append(x)
         encoded = self.check(tuple(point))
-        if self.decode(encoded) != _hparams(values):
+        # Up to rounding: 10 ** log10(3e-4) is 3.0000000000000003e-4, and that is the same learning rate.
+        decoded, wanted = self.decode(encoded).as_dict(), _hparams(values).as_dict()
+        if any(not math.isclose(decoded[name], wanted[name], rel_tol=1e-9) for name in HPARAM_NAMES):
             raise PointError(f"{hparams} is not in the search space")
         return encoded
+
+    def suggest(self, trial: Trial) -> tuple[float, ...]:
+        """Ask an Optuna trial for a point, one parameter per variable in NOMAD's coordinates.
+
+        ``I``/``B`` variables are ``suggest_int`` over their bounds (indices, exponents, multipliers),
+        ``R`` variables ``suggest_float``, with ``step`` set to a granularity: the numbers NOMAD would
+        see, so that records of both solvers are comparable. A log10 variable is uniform in the exponent,
+        as in NOMAD. Decode the point with :meth:`decode`.
+
+        Example::
+
+            point = space.suggest(optuna.trial.FixedTrial({"lora_r": 3, "lora_alpha": 2, "learning_rate": -3.0}))
+            space.decode(point)  # HyperParams(lora_r=8, lora_alpha=16, ...)
+        """
+        values = []
+        for var in self.variables:
+            if var.type in ("I", "B"):
+                values.append(float(trial.suggest_int(var.name, int(var.lower), int(var.upper))))
+            else:
+                step = var.granularity or None
+                values.append(float(trial.suggest_float(var.name, var.lower, var.upper, step=step)))
+        return self.check(tuple(values))
 
 
 def _decode_one(var: VariableConfig, x: float) -> float:

@@ -22,6 +22,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -125,8 +127,11 @@ class _Interrupts:
                 _signal(process, signal.SIGKILL)
 
 
-def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout) -> int:
+def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout, quiet: bool = False) -> int:
     """Run (or resume) a study. Returns 0, 130 when interrupted, or NOMAD's non-zero exit status.
+
+    Unless ``quiet``, stderr shows evaluations done / budget, the best objective and an ETA as records
+    arrive; ``quiet`` also makes the blackbox calls quiet (no training progress).
 
     Raises:
         SetupError: bad parameter file or study folder, or no way to run NOMAD.
@@ -138,6 +143,12 @@ def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout) ->
     _say(f"study folder {study_dir}; NOMAD: {nomad or 'embedded in PyNomadBBO ' + _pynomad_version()}")
     # BB_EXE calls lora-blackbox by name: the one installed beside this Python comes first.
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    if quiet:
+        env["LORA_BLACKBOX_QUIET"] = "1"
+    # Started first: nothing may fail between starting NOMAD and the try block that waits for it.
+    watcher = None if quiet else _ProgressWatcher(study_dir, copy)
+    if watcher:
+        watcher.start()
     process = subprocess.Popen(
         command,
         cwd=study_dir,
@@ -159,6 +170,8 @@ def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout) ->
         returncode = process.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
+        if watcher:
+            watcher.stop()
     summary = summarize(study_dir, copy)
     out.write(summary.text())
     if returncode != 0:
@@ -208,7 +221,7 @@ class Summary:
 
 def summarize(study_dir: Path, param_file: Path) -> Summary:
     """The state of a study from its records, cross-checked with NOMAD's cache."""
-    outputs, budget = _read_outputs_and_budget(param_file)
+    outputs, budget = read_outputs_and_budget(param_file)
     objective_index = outputs.index("OBJ") if "OBJ" in outputs else 0
     records_file = study_dir / RECORDS_FILE
     records = read_records(records_file) if records_file.exists() else []
@@ -226,12 +239,61 @@ def summarize(study_dir: Path, param_file: Path) -> Summary:
     return Summary(study_dir, budget, statuses, best, objective_index, nomad_best)
 
 
+class _ProgressWatcher(threading.Thread):
+    """Watches the records file while NOMAD runs; logs evaluations done / budget, the best objective and an
+    ETA on stderr whenever an evaluation ends. Reads only: NOMAD and the blackbox do not know it is there.
+    Low-fidelity (surrogate) evaluations are not counted: NOMAD's budget counts the true blackbox."""
+
+    def __init__(self, study_dir: Path, param_file: Path, *, interval_s: float = 1.0) -> None:
+        super().__init__(name="study-progress", daemon=True)
+        self.study_dir, self.param_file, self.interval_s = study_dir, param_file, interval_s
+        self._stop_event = threading.Event()
+        self._began = time.monotonic()
+        self._before = self._seen = self._count()  # a resumed study's earlier evaluations: not this run's speed
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval_s):
+            self.poll()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+        self.poll()  # the last evaluation, when it ended between two polls
+
+    def _count(self) -> int:
+        records_file = self.study_dir / RECORDS_FILE
+        if not records_file.exists():
+            return 0
+        records = read_records(records_file)
+        return sum(_full_fidelity(r) and r["status"] not in ("INTERRUPTED", "NOT_RUN") for r in records)
+
+    def poll(self) -> None:
+        counted = self._count()
+        if counted == self._seen:
+            return
+        self._seen = counted
+        summary = summarize(self.study_dir, self.param_file)
+        budget = summary.budget or 0
+        here = counted - self._before
+        eta = ""
+        if here > 0 and budget > counted:
+            eta = ", ETA " + _duration((time.monotonic() - self._began) / here * (budget - counted))
+        best = summary.best["outputs"][summary.objective_index] if summary.best else "-"
+        _say(f"progress: {counted}/{budget or '?'} evaluations done, best objective {best}{eta}")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
 def _full_fidelity(record: dict[str, Any]) -> bool:
     metrics = record.get("metrics", {})
     return bool(metrics.get("fidelity_train", 1.0) == 1.0 and metrics.get("fidelity_validation", 1.0) == 1.0)
 
 
-def _read_outputs_and_budget(param_file: Path) -> tuple[list[str], int | None]:
+def read_outputs_and_budget(param_file: Path) -> tuple[list[str], int | None]:
     outputs: list[str] = []
     budget = None
     for line in param_file.read_text().splitlines():

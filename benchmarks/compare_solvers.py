@@ -1,0 +1,155 @@
+"""NOMAD, Optuna TPE and random search on the demo study at the same budget, several seeds each (issue 6).
+
+Every evaluation is a ``lora-blackbox eval`` subprocess, for all three solvers: NOMAD (the library
+embedded in PyNomadBBO, through ``lora-blackbox study`` on a generated parameter file) calls it as its
+BB_EXE; Optuna (``lora-blackbox optuna``, TPE or random sampler) calls it once per trial. The search
+space, the CPU-sized settings and the budget are the same for all. Then one report draws all runs on
+the same axes, and a table gives each solver's best validation loss after 5, 10 and 20 evaluations
+(mean and range over the seeds).
+
+    python benchmarks/compare_solvers.py [--budget 20] [--seeds 0,1,2] [--work runs/compare-solvers]
+                                         [--out benchmarks/results/solvers] [--set KEY=VALUE ...]
+
+Each run is resumable: the script skips nothing itself, but a finished NOMAD study or Optuna study
+evaluates nothing again, so an interrupted comparison continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+from blackbox.reports import write_report
+
+# CPU-friendly settings of the demo study (10-20 s an evaluation on 2 idle cores, process start included):
+# 4 optimizer steps of 8 sequences instead of 16 of 16, and 32 validation rows instead of 128.
+CPU_SETTINGS = (
+    "training.max_steps=4",
+    "training.effective_batch_size=8",
+    "training.micro_batch_size=8",
+    "data.max_validation_rows=32",
+)
+SOLVERS = {"nomad": "NOMAD", "tpe": "Optuna TPE", "random": "random search"}
+CHECKPOINTS = (5, 10, 20)
+
+
+def blackbox() -> list[str]:
+    script = Path(sys.executable).parent / "lora-blackbox"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "blackbox.cli"]
+
+
+def run_nomad(work: Path, seed: int, budget: int, overrides: tuple[str, ...]) -> Path:
+    folder = work / f"nomad-s{seed}"
+    param = work / f"nomad-s{seed}.txt"
+    settings = (*overrides, f"study.budget={budget}", f"study.seed={seed}")
+    subprocess.run([*blackbox(), "-q", "params", "-e", "demo", *_sets(settings), "--out", str(param)], check=True)
+    with (work / f"nomad-s{seed}.stdout.txt").open("a") as display:
+        subprocess.run([*blackbox(), "study", str(param), "--dir", str(folder)], stdout=display, check=True)
+    return folder
+
+
+def run_optuna(work: Path, sampler: str, seed: int, budget: int, overrides: tuple[str, ...]) -> Path:
+    folder = work / f"{sampler}-s{seed}"
+    command = [*blackbox(), "optuna", "-e", "demo", *_sets(overrides), "--n-trials", str(budget)]
+    command += ["--sampler", sampler, "--seed", str(seed), "--dir", str(folder)]
+    with (work / f"{sampler}-s{seed}.stdout.json").open("w") as summary:
+        subprocess.run(command, stdout=summary, check=True)
+    return folder
+
+
+def _sets(overrides: tuple[str, ...]) -> list[str]:
+    return [word for item in overrides for word in ("--set", item)]
+
+
+def table(summary: dict, budget: int) -> tuple[list[dict], str]:
+    """Best validation loss after 5, 10, 20 evaluations per solver: mean, min and max over the seeds."""
+    rows = []
+    lines = [
+        "| solver | seeds | " + " | ".join(f"after {c}: mean (min-max)" for c in CHECKPOINTS if c <= budget) + " |",
+        "|---|---|" + "---|" * len([c for c in CHECKPOINTS if c <= budget]),
+    ]
+    for label in SOLVERS.values():
+        runs = [r for r in summary["runs"] if r["label"] == label]
+        if not runs:
+            continue
+        row: dict = {"solver": label, "seeds": len(runs)}
+        cells = []
+        for c in (c for c in CHECKPOINTS if c <= budget):
+            values = [r["best_after"].get(str(c)) for r in runs]
+            values = [v for v in values if v is not None]
+            row[f"after_{c}"] = {"values": values}
+            if values:
+                row[f"after_{c}"].update(mean=statistics.fmean(values), min=min(values), max=max(values))
+                cells.append(f"{statistics.fmean(values):.4f} ({min(values):.4f}-{max(values):.4f})")
+            else:
+                cells.append("-")
+        rows.append(row)
+        lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
+    return rows, "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", type=int, default=20)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--solvers", default=",".join(SOLVERS))
+    parser.add_argument("--work", type=Path, default=Path("runs/compare-solvers"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/solvers"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per evaluation (OMP_NUM_THREADS). 1: on a shared 2-core machine two threads "
+        "fighting other jobs trained 6x slower; one count for all runs keeps objectives comparable, since "
+        "the thread count changes the order of floating-point sums.",
+    )
+    args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every lora-blackbox eval
+    seeds = [int(s) for s in args.seeds.split(",")]
+    solvers = args.solvers.split(",")
+    overrides = (*CPU_SETTINGS, *args.overrides)
+    args.work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    specs = []
+    for seed in seeds:  # seed by seed: an early stop leaves complete seeds of every solver
+        for solver in solvers:
+            t0 = time.monotonic()
+            if solver == "nomad":
+                folder = run_nomad(args.work, seed, args.budget, overrides)
+            else:
+                folder = run_optuna(args.work, solver, seed, args.budget, overrides)
+            print(f"{SOLVERS[solver]} seed {seed}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+            specs.append(f"{SOLVERS[solver]}={folder}")
+    files = write_report(specs, args.out, top=15)
+    summary = json.loads(files["summary"].read_text())
+    rows, markdown = table(summary, args.budget)
+    comparison = {
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "versions": {p: version(p) for p in ("lora-blackbox", "torch", "transformers", "peft", "optuna", "PyNomadBBO")},
+        "experiment": "demo",
+        "overrides": list(overrides),
+        "budget": args.budget,
+        "seeds": seeds,
+        "torch_threads": args.threads,
+        "wall_seconds": time.monotonic() - started,
+        "table": rows,
+    }
+    (args.out / "comparison.json").write_text(json.dumps(comparison, indent=1) + "\n")
+    (args.out / "comparison.md").write_text(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""The public Python API: one experiment as a function from points or hyperparameters to results.
+
+Example::
+
+    from blackbox import Blackbox
+
+    bb = Blackbox("demo", overrides=["training.max_steps=4"])
+    result = bb.evaluate({"lora_r": 8, "lora_alpha": 16, "learning_rate": 1e-3})
+    result.objective, result.status, result.timings["train_s"]
+    result = bb.evaluate_point((3, 2, -3.0))  # the same point in NOMAD's coordinates
+
+By default evaluations run in this process: the model and the data load once, on the first evaluation,
+and every point gets a fresh, identically seeded LoRA adapter (``lora-blackbox eval`` does the same).
+``isolate=True`` runs each evaluation as a ``lora-blackbox eval`` subprocess, exactly as NOMAD calls it:
+a crash or an out-of-memory kill then fails that evaluation only. Either way every evaluation appends
+its record to the experiment's ``records.dir``, and the result is read from that record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from blackbox.errors import ConfigError, PointError
+from blackbox.experiment import HPARAM_NAMES, Experiment, load_experiment
+from blackbox.record import RECORDS_FILE, EvalRecord, Status
+from blackbox.space import HyperParams, SearchSpace
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from blackbox.objective import Evaluator
+
+__all__ = ["Blackbox", "Result"]
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one evaluation gave, read from its record.
+
+    Attributes:
+        status: ``OK``, or how it failed (``Status``).
+        objective: the ``OBJ`` output: ``nan`` for a failed evaluation, ``inf`` for a diverged one
+            (a valid, very bad point, as NOMAD reads it).
+        extras: the other outputs of the line (``EXTRA_O``), by metric name; numbers as floats.
+        hparams: the decoded hyperparameters (None for an invalid point).
+        point: the point in the optimizer's coordinates (None when it could not be parsed).
+        metrics: everything measured (losses, tokens, seconds, memory).
+        timings: seconds per phase (``train_s``, ``validation_s``, ``total_s``, ...).
+        run_id: the evaluation's id: its folder is ``<records.dir>/evals/<run_id>``.
+        error: why it failed, or None.
+        output_line: the line ``lora-blackbox eval`` prints for it.
+        record: the whole record as written to ``records.jsonl``.
+    """
+
+    status: Status
+    objective: float
+    extras: dict[str, float | str]
+    hparams: dict[str, float] | None
+    point: tuple[float, ...] | None
+    metrics: dict[str, Any]
+    timings: dict[str, float]
+    run_id: str
+    error: str | None
+    output_line: str
+    record: dict[str, Any] = field(repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    @property
+    def failed(self) -> bool:
+        """True when the objective is undefined (``nan``): NOMAD's EVAL_FAILED, Optuna's FAIL.
+        A diverged evaluation is not failed: its objective is ``inf``."""
+        return math.isnan(self.objective)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], outputs: Sequence[str]) -> Result:
+        """The result of a record (a dict as in ``records.jsonl``), given ``study.outputs``."""
+        tokens = list(record["outputs"])
+        objective = math.nan
+        extras: dict[str, float | str] = {}
+        for spec, token in zip(outputs, tokens, strict=True):
+            kind, _, metric = spec.partition(":")
+            if kind == "OBJ":
+                objective = float(token)
+            else:
+                extras[metric] = _number_or_text(token)
+        point = record.get("point")
+        return cls(
+            status=Status(record["status"]),
+            objective=objective,
+            extras=extras,
+            hparams=record.get("hparams"),
+            point=tuple(point) if point is not None else None,
+            metrics=dict(record.get("metrics") or {}),
+            timings=dict(record.get("timings") or {}),
+            run_id=record["run_id"],
+            error=record.get("error"),
+            output_line=" ".join(tokens),
+            record=dict(record),
+        )
+
+
+class Blackbox:
+    """One experiment as a blackbox: evaluate points or hyperparameters, get :class:`Result` objects.
+
+    Args:
+        experiment: a shipped experiment's name, a TOML file, or a loaded :class:`Experiment`.
+        overrides: ``KEY=VALUE`` strings with dotted keys, as ``--set`` (not with a loaded experiment).
+        isolate: run each evaluation as a ``lora-blackbox eval`` subprocess instead of in this process.
+        quiet: with ``isolate``, pass ``--quiet`` to the subprocesses (no training progress on stderr).
+
+    Raises:
+        ConfigError: the experiment or an override is invalid.
+    """
+
+    def __init__(
+        self,
+        experiment: str | os.PathLike[str] | Experiment,
+        overrides: Sequence[str] = (),
+        *,
+        isolate: bool = False,
+        quiet: bool = False,
+    ) -> None:
+        if isinstance(experiment, Experiment):
+            if overrides:
+                raise ConfigError("overrides apply to an experiment's name or file, not to a loaded Experiment")
+            if isolate:
+                raise ConfigError("isolate=True needs the experiment's name or file: the subprocess loads it")
+            self.experiment, self._ref = experiment, None
+        else:
+            self._ref = os.fspath(experiment)
+            self.experiment = load_experiment(self._ref, tuple(overrides))
+        self.overrides = tuple(overrides)
+        self.isolate = isolate
+        self.quiet = quiet
+        self.space = SearchSpace.from_experiment(self.experiment)
+        self._evaluator: Evaluator | None = None
+
+    @property
+    def records_file(self) -> Path:
+        """Where every evaluation appends its record."""
+        return self.experiment.records_dir.resolve() / RECORDS_FILE
+
+    def encode(self, hparams: Mapping[str, float] | HyperParams) -> tuple[float, ...]:
+        """The point of the search space for these hyperparameters.
+
+        ``hparams`` names every tuned hyperparameter; fixed ones may be left out (or given their value).
+
+        Raises:
+            PointError: an unknown or missing name, a fixed one with another value, or no point of the
+                space decodes to these values.
+        """
+        given = hparams.as_dict() if isinstance(hparams, HyperParams) else dict(hparams)
+        unknown = sorted(set(given) - set(HPARAM_NAMES))
+        if unknown:
+            raise PointError(f"unknown hyperparameters {unknown}; known: {list(HPARAM_NAMES)}")
+        values = dict(self.space.fixed)
+        for name, value in given.items():
+            if name in self.space.fixed and not math.isclose(value, self.space.fixed[name], rel_tol=1e-9):
+                raise PointError(f"{name} is fixed to {self.space.fixed[name]} in this experiment, got {value}")
+            values[name] = value
+        missing = [name for name in HPARAM_NAMES if name not in values]
+        if missing:
+            raise PointError(f"missing hyperparameters {missing} (the search variables are {list(self.space.names)})")
+        return self.space.encode(
+            HyperParams(
+                lora_r=int(values["lora_r"]),
+                lora_alpha=values["lora_alpha"],
+                lora_dropout=values["lora_dropout"],
+                learning_rate=values["learning_rate"],
+            )
+        )
+
+    def evaluate(self, hparams: Mapping[str, float] | HyperParams) -> Result:
+        """Train and validate with these hyperparameters (encoded as a point of the space, see :meth:`encode`).
+
+        Raises:
+            PointError: the hyperparameters are not a point of the search space (nothing is recorded).
+            SetupError: the model or the data cannot be loaded (in this process).
+        """
+        return self.evaluate_point(self.encode(hparams))
+
+    def evaluate_point(self, point: Sequence[float]) -> Result:
+        """Evaluate a point in the optimizer's coordinates (indices, exponents, multipliers), as NOMAD does.
+
+        An invalid point is not an exception: it is recorded and gives a failed result (``INVALID_POINT``).
+
+        Raises:
+            SetupError: the model or the data cannot be loaded (in this process).
+        """
+        return self.evaluate_line(" ".join(repr(float(x)) for x in point))
+
+    def evaluate_line(self, line: str, *, point_file: str | None = None, block_index: int | None = None) -> Result:
+        """Evaluate one line of a point file, as NOMAD writes it.
+
+        Raises:
+            SetupError: the model or the data cannot be loaded (in this process).
+            KeyboardInterrupt: interrupted (recorded as INTERRUPTED first).
+        """
+        if self.isolate:
+            from blackbox.isolated import evaluate_in_subprocess
+
+            assert self._ref is not None  # checked in __init__
+            record = evaluate_in_subprocess(
+                line,
+                experiment_ref=self._ref,
+                overrides=self.overrides,
+                experiment=self.experiment,
+                quiet=self.quiet,
+            )
+            return Result.from_record(record, self.experiment.study.outputs)
+        evaluated = self.evaluator.evaluate_line(line, point_file=point_file, block_index=block_index)
+        return self._result(evaluated)
+
+    @property
+    def evaluator(self) -> Evaluator:
+        """The in-process evaluator (created on first use; the model loads on its first evaluation)."""
+        if self._evaluator is None:
+            from blackbox.objective import Evaluator  # local: imports torch
+
+            self._evaluator = Evaluator(self.experiment)
+        return self._evaluator
+
+    def _result(self, record: EvalRecord) -> Result:
+        return Result.from_record(json.loads(record.to_json()), self.experiment.study.outputs)
+
+
+def _number_or_text(token: str) -> float | str:
+    try:
+        return float(token)
+    except ValueError:
+        return token

@@ -1,0 +1,301 @@
+"""An Optuna study over an experiment's search space, evaluated through the same code path as NOMAD's.
+
+Each trial suggests every search variable in NOMAD's coordinates (:meth:`SearchSpace.suggest`: integer
+indices, exponents and multipliers, log10 learning rates as reals), and the point is evaluated by
+:class:`blackbox.api.Blackbox`: by default in a ``lora-blackbox eval`` subprocess, exactly as NOMAD's
+BB_EXE, so that a crash or an out-of-memory kill fails one trial, not the study. Records go to the
+study folder as for NOMAD. Optuna is imported only here.
+
+Outcomes: an undefined objective (``nan``: invalid point, OOM, error, timeout) is a FAILED trial;
+a diverged run (``inf``) is a COMPLETE, very bad trial, as NOMAD reads it. A trial that could not run
+(the model or data cannot be loaded) fails and stops the study; an interrupted trial (Ctrl-C) is
+failed and the study stops. Neither counts toward ``--n-trials``, and their points are queued to
+run first when the study resumes.
+
+Resume: the same storage and study name continue the study. ``n_trials`` is the total of counted
+trials (completed and failed); a resumed study runs only the missing ones. The sampler's seed is
+the study seed plus the number of trials already in the study, so that a resumed random sampler does
+not repeat the points it drew before (an uninterrupted study is reproducible from its seed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from blackbox.api import Blackbox, Result
+from blackbox.errors import SetupError
+from blackbox.experiment import RecordsConfig
+from blackbox.record import Status
+
+if TYPE_CHECKING:
+    import optuna
+
+logger = logging.getLogger(__name__)
+
+Sampler = Literal["tpe", "random", "cmaes"]
+SAMPLERS: tuple[Sampler, ...] = ("tpe", "random", "cmaes")
+STORAGE_FILE = "optuna.db"
+# Study attributes: what the study was created with (checked on resume), and trials that do not count.
+_ATTR_IDENTITY = "lora_blackbox"
+_ATTR_NOT_COUNTED = "not_counted_trials"
+
+
+@dataclass(frozen=True)
+class OptunaSummary:
+    """Where a study stands; ``as_json`` is what ``lora-blackbox optuna`` prints on stdout."""
+
+    study_name: str
+    storage: str
+    records_file: Path
+    n_trials: int
+    counted: int
+    states: dict[str, int]
+    best: dict[str, Any] | None
+    interrupted: bool
+
+    def as_json(self) -> str:
+        return json.dumps(
+            {
+                "study_name": self.study_name,
+                "storage": self.storage,
+                "records": str(self.records_file),
+                "n_trials": self.n_trials,
+                "counted_trials": self.counted,
+                "states": self.states,
+                "best": self.best,
+                "interrupted": self.interrupted,
+            }
+        )
+
+
+def default_storage(study_dir: Path) -> str:
+    """SQLite in the study folder."""
+    return f"sqlite:///{(study_dir / STORAGE_FILE).resolve()}"
+
+
+def make_sampler(kind: Sampler, seed: int, blackbox: Blackbox) -> optuna.samplers.BaseSampler:
+    """Optuna's TPE (its defaults: 10 random start-up trials), random search, or CMA-ES from X0."""
+    import optuna
+
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "cmaes":
+        x0 = dict(zip(blackbox.space.names, blackbox.space.x0, strict=True))
+        return optuna.samplers.CmaEsSampler(x0=x0, seed=seed, warn_independent_sampling=False)
+    raise SetupError(f"unknown sampler {kind!r}; known: {', '.join(SAMPLERS)}")
+
+
+def run_optuna(
+    blackbox: Blackbox,
+    *,
+    n_trials: int,
+    sampler: Sampler,
+    seed: int,
+    storage: str,
+    study_name: str,
+) -> OptunaSummary:
+    """Run or resume the study until it holds ``n_trials`` counted trials.
+
+    Returns:
+        Where the study stands; ``interrupted`` when Ctrl-C stopped it (the running trial was recorded,
+        failed and left out of the count; it runs first when the study resumes).
+
+    Raises:
+        SetupError: the storage holds a study of another experiment or sampler, or a trial could not run.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours, on the package's logger
+    study = optuna.create_study(storage=storage, study_name=study_name, direction="minimize", load_if_exists=True)
+    _check_identity(study, blackbox, sampler, seed)
+    _fail_stale_trials(study)
+    study.sampler = make_sampler(sampler, seed + len(study.trials), blackbox)
+    done = _counted(study)
+    if done:
+        logger.info("resuming study %r: %d of %d trials done", study_name, done, n_trials)
+    progress = _Progress(n_trials, done)
+    interrupted = False
+    while done < n_trials:
+        trial = study.ask()
+        point = blackbox.space.suggest(trial)
+        try:
+            result = blackbox.evaluate_point(point)
+        except KeyboardInterrupt:
+            _tell_not_counted(study, trial, "interrupted")
+            interrupted = True
+            break
+        except SetupError:
+            _tell_not_counted(study, trial, "not run")
+            raise
+        if result.status in (Status.NOT_RUN, Status.INTERRUPTED):
+            trial.set_user_attr("run_id", result.run_id)
+            _tell_not_counted(study, trial, result.status.value)
+            if result.status is Status.INTERRUPTED:
+                interrupted = True
+                break
+            raise SetupError(
+                f"trial {trial.number} could not run: {result.error}. Fix the cause and run the same command "
+                "again: the study resumes with this point."
+            )
+        _tell(study, trial, result)
+        done += 1
+        progress.log(trial.number, result, _best_value(study))
+    return summarize(study, storage, blackbox, n_trials, interrupted=interrupted)
+
+
+def summarize(
+    study: optuna.Study, storage: str, blackbox: Blackbox, n_trials: int, *, interrupted: bool = False
+) -> OptunaSummary:
+    states: dict[str, int] = {}
+    for t in study.trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    best = None
+    if _best_value(study) is not None:
+        trial = study.best_trial
+        best = {
+            "trial": trial.number,
+            "value": trial.value,
+            "params": trial.params,
+            "hparams": trial.user_attrs.get("hparams"),
+            "run_id": trial.user_attrs.get("run_id"),
+        }
+    return OptunaSummary(
+        study_name=study.study_name,
+        storage=storage,
+        records_file=blackbox.records_file,
+        n_trials=n_trials,
+        counted=_counted(study),
+        states=states,
+        best=best,
+        interrupted=interrupted,
+    )
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, result: Result) -> None:
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("run_id", result.run_id)
+    trial.set_user_attr("status", result.status.value)
+    trial.set_user_attr("hparams", result.hparams)
+    trial.set_user_attr("point", list(result.point) if result.point is not None else None)
+    if result.error:
+        trial.set_user_attr("error", result.error[:1000])
+    trial.set_user_attr("extras", {k: v for k, v in result.extras.items() if k != "run_id"})
+    if result.failed:
+        study.tell(trial, state=TrialState.FAIL)
+    else:
+        study.tell(trial, result.objective)  # inf (diverged) is a valid, very bad value
+
+
+def _tell_not_counted(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
+    """Fail a trial that did not really run, keep it out of the count, and queue its point for the resume."""
+    from optuna.trial import TrialState
+
+    params = trial.params
+    trial.set_user_attr("status", why)
+    study.tell(trial, state=TrialState.FAIL)
+    _not_count(study, trial.number, params)
+
+
+def _not_count(study: optuna.Study, number: int, params: dict[str, Any]) -> None:
+    numbers = list(study.user_attrs.get(_ATTR_NOT_COUNTED, []))
+    study.set_user_attr(_ATTR_NOT_COUNTED, sorted({*numbers, number}))
+    if params:
+        study.enqueue_trial(params)
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    """Trials left RUNNING by a process that was killed: failed, not counted, their points queued again.
+
+    (One ``lora-blackbox optuna`` process per study: another one's running trials would look stale.)
+    """
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        logger.warning("trial %d was left running by a killed process: it will run again", trial.number)
+        study.tell(trial.number, state=TrialState.FAIL)
+        _not_count(study, trial.number, trial.params)
+
+
+def _counted(study: optuna.Study) -> int:
+    from optuna.trial import TrialState
+
+    not_counted = set(study.user_attrs.get(_ATTR_NOT_COUNTED, []))
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+    return sum(t.number not in not_counted for t in finished)
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    from optuna.trial import TrialState
+
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    return min(values, default=None)
+
+
+def _check_identity(study: optuna.Study, blackbox: Blackbox, sampler: Sampler, seed: int) -> None:
+    """A new study remembers its experiment, space and sampler; a resumed one must match them."""
+    experiment = blackbox.experiment
+    identity = {
+        # records.dir may differ between machines; everything that changes the objective may not.
+        "fingerprint": experiment.model_copy(update={"records": RecordsConfig()}).fingerprint(),
+        "experiment": experiment.study.name,
+        "space": [v.model_dump(mode="json") for v in blackbox.space.variables],  # as the storage returns it
+        "sampler": sampler,
+        "seed": seed,
+    }
+    stored = study.user_attrs.get(_ATTR_IDENTITY)
+    if stored is None:
+        # Queued (WAITING) trials are welcome, e.g. known points enqueued with study.enqueue_trial.
+        if any(t.state.is_finished() or t.state.name == "RUNNING" for t in study.trials):
+            raise SetupError(f"study {study.study_name!r} holds trials that lora-blackbox did not make")
+        study.set_user_attr(_ATTR_IDENTITY, identity)
+        return
+    changed = [k for k in identity if stored.get(k) != identity[k]]
+    if changed:
+        was = [f"{k} {stored.get(k)!r}, now {identity[k]!r}" for k in changed if k in ("experiment", "sampler", "seed")]
+        raise SetupError(
+            f"study {study.study_name!r} was created with another {', '.join(changed)}"
+            + (f" ({'; '.join(was)})" if was else "")
+            + ": resuming it would mix two studies. Use another --study-name or storage."
+        )
+
+
+class _Progress:
+    """Evaluations done / budget, the best value and an ETA on stderr (the package's logger: --quiet hides it)."""
+
+    def __init__(self, n_trials: int, done: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.n_trials, self.done, self.clock = n_trials, done, clock
+        self.run_here = 0
+        self.started = clock()
+
+    def log(self, number: int, result: Result, best: float | None) -> None:
+        self.done += 1
+        self.run_here += 1
+        eta = (self.clock() - self.started) / self.run_here * (self.n_trials - self.done)
+        value = "failed" if result.failed else f"{result.objective:.6g}"
+        logger.info(
+            "trial %d: %s %s -> %s | %d/%d evaluations done, best %s, ETA %s",
+            number,
+            result.status.value,
+            json.dumps(result.hparams),
+            value if not result.error else f"{value} ({result.error[:120]})",
+            self.done,
+            self.n_trials,
+            "-" if best is None or math.isnan(best) else f"{best:.6g}",
+            _duration(eta),
+        )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"

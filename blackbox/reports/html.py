@@ -1,0 +1,163 @@
+"""One self-contained HTML page: tables, and the figures embedded as base64 PNG (no script, no CDN)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from blackbox.reports.load import Run
+
+CHECKPOINTS = (1, 5, 10, 20, 50, 100)
+
+
+def number(value: float | None) -> str:
+    """How the report writes an objective: 6 significant digits; '-' when there is none."""
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:.6g}"
+
+
+def render_page(
+    runs: Sequence[Run],
+    *,
+    objective: str,
+    figures: dict[str, bytes],
+    top_rows: Sequence[dict[str, Any]],
+    title: str = "lora-blackbox report",
+) -> str:
+    checkpoints = [c for c in CHECKPOINTS if any(len(r.evaluations) >= c for r in runs)]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_e(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        f"<p>Objective: <code>{_e(objective)}</code> (minimised). Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC "
+        f"from {len(runs)} run(s). Evaluations count in the order they finished; low-fidelity (surrogate) "
+        "evaluations, interrupted and not-run ones are not counted.</p>",
+        "<h2>Runs</h2>",
+        _table(
+            [
+                "run",
+                "label",
+                "solver",
+                "evaluations",
+                "OK",
+                "failed",
+                "best",
+                *[f"best after {c}" for c in checkpoints],
+                "hours",
+                "NOMAD files",
+            ],
+            [_run_row(r, checkpoints) for r in runs],
+            table_id="runs",
+        ),
+    ]
+    for name, png in figures.items():
+        data = base64.b64encode(png).decode()
+        parts.append(f"<h2>{_e(name.replace('_', ' ').capitalize())}</h2>")
+        parts.append(f'<img alt="{_e(name)}" src="data:image/png;base64,{data}">')
+    parts.append(f"<h2>Top {len(top_rows)} points</h2>")
+    hparam_names = list(dict.fromkeys(k for row in top_rows for k in row["hparams"]))
+    parts.append(
+        _table(
+            ["rank", "run", "evaluation", objective, *hparam_names, "point", "run id"],
+            [
+                [
+                    str(row["rank"]),
+                    row["run"],
+                    str(row["evaluation"]),
+                    number(row["objective"]),
+                    *[_hparam(row["hparams"].get(n)) for n in hparam_names],
+                    " ".join(f"{x:g}" for x in row["point"] or ()),
+                    row["run_id"],
+                ]
+                for row in top_rows
+            ],
+            table_id="top",
+        )
+    )
+    parts += ["<h2>Failures</h2>", _failures(runs), "</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def _run_row(run: Run, checkpoints: Sequence[int]) -> list[str]:
+    statuses = run.statuses
+    failed = sum(n for s, n in statuses.items() if s != "OK")
+    best = run.best
+    hours = run.evaluations[-1].cumulative_hours if run.evaluations else 0.0
+    nomad = ""
+    if run.nomad:
+        n = run.nomad
+        nomad = (
+            f"cache: {n.cache_entries} points ({n.cache_ok} OK), best {number(n.cache_best)}; "
+            f"stats: {n.stats_lines} evaluations"
+        )
+    return [
+        str(run.folder),
+        run.label,
+        run.solver or "-",
+        str(len(run.evaluations)),
+        str(statuses.get("OK", 0)),
+        str(failed),
+        number(best.objective if best else None),
+        *[number(run.best_after(c)) for c in checkpoints],
+        f"{hours:.3f}",
+        nomad,
+    ]
+
+
+def _failures(runs: Sequence[Run]) -> str:
+    rows = []
+    for run in runs:
+        for e in run.evaluations:
+            if e.status != "OK":
+                rows.append([run.label, str(e.number), e.status, e.run_id, (e.error or "")[:300]])
+        for r in run.not_counted:
+            rows.append([run.label, "(not counted)", r["status"], r["run_id"], (r.get("error") or "")[:300]])
+    counts = _table(
+        ["run", "label", *sorted({s for r in runs for s in r.statuses})],
+        [
+            [
+                str(r.folder),
+                r.label,
+                *[str(r.statuses.get(s, 0)) for s in sorted({s for r in runs for s in r.statuses})],
+            ]
+            for r in runs
+        ],
+        table_id="statuses",
+    )
+    if not rows:
+        return counts + "\n<p>No evaluation failed.</p>"
+    return counts + "\n" + _table(["label", "evaluation", "status", "run id", "error"], rows, table_id="failures")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, table_id: str) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "\n".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'
+
+
+def _hparam(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return str(int(value)) if float(value).is_integer() else f"{value:.6g}"
+
+
+def _e(text: str) -> str:
+    return html.escape(str(text))
+
+
+_CSS = """
+body { font-family: sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f0f0f0; }
+td:first-child, td:nth-child(2) { text-align: left; }
+img { max-width: 100%; border: 1px solid #eee; }
+code { background: #f5f5f5; padding: 0 0.2em; }
+"""

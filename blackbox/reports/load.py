@@ -1,0 +1,186 @@
+"""Records of a study (and NOMAD's stats and cache files, when present) as rows for a report.
+
+Never imports torch: a report is drawn on any machine from the files a study left.
+
+Which records count: evaluations at full fidelity, in the order they finished (the records file's
+order). Low-fidelity (surrogate) evaluations are kept apart, as in ``blackbox.study``; INTERRUPTED and
+NOT_RUN records are listed as failures but not counted (a resumed study evaluates those points again).
+Failed evaluations count: they spent the budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from blackbox.errors import ConfigError, SetupError
+from blackbox.nomad import CACHE_FILE, STATS_FILE, read_cache
+from blackbox.optuna_study import STORAGE_FILE
+from blackbox.record import RECORDS_FILE, read_records
+from blackbox.study import PARAM_COPY, read_outputs_and_budget
+
+NOT_COUNTED = ("INTERRUPTED", "NOT_RUN")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One counted evaluation of a run."""
+
+    number: int  # 1-based, in the order the evaluations finished
+    status: str
+    objective: float  # nan: failed; inf: diverged
+    best_so_far: float  # nan until the first defined objective
+    hours: float  # wall-clock hours of this evaluation (process start, loading, training, validation)
+    cumulative_hours: float
+    hparams: dict[str, float] | None
+    point: tuple[float, ...] | None
+    run_id: str
+    device: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class NomadFiles:
+    """What NOMAD's own files say, to cross-check the records."""
+
+    cache_entries: int
+    cache_ok: int
+    cache_best: float | None
+    stats_lines: int  # one per evaluation (DISPLAY_ALL_EVAL), over all stats files of the study
+
+
+@dataclass(frozen=True)
+class Run:
+    label: str
+    folder: Path
+    solver: str  # NOMAD, Optuna, or "" when the folder does not say
+    evaluations: tuple[Evaluation, ...]
+    not_counted: tuple[dict[str, Any], ...]  # INTERRUPTED and NOT_RUN records
+    low_fidelity: int
+    nomad: NomadFiles | None
+
+    @property
+    def best(self) -> Evaluation | None:
+        defined = [e for e in self.evaluations if not math.isnan(e.objective)]
+        return min(defined, key=lambda e: e.objective, default=None)
+
+    def best_after(self, count: int) -> float | None:
+        """The best objective among the first ``count`` evaluations; None when the run has fewer."""
+        if len(self.evaluations) < count:
+            return None
+        value = self.evaluations[count - 1].best_so_far
+        return None if math.isnan(value) else value
+
+    @property
+    def statuses(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for status in [e.status for e in self.evaluations] + [r["status"] for r in self.not_counted]:
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
+
+def parse_spec(spec: str) -> tuple[str | None, Path]:
+    """``LABEL=PATH`` or ``PATH``."""
+    label, sep, path = spec.partition("=")
+    if sep and label and not Path(spec).exists():
+        return label, Path(path)
+    return None, Path(spec)
+
+
+def load_run(spec: str, *, objective: str = "validation_loss") -> Run:
+    """Read a run: a records.jsonl file or a study folder holding one, optionally labelled (``LABEL=PATH``).
+
+    Raises:
+        SetupError: no records file there.
+        ConfigError: a successful record has no metric ``objective``.
+    """
+    label, path = parse_spec(spec)
+    records_file = path / RECORDS_FILE if path.is_dir() else path
+    if not records_file.is_file():
+        raise SetupError(f"no records in {path}: expected a {RECORDS_FILE} file or a study folder holding one")
+    folder = records_file.parent
+    records = read_records(records_file)
+    full = [r for r in records if _full_fidelity(r)]
+    evaluations = _evaluations([r for r in full if r["status"] not in NOT_COUNTED], objective)
+    return Run(
+        label=label or folder.name,
+        folder=folder,
+        solver=_solver(folder),
+        evaluations=tuple(evaluations),
+        not_counted=tuple(r for r in full if r["status"] in NOT_COUNTED),
+        low_fidelity=len(records) - len(full),
+        nomad=_nomad_files(folder),
+    )
+
+
+def _evaluations(records: list[dict[str, Any]], objective: str) -> list[Evaluation]:
+    rows = []
+    best = math.nan
+    cumulative = 0.0
+    for number, record in enumerate(records, start=1):
+        value = _objective(record, objective)
+        if not math.isnan(value) and (math.isnan(best) or value < best):
+            best = value
+        timings = record.get("timings") or {}
+        hours = (timings.get("total_s", 0.0) + timings.get("startup_s", 0.0)) / 3600
+        cumulative += hours
+        point = record.get("point")
+        rows.append(
+            Evaluation(
+                number=number,
+                status=record["status"],
+                objective=value,
+                best_so_far=best,
+                hours=hours,
+                cumulative_hours=cumulative,
+                hparams=record.get("hparams"),
+                point=tuple(point) if point is not None else None,
+                run_id=record["run_id"],
+                device=record.get("device"),
+                error=record.get("error"),
+            )
+        )
+    return rows
+
+
+def _objective(record: dict[str, Any], metric: str) -> float:
+    """The metric of an OK record; inf for a diverged one (as the blackbox prints it); nan otherwise."""
+    if record["status"] == "DIVERGED":
+        return math.inf
+    if record["status"] != "OK":
+        return math.nan
+    metrics = record.get("metrics") or {}
+    if metric not in metrics:
+        known = sorted(k for k, v in metrics.items() if isinstance(v, int | float))
+        raise ConfigError(f"record {record['run_id']} has no metric {metric!r}; it has {known}")
+    return float(metrics[metric])
+
+
+def _full_fidelity(record: dict[str, Any]) -> bool:
+    metrics = record.get("metrics") or {}
+    return bool(metrics.get("fidelity_train", 1.0) == 1.0 and metrics.get("fidelity_validation", 1.0) == 1.0)
+
+
+def _solver(folder: Path) -> str:
+    if (folder / PARAM_COPY).exists() or (folder / CACHE_FILE).exists():
+        return "NOMAD"
+    if (folder / STORAGE_FILE).exists():
+        return "Optuna"
+    return ""
+
+
+def _nomad_files(folder: Path) -> NomadFiles | None:
+    cache = folder / CACHE_FILE
+    stats = [folder / STATS_FILE, *sorted(folder.glob("stats.*.txt"))]
+    if not cache.exists() and not any(p.exists() for p in stats):
+        return None
+    entries = read_cache(cache) if cache.exists() else []
+    ok = [e for e in entries if e.ok]
+    param = folder / PARAM_COPY
+    outputs = read_outputs_and_budget(param)[0] if param.exists() else []
+    index = outputs.index("OBJ") if "OBJ" in outputs else 0
+    best = min((float(e.outputs[index]) for e in ok), default=None)
+    stats_lines = sum(len([ln for ln in p.read_text().splitlines() if ln.strip()]) for p in stats if p.exists())
+    return NomadFiles(cache_entries=len(entries), cache_ok=len(ok), cache_best=best, stats_lines=stats_lines)

@@ -1,0 +1,163 @@
+"""The report's figures, drawn with matplotlib's Agg backend (no display needed) into PNG bytes.
+
+- Convergence: the best objective so far against evaluations and against accumulated hours, every run
+  on the same axes; runs with the same label share a colour (e.g. three seeds of one solver).
+- Parallel coordinates: one line per evaluation across the decoded hyperparameters and the objective,
+  coloured by the objective; one panel per label. Failed evaluations are grey and dashed.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from blackbox.reports.load import Run
+
+_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def label_colours(runs: Sequence[Run]) -> dict[str, str]:
+    labels = list(dict.fromkeys(r.label for r in runs))
+    return {label: _COLOURS[i % len(_COLOURS)] for i, label in enumerate(labels)}
+
+
+def convergence_png(runs: Sequence[Run], *, objective: str) -> bytes:
+    """Best objective so far against evaluations (left) and accumulated evaluation hours (right)."""
+    plt = _pyplot()
+    colours = label_colours(runs)
+    figure, (by_count, by_hours) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    labelled: set[str] = set()
+    for run in runs:
+        rows = [e for e in run.evaluations if math.isfinite(e.best_so_far)]
+        if not rows:
+            continue
+        colour = colours[run.label]
+        label = None if run.label in labelled else run.label
+        labelled.add(run.label)
+        counts = [e.number for e in rows]
+        hours = [e.cumulative_hours for e in rows]
+        best = [e.best_so_far for e in rows]
+        by_count.step(counts, best, where="post", color=colour, label=label, alpha=0.85)
+        by_hours.step(hours, best, where="post", color=colour, alpha=0.85)
+        finite = [e for e in run.evaluations if math.isfinite(e.objective)]
+        by_count.scatter([e.number for e in finite], [e.objective for e in finite], color=colour, s=10, alpha=0.3)
+    devices = sorted({e.device or "?" for r in runs for e in r.evaluations if e.device})
+    by_count.set_xlabel("evaluations")
+    by_count.set_ylabel(f"best {objective} so far (dots: each evaluation)")
+    by_hours.set_xlabel(f"accumulated evaluation hours (wall clock; {', '.join(devices) or 'device unknown'})")
+    from matplotlib.ticker import MaxNLocator
+
+    by_count.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for axes in (by_count, by_hours):
+        axes.grid(alpha=0.3)
+    _clip_to_best(by_count, runs)
+    if labelled:
+        by_count.legend()
+    figure.suptitle("Convergence")
+    figure.tight_layout()
+    return _png(plt, figure)
+
+
+def _clip_to_best(axes: Any, runs: Sequence[Run]) -> None:
+    """Keep the y range on the best-so-far curves, not on the worst single evaluations."""
+    curves = [e.best_so_far for r in runs for e in r.evaluations if math.isfinite(e.best_so_far)]
+    if curves:
+        low, high = min(curves), max(curves)
+        margin = (high - low) * 0.08 or abs(high) * 0.02 or 1.0
+        axes.set_ylim(low - margin, high + 2 * margin)
+
+
+def parallel_coordinates_png(runs: Sequence[Run], *, objective: str) -> bytes:
+    """One panel per label: a line per evaluation through the hyperparameters and the objective."""
+    plt = _pyplot()
+    from matplotlib import cm, colors
+
+    names = _varying_hparams(runs)
+    axes_names = [*names, objective]
+    labels = list(dict.fromkeys(r.label for r in runs))
+    evaluations = {label: [e for r in runs if r.label == label for e in r.evaluations] for label in labels}
+    finite = [e.objective for es in evaluations.values() for e in es if math.isfinite(e.objective)]
+    norm = colors.Normalize(min(finite, default=0.0), max(finite, default=1.0))
+    cmap = plt.get_cmap("viridis_r")  # bright: low (good) objectives
+    columns = {name: [_value(e, name) for es in evaluations.values() for e in es] for name in axes_names}
+    scales = {name: _Scale(columns[name]) for name in axes_names}
+    figure, panels = plt.subplots(len(labels), 1, figsize=(10, 3.6 * len(labels)), squeeze=False)
+    for panel, label in zip(panels[:, 0], labels, strict=True):
+        xs = list(range(len(axes_names)))
+        # The best last, so that it is drawn on top.
+        for e in sorted(evaluations[label], key=lambda e: -e.objective if math.isfinite(e.objective) else math.inf):
+            ys = [scales[name].position(_value(e, name)) for name in axes_names]
+            if math.isfinite(e.objective):
+                panel.plot(xs, ys, color=cmap(norm(e.objective)), alpha=0.8, linewidth=1.4)
+            else:
+                panel.plot(xs, ys, color="0.6", linestyle="--", alpha=0.6, linewidth=1.0)
+        for x, name in enumerate(axes_names):
+            panel.axvline(x, color="0.3", linewidth=0.8)
+            low, high = scales[name].ticks()
+            panel.annotate(low, (x, -0.02), ha="center", va="top", fontsize=8)
+            panel.annotate(high, (x, 1.02), ha="center", va="bottom", fontsize=8)
+        panel.set_xticks(xs, [f"{n}{' (log)' if scales[n].log else ''}" for n in axes_names])
+        panel.set_yticks([])
+        panel.set_ylim(-0.12, 1.12)
+        panel.set_title(f"{label}: {len(evaluations[label])} evaluations (grey dashed: failed or diverged)")
+        figure.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=panel, label=f"{objective} (lower is better)")
+    figure.tight_layout()
+    return _png(plt, figure)
+
+
+def _varying_hparams(runs: Sequence[Run]) -> list[str]:
+    names: list[str] = []
+    for run in runs:
+        for e in run.evaluations:
+            for name in e.hparams or {}:
+                if name not in names:
+                    names.append(name)
+    return [n for n in names if len({_value(e, n) for r in runs for e in r.evaluations if e.hparams}) > 1]
+
+
+def _value(evaluation: Any, name: str) -> float:
+    if name in (evaluation.hparams or {}):
+        return float(evaluation.hparams[name])
+    if name not in ("lora_r", "lora_alpha", "lora_dropout", "learning_rate"):
+        return float(evaluation.objective)
+    return math.nan
+
+
+class _Scale:
+    """Maps an axis's values to [0, 1]; logarithmic when they are positive and span more than a decade.
+    Undefined values (failed points' objectives) are drawn at the top."""
+
+    def __init__(self, values: Sequence[float]) -> None:
+        finite = [v for v in values if math.isfinite(v)]
+        self.low, self.high = min(finite, default=0.0), max(finite, default=1.0)
+        self.log = bool(finite) and self.low > 0 and self.high / self.low > 10
+
+    def _t(self, v: float) -> float:
+        return math.log10(v) if self.log else v
+
+    def position(self, value: float) -> float:
+        if not math.isfinite(value):
+            return 1.08
+        span = self._t(self.high) - self._t(self.low)
+        return 0.5 if span == 0 else (self._t(value) - self._t(self.low)) / span
+
+    def ticks(self) -> tuple[str, str]:
+        return f"{self.low:.3g}", f"{self.high:.3g}"
+
+
+def _png(plt: Any, figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
