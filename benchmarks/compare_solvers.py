@@ -9,6 +9,7 @@ the same axes, and a table gives each solver's best validation loss after 5, 10 
 
     python benchmarks/compare_solvers.py [--budget 20] [--seeds 0,1,2] [--work runs/compare-solvers]
                                          [--out benchmarks/results/solvers] [--set KEY=VALUE ...]
+                                         [--threads 1] [--jobs 1]
 
 Each run is resumable: the script skips nothing itself, but a finished NOMAD study or Optuna study
 evaluates nothing again, so an interrupted comparison continues where it stopped.
@@ -24,9 +25,11 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 from blackbox.reports import write_report
 
@@ -70,7 +73,7 @@ def _sets(overrides: tuple[str, ...]) -> list[str]:
     return [word for item in overrides for word in ("--set", item)]
 
 
-def table(summary: dict, budget: int) -> tuple[list[dict], str]:
+def table(summary: dict[str, Any], budget: int) -> tuple[list[dict[str, Any]], str]:
     """Best validation loss after 5, 10, 20 evaluations per solver: mean, min and max over the seeds."""
     rows = []
     lines = [
@@ -81,7 +84,7 @@ def table(summary: dict, budget: int) -> tuple[list[dict], str]:
         runs = [r for r in summary["runs"] if r["label"] == label]
         if not runs:
             continue
-        row: dict = {"solver": label, "seeds": len(runs)}
+        row: dict[str, Any] = {"solver": label, "seeds": len(runs)}
         cells = []
         for c in (c for c in CHECKPOINTS if c <= budget):
             values = [r["best_after"].get(str(c)) for r in runs]
@@ -104,6 +107,9 @@ def main() -> None:
     parser.add_argument("--solvers", default=",".join(SOLVERS))
     parser.add_argument("--work", type=Path, default=Path("runs/compare-solvers"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/solvers"))
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs (solver x seed) at once; each evaluation uses --threads threads"
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
         "--threads",
@@ -120,16 +126,20 @@ def main() -> None:
     overrides = (*CPU_SETTINGS, *args.overrides)
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    specs = []
-    for seed in seeds:  # seed by seed: an early stop leaves complete seeds of every solver
-        for solver in solvers:
-            t0 = time.monotonic()
-            if solver == "nomad":
-                folder = run_nomad(args.work, seed, args.budget, overrides)
-            else:
-                folder = run_optuna(args.work, solver, seed, args.budget, overrides)
-            print(f"{SOLVERS[solver]} seed {seed}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
-            specs.append(f"{SOLVERS[solver]}={folder}")
+
+    def run(solver: str, seed: int) -> str:
+        t0 = time.monotonic()
+        if solver == "nomad":
+            folder = run_nomad(args.work, seed, args.budget, overrides)
+        else:
+            folder = run_optuna(args.work, solver, seed, args.budget, overrides)
+        print(f"{SOLVERS[solver]} seed {seed}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+        return f"{SOLVERS[solver]}={folder}"
+
+    # Seed by seed: an early stop leaves complete seeds of every solver. Runs are independent processes.
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(run, solver, seed) for seed in seeds for solver in solvers]
+        specs = [future.result() for future in futures]
     files = write_report(specs, args.out, top=15)
     summary = json.loads(files["summary"].read_text())
     rows, markdown = table(summary, args.budget)
@@ -143,6 +153,7 @@ def main() -> None:
         "budget": args.budget,
         "seeds": seeds,
         "torch_threads": args.threads,
+        "jobs": args.jobs,
         "wall_seconds": time.monotonic() - started,
         "table": rows,
     }
