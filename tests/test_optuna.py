@@ -160,12 +160,7 @@ def test_ctrl_c_records_the_running_trial_and_resume_runs_it_again(tmp_path: Pat
         text=True,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 300
-    logs = folder / "evals"
-    while not (logs.exists() and any("step " in p.read_text() for p in logs.glob("*/eval.log"))):
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    _wait_for_training(process, folder)
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in the terminal
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-3000:]
@@ -198,12 +193,7 @@ def test_a_killed_evaluation_fails_its_trial_only(tmp_path: Path, tiny_experimen
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 300
-    logs = folder / "evals"
-    while not (logs.exists() and any("step " in p.read_text() for p in logs.glob("*/eval.log"))):
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    _wait_for_training(process, folder)
     [evaluation] = psutil.Process(process.pid).children()
     evaluation.send_signal(signal.SIGKILL)
     stdout, stderr = process.communicate(timeout=300)
@@ -215,3 +205,13 @@ def test_a_killed_evaluation_fails_its_trial_only(tmp_path: Path, tiny_experimen
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[0].user_attrs["run_id"] == records[0]["run_id"]
     assert json.loads(stdout)["counted_trials"] == 2
+
+
+def _wait_for_training(process: subprocess.Popen[str], folder: Path) -> None:
+    """Until an evaluation of the study logs its first training step."""
+    deadline = time.monotonic() + 300
+    logs = folder / "evals"
+    while not (logs.exists() and any("step " in p.read_text() for p in logs.glob("*/eval.log"))):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
