@@ -1,6 +1,9 @@
 """A block of points in one call: the base model is loaded once, memory does not grow from point to point,
 and each point gives the objective it gives in a process of its own (the demo model, on the CPU).
 
+Two blocks: the same point five times (growth there is memory kept from point to point), and five points
+of growing LoRA rank (the realistic case; larger adapters need more memory of their own).
+
     python benchmarks/block_memory.py [--points 5] [--steps 4] [--json out.json]
 """
 
@@ -32,17 +35,8 @@ def run(points: list[str], records: Path, steps: int) -> list[dict]:
     return read_records(records / "records.jsonl")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--points", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    points = [f"{1 + i % 5} {1 + i % 8} {-4.5 + 0.5 * i}" for i in range(args.points)]
-    with tempfile.TemporaryDirectory() as tmp:
-        block = run(points, Path(tmp) / "block", args.steps)
-        alone = [run([p], Path(tmp) / f"alone{i}", args.steps)[0] for i, p in enumerate(points[:2])]
-    rows = [
+def rows_of(records: list[dict]) -> list[dict]:
+    return [
         {
             "point": r["point_line"],
             "validation_loss": r["metrics"]["validation_loss"],
@@ -51,18 +45,12 @@ def main() -> None:
             "model_load_s": r["timings"].get("model_load_s", 0.0),
             "total_s": r["timings"]["total_s"],
         }
-        for r in block
+        for r in records
     ]
-    result = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "block": rows,
-        "rss_growth_gib_first_to_last": rows[-1]["rss_after_gib"] - rows[0]["rss_after_gib"],
-        "same_objective_alone": [
-            a["metrics"]["validation_loss"] == b["validation_loss"] for a, b in zip(alone, rows, strict=False)
-        ],
-    }
-    print(f"demo, a block of {len(points)} points, {args.steps} steps each, one call")
+
+
+def show(title: str, rows: list[dict]) -> None:
+    print(title)
     print("| point | validation loss | RSS after (GiB) | max RSS so far (GiB) | model load s | total s |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -70,9 +58,41 @@ def main() -> None:
             f"| {r['point']} | {r['validation_loss']:.6f} | {r['rss_after_gib']:.3f} | {r['max_rss_gib']:.3f} | "
             f"{r['model_load_s']:.2f} | {r['total_s']:.1f} |"
         )
+    growth = rows[-1]["rss_after_gib"] - rows[0]["rss_after_gib"]
+    print(f"RSS after the last point - after the first: {growth:+.3f} GiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--points", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    # The same point again and again: any growth is memory the block keeps from point to point.
+    repeated = ["5 8 -2.5"] * args.points
+    # Ranks 2, 4, 8, 16, 32: later points need larger adapters and optimizer states.
+    varied = [f"{1 + i % 5} {1 + i % 8} {-4.5 + 0.5 * i}" for i in range(args.points)]
+    with tempfile.TemporaryDirectory() as tmp:
+        same = rows_of(run(repeated, Path(tmp) / "repeated", args.steps))
+        block = rows_of(run(varied, Path(tmp) / "varied", args.steps))
+        alone = [run([p], Path(tmp) / f"alone{i}", args.steps)[0] for i, p in enumerate(varied[:2])]
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "repeated": same,
+        "varied": block,
+        "rss_growth_gib_repeated": same[-1]["rss_after_gib"] - same[0]["rss_after_gib"],
+        "rss_growth_gib_varied": block[-1]["rss_after_gib"] - block[0]["rss_after_gib"],
+        "same_objective_repeated": len({r["validation_loss"] for r in same}) == 1,
+        "same_objective_alone": [
+            a["metrics"]["validation_loss"] == b["validation_loss"] for a, b in zip(alone, block, strict=False)
+        ],
+    }
+    show(f"demo, one call, {args.points} times the same point (r 32), {args.steps} steps each", same)
+    show(f"demo, one call, {args.points} points of growing rank (2 to 32), {args.steps} steps each", block)
     print(
-        f"RSS growth first -> last point: {result['rss_growth_gib_first_to_last']:+.3f} GiB; "
-        f"same objective as alone (first 2 points): {result['same_objective_alone']}"
+        f"same objective for each repetition: {result['same_objective_repeated']}; "
+        f"same objective as alone (first 2 varied points): {result['same_objective_alone']}"
     )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

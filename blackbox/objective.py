@@ -8,6 +8,8 @@ by its points; every point gets a fresh LoRA adapter, seeded as if it ran in a p
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import logging
 import math
@@ -347,6 +349,20 @@ def _release_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Give the freed heap back to the system (glibc's malloc_trim). glibc keeps what a point freed; the
+    next point, with other tensor sizes, cannot always reuse it, and the resident memory of a block then
+    grows. Measured on the demo (benchmarks/block_memory.py): 2.36 GiB resident between points without,
+    1.07 GiB with. A no-op where the C library has no malloc_trim (musl, macOS)."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return
+    malloc_trim = getattr(ctypes.CDLL(libc_name), "malloc_trim", None)
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 def _memory(device: torch.device | None) -> dict[str, float]:

@@ -84,6 +84,20 @@ def test_a_point_gives_the_same_objective_in_its_own_process(tmp_path, tiny_expe
     assert block.stdout.splitlines()[1].split()[:2] == single.stdout.split()[:2]
 
 
+def test_a_block_keeps_no_memory_from_point_to_point(tmp_path, tiny_experiment, run_blackbox) -> None:
+    """The same point four times in one call: the same objective each time, and the resident memory after
+    the last point no larger than after the first: no copy of the model, no step's activations, no freed heap
+    is kept from one point to the next."""
+    points = tmp_path / "x.txt"
+    points.write_text("3 -2.5 0\n" * 4)
+    result = run_blackbox(["eval", "-e", str(tiny_experiment), str(points)])
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    assert len({line.split()[0] for line in result.stdout.splitlines()}) == 1
+    rss = [r["memory"]["process_rss_gib"] for r in _records(tiny_experiment)]
+    assert len(rss) == 4
+    assert rss[-1] <= rss[0] + 0.01, rss  # 10 MiB of slack for the interpreter's own allocations
+
+
 def test_a_diverging_learning_rate_prints_inf(tmp_path, tiny_experiment, run_blackbox) -> None:
     points = tmp_path / "x.txt"
     points.write_text("2 36 0\n")  # learning rate 1e36: the loss becomes NaN within a few steps
