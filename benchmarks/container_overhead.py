@@ -20,34 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from blackbox.testing import build_tiny_model, write_instruction_files
-
-EXPERIMENT = """\
-[study]
-name = "overhead"
-budget = 1
-[[space]]
-name = "learning_rate"
-type = "R"
-lower = -5
-upper = -1
-x0 = -3
-decode = "log10"
-[hyperparameters]
-lora_r = 8
-lora_alpha = 16
-lora_dropout = 0.0
-[model]
-name_or_path = "{model}"
-[data]
-train = "{train}"
-validation = "{validation}"
-max_length = 128
-[training]
-max_steps = {steps}
-effective_batch_size = 16
-micro_batch_size = 8
-"""
+from blackbox.testing import build_tiny_model, write_instruction_files, write_learning_rate_study
 
 
 def _call(command: list[str], cwd: Path) -> float:
@@ -72,8 +45,10 @@ def main() -> None:
         os.environ.update(HF_HUB_OFFLINE="1", HF_HOME=str(folder / "hf"), LORA_BLACKBOX_CACHE=str(folder / "cache"))
         model = build_tiny_model(folder / "tiny")
         train, validation = write_instruction_files(folder / "data")
-        experiment = folder / "experiment.toml"
-        experiment.write_text(EXPERIMENT.format(model=model, train=train, validation=validation, steps=args.steps))
+        study = folder / "experiment.toml"
+        experiment = write_learning_rate_study(
+            study, name="overhead", model=model, train=train, validation=validation, steps=args.steps
+        )
         (folder / "x.txt").write_text("-3\n")
         common = ["-q", "--experiment", str(experiment), "--set", "records.dir=.", "x.txt"]
         commands = {
