@@ -141,7 +141,7 @@ def run_ours(
     name: str, split: Any, *, device: torch.device, steps: int, packing: bool, attn: str, liger: bool = False
 ) -> Measurement:
     from blackbox.experiment import TrainingConfig
-    from blackbox.model import Precision
+    from blackbox.precision import Precision
     from blackbox.train import train
 
     precision = Precision(torch.bfloat16 if device.type == "cuda" else torch.float32, None)

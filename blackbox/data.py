@@ -137,8 +137,12 @@ def _tokenize_and_store(
     config: DataConfig, tokenizer: Any, train_rows: list[Row], validation_rows: list[Row], key: str
 ) -> Splits:
     started = time.perf_counter()
-    train = tokenize_rows(train_rows, tokenizer, template=config.template, max_length=config.max_length)
-    validation = tokenize_rows(validation_rows, tokenizer, template=config.template, max_length=config.max_length)
+    train, validation = (
+        tokenize_rows(
+            rows, tokenizer, template=config.template, max_length=config.max_length, system_prompt=config.system_prompt
+        )
+        for rows in (train_rows, validation_rows)
+    )
     for name, split, rows in (("train", train, train_rows), ("validation", validation, validation_rows)):
         if len(split) == 0:
             raise SetupError(f"no {name} example has a response token within max_length={config.max_length}")
@@ -314,7 +318,7 @@ def _dedupe(rows: list[Row]) -> list[Row]:
     return unique
 
 
-def prompt_formatter(template: str, tokenizer: Any) -> Callable[[Row], str]:
+def prompt_formatter(template: str, tokenizer: Any, *, system_prompt: str | None = None) -> Callable[[Row], str]:
     """The function that turns a row into its prompt text (the response follows it)."""
     if template == "alpaca":
         return lambda row: (ALPACA_WITH_CONTEXT if row.context else ALPACA_WITHOUT_CONTEXT).format(
@@ -324,10 +328,12 @@ def prompt_formatter(template: str, tokenizer: Any) -> Callable[[Row], str]:
         if not getattr(tokenizer, "chat_template", None):
             raise SetupError("template 'chat' needs a tokenizer with a chat template")
 
+        system = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
+
         def chat(row: Row) -> str:
             content = f"{row.instruction}\n\n{row.context}" if row.context else row.instruction
             text: str = tokenizer.apply_chat_template(
-                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+                [*system, {"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
             )
             return text
 
@@ -335,7 +341,9 @@ def prompt_formatter(template: str, tokenizer: Any) -> Callable[[Row], str]:
     raise SetupError(f"unknown template {template!r}")
 
 
-def tokenize_rows(rows: Sequence[Row], tokenizer: Any, *, template: str, max_length: int) -> TokenizedSplit:
+def tokenize_rows(
+    rows: Sequence[Row], tokenizer: Any, *, template: str, max_length: int, system_prompt: str | None = None
+) -> TokenizedSplit:
     """Prompt ids, then response ids, then EOS; truncated to ``max_length``.
 
     Prompt and response are tokenised apart, so the boundary between input and target is exact and
@@ -344,7 +352,7 @@ def tokenize_rows(rows: Sequence[Row], tokenizer: Any, *, template: str, max_len
     """
     if tokenizer.eos_token_id is None:
         raise SetupError("the tokenizer has no EOS token: responses could not end")
-    format_prompt = prompt_formatter(template, tokenizer)
+    format_prompt = prompt_formatter(template, tokenizer, system_prompt=system_prompt)
     # The Alpaca prompt is plain text: the tokenizer adds BOS. A chat template writes its own markers.
     add_special = template == "alpaca"
     ids_list, prompt_lengths = [], []
@@ -371,7 +379,7 @@ def _from_examples(ids_list: Sequence[Sequence[int] | np.ndarray], prompt_length
 
 def _cache_key(config: DataConfig, tokenizer_fingerprint: str, train: list[Row], validation: list[Row]) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps([CACHE_FORMAT, config.template, config.max_length]).encode())
+    digest.update(json.dumps([CACHE_FORMAT, config.template, config.max_length, config.system_prompt]).encode())
     digest.update(tokenizer_fingerprint.encode())
     for rows in (train, validation):
         digest.update(b"\x00split")

@@ -21,7 +21,7 @@ import hashlib
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -153,6 +153,9 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantization: Literal["none", "int8", "nf4", "fp4"] = "none"
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    # peft's layers_to_transform: indices of the decoder layers that get LoRA; empty = every layer. Backward
+    # passes stop at the lowest adapted layer, so adapting only the top layers makes training cheaper.
+    layers_to_transform: tuple[Annotated[int, Field(ge=0)], ...] = ()
     # auto: "varlen" (padding-free flash attention, attention.py) for packed batches on CUDA, else "sdpa".
     attn_implementation: Literal["auto", "varlen", "sdpa", "eager", "flash_attention_2", "flex_attention"] = "auto"
 
@@ -165,6 +168,9 @@ class DataConfig(_Section):
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
     split_seed: int = 0
     template: Literal["alpaca", "chat"] = "alpaca"
+    # chat only: the system message of every prompt; unset: the chat template's own default (SmolLM2's
+    # is 16 tokens long, most of a short chat example); "": an empty system message.
+    system_prompt: str | None = None
     max_length: int = Field(default=512, ge=8)
     max_train_rows: int = Field(default=0, ge=0, description="0 = all rows")
     max_validation_rows: int = Field(default=0, ge=0, description="0 = all rows")
@@ -182,6 +188,12 @@ class DataConfig(_Section):
         if not value:
             raise ValueError("at least one training data source is needed")
         return value
+
+    @model_validator(mode="after")
+    def _system_prompt_needs_chat(self) -> DataConfig:
+        if self.system_prompt is not None and self.template != "chat":
+            raise ValueError("system_prompt applies to template 'chat' only")
+        return self
 
 
 class TrainingConfig(_Section):

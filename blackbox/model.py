@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from blackbox.errors import SetupError
 from blackbox.experiment import ModelConfig, TrainingConfig
+from blackbox.precision import Precision
 from blackbox.space import HyperParams
 
 logger = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class Precision:
-    """Weights dtype and the autocast dtype of forward passes (None: no autocast)."""
-
-    weights: torch.dtype
-    autocast: torch.dtype | None
-
-    def autocast_context(self, device: torch.device) -> Any:
-        return torch.autocast(device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None)
 
 
 def resolve_device(setting: str, *, local_rank: int = 0) -> torch.device:
@@ -43,28 +30,6 @@ def resolve_device(setting: str, *, local_rank: int = 0) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SetupError(f"training.device={setting!r} but CUDA is not available on this machine")
     return device
-
-
-def resolve_precision(model: ModelConfig, training: TrainingConfig, device: torch.device) -> Precision:
-    """bf16 weights on GPUs that support it; fp32 on the CPU. Autocast only around fp32 weights.
-
-    Raises:
-        SetupError: a dtype the device does not support.
-    """
-    bf16_ok = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
-    if model.dtype == "auto":
-        weights = torch.bfloat16 if device.type == "cuda" and bf16_ok else torch.float32
-    else:
-        weights = _DTYPES[model.dtype]
-    if training.autocast == "auto":
-        autocast = torch.bfloat16 if weights == torch.float32 and device.type == "cuda" and bf16_ok else None
-    else:
-        autocast = _DTYPES.get(training.autocast)
-    if torch.bfloat16 in (weights, autocast) and not bf16_ok:
-        raise SetupError(f"bfloat16 is not supported on {device}: use model.dtype=float32 and training.autocast=none")
-    if torch.float16 in (weights, autocast) and device.type == "cpu":
-        raise SetupError("float16 is not supported on the CPU: use float32 or bfloat16")
-    return Precision(weights, autocast)
 
 
 def model_location(config: ModelConfig) -> str:
@@ -200,6 +165,7 @@ def attach_lora(base_model: Any, hparams: HyperParams, config: ModelConfig) -> A
         lora_alpha=hparams.lora_alpha,  # type: ignore[arg-type]  # annotated int; any number works
         lora_dropout=hparams.lora_dropout,
         target_modules=list(config.target_modules),
+        layers_to_transform=list(config.layers_to_transform) or None,
         bias="none",
         task_type="CAUSAL_LM",
     )

@@ -33,17 +33,16 @@ from blackbox.distributed import world_from_env
 from blackbox.errors import PointError, SetupError, TrainingDiverged, TrainingTimeout
 from blackbox.experiment import Experiment
 from blackbox.model import (
-    Precision,
     attach_lora,
     count_parameters,
     detach_lora,
     load_base_model,
     load_tokenizer,
     resolve_device,
-    resolve_precision,
 )
 from blackbox.output import output_tokens
 from blackbox.point import parse_point
+from blackbox.precision import Precision, resolve_precision
 from blackbox.record import RECORDS_FILE, EvalRecord, Status, append_record, write_json_atomic
 from blackbox.space import HyperParams, SearchSpace
 from blackbox.train import train
@@ -203,6 +202,7 @@ class Evaluator:
             "tokens_per_second": stats.real_tokens / stats.seconds if stats.seconds else 0.0,
             "trainable_params": trainable,
             "micro_batch_size": stats.micro_batch_size,
+            "precision": loaded.precision.describe(),
             "fidelity_train": config.fidelity.train,
             "fidelity_validation": config.fidelity.validation,
         }

@@ -16,7 +16,7 @@ from blackbox.data import TokenizedSplit
 from blackbox.distributed import SINGLE, World
 from blackbox.errors import TrainingDiverged, TrainingTimeout
 from blackbox.experiment import TrainingConfig
-from blackbox.model import Precision
+from blackbox.precision import Precision
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import torch
 from blackbox.batches import loss_sum, micro_batches
 from blackbox.data import TokenizedSplit
 from blackbox.distributed import SINGLE, World
-from blackbox.model import Precision
+from blackbox.precision import Precision
 
 
 @dataclass(frozen=True)

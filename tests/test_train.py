@@ -7,7 +7,8 @@ import torch
 
 from blackbox.data import DataConfig, prepare_splits
 from blackbox.experiment import ModelConfig, TrainingConfig
-from blackbox.model import Precision, attach_lora, detach_lora, load_base_model, load_tokenizer
+from blackbox.model import attach_lora, detach_lora, load_base_model, load_tokenizer
+from blackbox.precision import Precision
 from blackbox.space import HyperParams
 from blackbox.train import train
 from blackbox.validate import validate
