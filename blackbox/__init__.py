@@ -25,7 +25,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 if TYPE_CHECKING:
     from blackbox.api import Blackbox, Result
     from blackbox.experiment import Experiment, load_experiment
-    from blackbox.record import Status
+    from blackbox.failures import Status
     from blackbox.space import HyperParams, SearchSpace
 
 _LAZY = {
@@ -33,7 +33,7 @@ _LAZY = {
     "Result": "blackbox.api",
     "Experiment": "blackbox.experiment",
     "load_experiment": "blackbox.experiment",
-    "Status": "blackbox.record",
+    "Status": "blackbox.failures",
     "HyperParams": "blackbox.space",
     "SearchSpace": "blackbox.space",
 }

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from blackbox.errors import ConfigError, PointError
 from blackbox.experiment import HPARAM_NAMES, Experiment, load_experiment
-from blackbox.record import RECORDS_FILE, EvalRecord, Status
+from blackbox.failures import Status
+from blackbox.record import RECORDS_FILE, EvalRecord
 from blackbox.space import HyperParams, SearchSpace
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ class Result:
             kind, _, metric = spec.partition(":")
             if kind == "OBJ":
                 objective = float(token)
-            else:
+            elif kind == "EXTRA_O":
                 extras[metric] = _number_or_text(token)
         point = record.get("point")
         return cls(

@@ -119,14 +119,23 @@ def eval_command(
     run one after the other in this process (one model load); --workers, --gpus-per-eval and --backend
     spread them over GPUs, processes or a Ray cluster.
     """
-    with _exit_codes(ctx), protocol_stdout() as emit:
-        from blackbox import block, distributed  # local: imports torch
-        from blackbox.api import Blackbox
-        from blackbox.point import read_point_lines
+    from blackbox.point import read_point_lines
+    from blackbox.record import record_not_run
+    from blackbox.stopping import STOPPING, stop_requested
 
-        blackbox = Blackbox(load_experiment(experiment, overrides))
+    with _exit_codes(ctx), protocol_stdout() as emit:
+        exp = load_experiment(experiment, overrides)
         lines = read_point_lines(point_file)
         point_file = point_file.resolve()
+        if stop_requested():  # before torch is imported: a stopping study is answered at once
+            for output in record_not_run(exp, lines, str(point_file), reason=STOPPING):
+                emit(output + "\n")
+            return
+
+        from blackbox import block, distributed  # local: imports torch
+        from blackbox.api import Blackbox
+
+        blackbox = Blackbox(exp)
         evaluator = blackbox.evaluator
         _install_signal_handlers()
         runner = _runner(experiment, overrides, workers, gpus_per_eval, backend, ray_address, evaluator)
@@ -352,9 +361,16 @@ def container_command(
     stop the container with SIGINT, then kill it); 1: no engine, or no image.
     """
     from blackbox.container import plan_call, run_call
+    from blackbox.point import read_point_lines
+    from blackbox.record import record_not_run
+    from blackbox.stopping import STOPPING, stop_requested
 
     with _exit_codes(ctx), protocol_stdout() as emit:
         exp = load_experiment(experiment, overrides)
+        if stop_requested():  # no container is started for a stopping study
+            for output in record_not_run(exp, read_point_lines(point_file), str(point_file.resolve()), reason=STOPPING):
+                emit(output + "\n")
+            return
         spec = plan_call(
             image=image,
             experiment_ref=experiment,
@@ -371,8 +387,8 @@ def container_command(
         outcome = run_call(spec, timeout_s=timeout_s, pull=pull, stdout=emit, stderr=_write_stderr)
     if outcome.ended == "timeout":
         ctx.exit(124)
-    if outcome.ended == "interrupted":
-        ctx.exit(130)
+    if outcome.ended == "interrupted" and not (stop_requested() and outcome.status == 0):
+        ctx.exit(130)  # (a stopping study's container answered its cut point and ended normally: relayed below)
     status = outcome.status or 0
     if outcome.ended == "killed":
         cause = "out of memory" if outcome.oom_killed else "SIGKILL from outside"

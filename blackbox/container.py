@@ -59,6 +59,7 @@ PASSED_ENV = (
     "TRANSFORMERS_OFFLINE",
     "TOKENIZERS_PARALLELISM",
     "LORA_BLACKBOX_QUIET",
+    "LORA_BLACKBOX_STOP_FILE",  # a study's stop request (blackbox.stopping): the file is in the records folder
 )
 """Host variables that reach the container when set (the caches are mounted and set separately)."""
 # A bind mount at or above these would hide the image's system or Python installation.

@@ -44,7 +44,9 @@ METRIC_NAMES = (
 )
 """Values an output line can carry, in any order; ``run_id`` only as ``EXTRA_O``."""
 
-OUTPUT_TYPES = ("OBJ", "EXTRA_O")
+OUTPUT_TYPES = ("OBJ", "EXTRA_O", "CNT_EVAL")
+"""NOMAD's output types an experiment can print: ``OBJ:METRIC`` and ``EXTRA_O:METRIC``, and ``CNT_EVAL`` alone
+(1 for a finished evaluation, 0 for an interrupted one or one never run: NOMAD leaves those out of the budget)."""
 
 ENV_EXPERIMENT = "LORA_BLACKBOX_EXPERIMENT"
 
@@ -68,14 +70,19 @@ class StudyConfig(_Section):
         problems = []
         for spec in outputs:
             kind, _, metric = spec.partition(":")
-            if kind not in OUTPUT_TYPES or metric not in METRIC_NAMES:
+            if spec == "CNT_EVAL":
+                continue
+            if kind not in ("OBJ", "EXTRA_O") or metric not in METRIC_NAMES:
                 problems.append(
-                    f"output {spec!r} must be TYPE:METRIC with TYPE in {OUTPUT_TYPES} and METRIC in {METRIC_NAMES}"
+                    f"output {spec!r} must be CNT_EVAL, or TYPE:METRIC with TYPE OBJ or EXTRA_O and METRIC in "
+                    f"{METRIC_NAMES}"
                 )
             elif kind == "OBJ" and metric == "run_id":
                 problems.append("run_id is not a number: it can only be an EXTRA_O output")
         if sum(spec.startswith("OBJ:") for spec in outputs) != 1:
             problems.append(f"exactly one OBJ output is needed, got {list(outputs)}")
+        if outputs.count("CNT_EVAL") > 1:
+            problems.append("CNT_EVAL can be printed once")
         if problems:
             raise ValueError("; ".join(problems))
         return outputs

@@ -15,22 +15,18 @@ import contextlib
 import json
 import logging
 import os
-import platform
-import secrets
 import signal
 import subprocess
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from blackbox import __version__
 from blackbox.errors import PointError
 from blackbox.experiment import Experiment
-from blackbox.output import output_tokens
-from blackbox.point import parse_point
-from blackbox.record import RECORDS_FILE, EvalRecord, Status, append_record, read_records
+from blackbox.failures import Status
+from blackbox.point import PointSource, parse_point
+from blackbox.record import RECORDS_FILE, append_record, build_record, read_records
 from blackbox.runners import eval_command
 from blackbox.space import SearchSpace
 
@@ -124,25 +120,14 @@ def _record_missing(
     with contextlib.suppress(PointError):
         point = parse_point(line)
         hparams = SearchSpace.from_experiment(experiment).decode(point).as_dict()
-    run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
-    record = EvalRecord(
-        run_id=run_id,
-        experiment=experiment.study.name,
-        fingerprint=experiment.fingerprint(),
-        status=status,
-        outputs=output_tokens(experiment.study.outputs, status, {"run_id": run_id}),
+    record = build_record(
+        experiment,
+        status,
+        PointSource(line=line, values=point, file=str(point_file)),
         error=error,
-        point_line=line,
-        point=point,
         hparams=hparams,
-        metrics={"run_id": run_id, "total_seconds": seconds},
+        metrics={"total_seconds": seconds},
         timings={"total_s": seconds},
-        seed=experiment.training.seed,
-        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        host=platform.node(),
-        pid=os.getpid(),
-        versions={"blackbox": __version__},
-        point_file=str(point_file),
     )
     append_record(records_file, record)
     data: dict[str, Any] = json.loads(record.to_json())

@@ -117,7 +117,7 @@ def render_params(
     lines += [
         "",
         f"BB_OUTPUT_TYPE {' '.join(spec.partition(':')[0] for spec in study.outputs)}",
-        f"# Outputs: {' '.join(spec.partition(':')[2] for spec in study.outputs)}",
+        f"# Outputs: {' '.join(spec.partition(':')[2] or spec for spec in study.outputs)}",
         f'BB_EXE "{command}"',
     ]
     if block_size > 1:
@@ -143,7 +143,16 @@ def render_params(
         f"CACHE_FILE {CACHE_FILE}",
         f"STATS_FILE {STATS_FILE} BBE BLK_EVA ( SOL ) BBO",
         "HOT_RESTART_READ_FILES yes",
-        "HOT_RESTART_WRITE_FILES yes",
+    ]
+    if study.budget > 1:
+        lines.append("HOT_RESTART_WRITE_FILES yes")
+    else:
+        lines += [
+            "# A study that ends at its starting point never reaches NOMAD's first iteration, and NOMAD 4.5/4.6",
+            "# crash writing a hot-restart file then: this one writes none.",
+            "HOT_RESTART_WRITE_FILES no",
+        ]
+    lines += [
         f"HOT_RESTART_FILE {HOT_RESTART_FILE}",
         "",
         "DISPLAY_DEGREE 2",
@@ -188,19 +197,20 @@ def read_cache(path: Path) -> list[CacheEntry]:
     return entries
 
 
-def drop_from_cache(path: Path, points: list[tuple[float, ...]]) -> int:
-    """Remove the failed entries of ``points`` from a cache file, so NOMAD may evaluate them again.
+def drop_from_cache(path: Path, points: list[tuple[float, ...]] | None) -> int:
+    """Remove the failed entries of ``points`` (None: every failed entry) from a cache file, so that NOMAD
+    may evaluate them again.
 
     Returns the number of entries removed. Successful entries are never removed.
     """
-    if not points or not path.is_file():
+    if points == [] or not path.is_file():
         return 0
     kept, dropped = [], 0
     for line in path.read_text().splitlines(keepends=True):
         match = _CACHE_LINE.match(line.strip())
         if match and match["status"] != "BB_EVAL_OK":
             point = tuple(float(v) for v in match["point"].split())
-            if any(_same_point(point, p) for p in points):
+            if points is None or any(_same_point(point, p) for p in points):
                 dropped += 1
                 continue
         kept.append(line)
@@ -209,6 +219,20 @@ def drop_from_cache(path: Path, points: list[tuple[float, ...]]) -> int:
         tmp.write_text("".join(kept))
         tmp.replace(path)
     return dropped
+
+
+def is_crash_stub(path: Path) -> bool:
+    """Whether a hot-restart file is the stub NOMAD 4.5/4.6 leave when they crash writing it.
+
+    NOMAD dereferences a null MegaIteration in ``Algorithm::display`` when it writes a hot-restart file
+    before its first iteration (every starting point failed, or the budget ended at the starting points):
+    the file then holds the line ``MEGA_ITERATION`` and nothing else, and the process dies with SIGSEGV.
+    A rerun that reads such a file fails ("No iteration to run").
+    """
+    try:
+        return path.read_text(errors="replace").split() == ["MEGA_ITERATION"]
+    except FileNotFoundError:
+        return False
 
 
 def _same_point(a: tuple[float, ...], b: tuple[float, ...]) -> bool:

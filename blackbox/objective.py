@@ -12,15 +12,12 @@ import ctypes
 import gc
 import logging
 import math
-import os
 import platform
-import secrets
 import sys
 import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,7 @@ from blackbox.data import Splits, prepare_splits
 from blackbox.distributed import world_from_env
 from blackbox.errors import PointError, SetupError, TrainingDiverged, TrainingTimeout
 from blackbox.experiment import Experiment
+from blackbox.failures import Status
 from blackbox.model import (
     attach_lora,
     count_parameters,
@@ -40,10 +38,17 @@ from blackbox.model import (
     load_tokenizer,
     resolve_device,
 )
-from blackbox.output import output_tokens
-from blackbox.point import parse_point
+from blackbox.point import PointSource, parse_point
 from blackbox.precision import Precision, resolve_precision
-from blackbox.record import RECORDS_FILE, EvalRecord, Status, append_record, write_json_atomic
+from blackbox.record import (
+    RECORDS_FILE,
+    EvalRecord,
+    append_record,
+    build_record,
+    new_run_id,
+    now,
+    write_json_atomic,
+)
 from blackbox.space import HyperParams, SearchSpace
 from blackbox.train import train
 from blackbox.validate import validate
@@ -97,7 +102,7 @@ class Evaluator:
             hparams = self.space.decode(values)
         except PointError as e:
             logger.error("point %s (%r) is invalid: %s", source.label, line.strip(), e)
-            record = self._record(_new_run_id(), Status.INVALID_POINT, source, error=str(e))
+            record = self._record(Status.INVALID_POINT, source, error=str(e))
             if self.world.main:
                 append_record(self.records_file, record)
             return record
@@ -144,7 +149,7 @@ class Evaluator:
         unrecorded."""
         source = PointSource(line=line, file=point_file, index=block_index)
         if self.world.main:
-            append_record(self.records_file, self._record(_new_run_id(), status, source, error=reason))
+            append_record(self.records_file, self._record(status, source, error=reason))
 
     def _train_and_validate(self, hparams: HyperParams, loaded: _Loaded, attempt: _Attempt) -> dict[str, Any]:
         config = self.experiment
@@ -244,9 +249,9 @@ class Evaluator:
         memory = _memory(device)
         attempt.metrics["peak_memory_gib"] = memory["peak_gib"]
         record = self._record(
-            attempt.run_id,
             status,
             attempt.source,
+            run_id=attempt.run_id,
             error=error,
             hparams=attempt.hparams.as_dict(),
             metrics=attempt.metrics,
@@ -260,48 +265,23 @@ class Evaluator:
             append_record(self.records_file, record)
         return record
 
-    def _record(self, run_id: str, status: Status, source: PointSource, **fields: Any) -> EvalRecord:
-        metrics = fields.pop("metrics", {"run_id": run_id})
+    def _record(self, status: Status, source: PointSource, **fields: Any) -> EvalRecord:
+        """The record of an evaluation by this process: what ``record.build_record`` needs, plus this process's
+        start-up time (on its first record only), device and library versions."""
         timings = fields.pop("timings", {})
         if self._startup_s is not None:
             timings["startup_s"] = self._startup_s  # counted once: for the first evaluation of the process
             self._startup_s = None
         device = self._loaded.device if self._loaded else None
-        return EvalRecord(
-            run_id=run_id,
-            experiment=self.experiment.study.name,
-            fingerprint=self.experiment.fingerprint(),
-            status=status,
-            outputs=output_tokens(self.experiment.study.outputs, status, metrics),
-            point_line=source.line,
-            point=source.values,
-            point_file=source.file,
-            block_index=source.index,
-            metrics=metrics,
+        return build_record(
+            self.experiment,
+            status,
+            source,
             timings=timings,
-            seed=self.experiment.training.seed,
             device=str(device) if device else None,
-            finished_at=_now(),
-            host=platform.node(),
-            pid=os.getpid(),
             versions=_versions(),
-            slot=os.environ.get("LORA_BLACKBOX_SLOT"),
             **fields,
         )
-
-
-@dataclass(frozen=True)
-class PointSource:
-    """Where a point came from: a line of an optimizer's point file, or nothing (Python API)."""
-
-    line: str | None = None
-    values: tuple[float, ...] | None = None
-    file: str | None = None
-    index: int | None = None  # 0-based line index in the file
-
-    @property
-    def label(self) -> str:
-        return str(self.index + 1) if self.index is not None else "-"
 
 
 @dataclass
@@ -319,11 +299,11 @@ class _Attempt:
 
     @classmethod
     def start(cls, records_dir: Path, hparams: HyperParams, source: PointSource, *, create: bool) -> _Attempt:
-        run_id = _new_run_id()
+        run_id = new_run_id()
         run_dir = records_dir / "evals" / run_id
         if create:
             run_dir.mkdir(parents=True, exist_ok=True)
-        return cls(run_id, run_dir, hparams, source, time.perf_counter(), _now(), {"run_id": run_id}, {})
+        return cls(run_id, run_dir, hparams, source, time.perf_counter(), now(), {"run_id": run_id}, {})
 
 
 def _seed_everything(seed: int) -> None:
@@ -408,11 +388,3 @@ def _versions() -> dict[str, str]:
         versions["cuda"] = str(torch.version.cuda)
         versions["gpu"] = torch.cuda.get_device_name()
     return versions
-
-
-def _new_run_id() -> str:
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from blackbox.api import Blackbox, Result
 from blackbox.errors import SetupError
 from blackbox.experiment import RecordsConfig
-from blackbox.record import Status
+from blackbox.failures import Status
 
 if TYPE_CHECKING:
     import optuna

@@ -1,7 +1,8 @@
 """The output line NOMAD reads: values in BB_OUTPUT_TYPE order, separated by single spaces.
 
 A failed point prints ``nan`` for every value (NOMAD: EVAL_FAILED). A diverged run prints ``inf`` as
-objective (a valid, very bad point) and whatever extra values it has.
+objective (a valid, very bad point) and whatever extra values it has. ``CNT_EVAL`` is 1 for a finished
+evaluation and 0 for one that was interrupted or never ran, which NOMAD then leaves out of its budget.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from blackbox.record import Status
+from blackbox.failures import Status
 
 
 def output_tokens(specs: tuple[str, ...], status: Status, metrics: dict[str, Any]) -> tuple[str, ...]:
@@ -18,7 +19,9 @@ def output_tokens(specs: tuple[str, ...], status: Status, metrics: dict[str, Any
     for spec in specs:
         kind, _, metric = spec.partition(":")
         value: Any
-        if status is Status.OK:
+        if kind == "CNT_EVAL":
+            value = int(status.counted)
+        elif status is Status.OK:
             value = metrics[metric]
         elif status is Status.DIVERGED:
             value = math.inf if kind == "OBJ" else metrics.get(metric, math.nan)

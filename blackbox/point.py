@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from blackbox.errors import PointError, SetupError
@@ -46,3 +47,17 @@ def parse_point(line: str) -> tuple[float, ...]:
             raise PointError(f"value {position} is not finite: {token!r}")
         values.append(value)
     return tuple(values)
+
+
+@dataclass(frozen=True)
+class PointSource:
+    """Where a point came from: a line of an optimizer's point file, or nothing (Python API)."""
+
+    line: str | None = None
+    values: tuple[float, ...] | None = None
+    file: str | None = None
+    index: int | None = None  # 0-based line index in the file
+
+    @property
+    def label(self) -> str:
+        return str(self.index + 1) if self.index is not None else "-"

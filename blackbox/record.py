@@ -8,30 +8,30 @@ and readers skip lines that do not parse, so one torn record never hides the oth
 
 from __future__ import annotations
 
-import enum
 import fcntl
 import json
 import logging
 import os
+import platform
+import secrets
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from blackbox import __version__
+from blackbox.errors import PointError
+from blackbox.failures import Status
+from blackbox.output import output_tokens
+
+if TYPE_CHECKING:
+    from blackbox.experiment import Experiment
+    from blackbox.point import PointSource
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 RECORDS_FILE = "records.jsonl"
-
-
-class Status(str, enum.Enum):
-    OK = "OK"
-    DIVERGED = "DIVERGED"  # NaN/inf loss: objective printed as inf, a valid but very bad point
-    OOM = "OOM"  # out of memory (GPU or host)
-    TIMEOUT = "TIMEOUT"  # training ran past training.timeout_s
-    INVALID_POINT = "INVALID_POINT"  # the point file line is not a point of the space
-    ERROR = "ERROR"  # any other exception while training or validating
-    INTERRUPTED = "INTERRUPTED"  # SIGINT/SIGTERM arrived during the evaluation
-    NOT_RUN = "NOT_RUN"  # the call failed (e.g. the model could not be loaded) before this point ran
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,79 @@ class EvalRecord:
         data = asdict(self)
         data["status"] = self.status.value
         return json.dumps(data, allow_nan=True)
+
+
+def new_run_id() -> str:
+    """A unique, time-ordered evaluation id: ``20261201T213755-8e20f663``."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
+
+
+def now() -> str:
+    """The current UTC time as records store it (ISO 8601, milliseconds)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def build_record(
+    experiment: Experiment,
+    status: Status,
+    source: PointSource,
+    *,
+    run_id: str | None = None,
+    error: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    **fields: Any,
+) -> EvalRecord:
+    """The record of one evaluation of ``experiment``, its outputs derived from ``status`` and ``metrics``.
+
+    Every record is built here, whatever ran (or did not run) the point: fields that only an evaluation
+    process knows (timings, memory, device, run folder, ...) come as keyword arguments.
+    """
+    run_id = run_id or new_run_id()
+    metrics = {"run_id": run_id, **(metrics or {})}
+    fields.setdefault("versions", {"blackbox": __version__, "python": platform.python_version()})
+    return EvalRecord(
+        run_id=run_id,
+        experiment=experiment.study.name,
+        fingerprint=experiment.fingerprint(),
+        status=status,
+        outputs=output_tokens(experiment.study.outputs, status, metrics),
+        error=error,
+        point_line=source.line,
+        point=source.values,
+        point_file=source.file,
+        block_index=source.index,
+        metrics=metrics,
+        seed=experiment.training.seed,
+        finished_at=now(),
+        host=platform.node(),
+        pid=os.getpid(),
+        slot=os.environ.get("LORA_BLACKBOX_SLOT"),
+        **fields,
+    )
+
+
+def record_not_run(
+    experiment: Experiment, lines: list[str], point_file: str | None, *, reason: str, first_index: int = 0
+) -> list[str]:
+    """Record every non-blank line as NOT_RUN (the call never evaluated it) and return their output lines:
+    failures that do not count (CNT_EVAL 0). Needs no torch: it answers at once.
+    """
+    from blackbox.point import PointSource, parse_point
+
+    records_file = experiment.records_dir.resolve() / RECORDS_FILE
+    outputs = []
+    for index, line in enumerate(lines, start=first_index):
+        if not line.strip():
+            continue
+        try:
+            values: tuple[float, ...] | None = parse_point(line)
+        except PointError:
+            values = None
+        record = build_record(experiment, Status.NOT_RUN, PointSource(line, values, point_file, index), error=reason)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone records
+            append_record(records_file, record)
+        outputs.append(record.output_line)
+    return outputs
 
 
 def append_record(path: Path, record: EvalRecord) -> None:

@@ -32,13 +32,16 @@ from typing import Any, TextIO
 import psutil
 
 from blackbox.errors import SetupError
-from blackbox.nomad import CACHE_FILE, STATS_FILE, drop_from_cache, read_cache
+from blackbox.failures import Status
+from blackbox.nomad import CACHE_FILE, HOT_RESTART_FILE, STATS_FILE, drop_from_cache, is_crash_stub, read_cache
 from blackbox.record import RECORDS_FILE, read_records
+from blackbox.stopping import ENV_STOP_FILE
 
 logger = logging.getLogger(__name__)
 
 ENV_NOMAD_EXE = "NOMAD_EXE"
 PARAM_COPY = "param.txt"
+STOP_FILE = "stop-requested"
 
 
 def find_nomad() -> str | None:
@@ -76,8 +79,30 @@ def prepare_study_dir(param_file: Path, study_dir: Path) -> Path:
     return copy
 
 
+def repair_after_crash(study_dir: Path) -> bool:
+    """Undo what a NOMAD that crashed writing its hot-restart file left behind; True when it did.
+
+    NOMAD 4.5/4.6 crash (SIGSEGV) writing the hot-restart file of a study that ends before its first
+    iteration: when every starting point failed or was interrupted (see ``nomad.is_crash_stub``). A rerun
+    would fail on the stub file ("No iteration to run"), and without it would take the failed starting
+    points as cache hits and crash again without evaluating anything. So the stub goes, and so do the
+    failed cache entries (before the first iteration these are the starting points): the rerun evaluates
+    them again. NOMAD's input files of the crashed run go too.
+    """
+    if not is_crash_stub(study_dir / HOT_RESTART_FILE):
+        return False
+    (study_dir / HOT_RESTART_FILE).unlink()
+    dropped = drop_from_cache(study_dir / CACHE_FILE, None)
+    for leftover in study_dir.glob("nomadtmp.*"):
+        leftover.unlink(missing_ok=True)
+    logger.debug("%d failed starting point(s) removed from NOMAD's cache", dropped)
+    return True
+
+
 def prepare_resume(study_dir: Path) -> None:
     """Before a rerun: keep the previous run's stats file, and let NOMAD re-evaluate interrupted points."""
+    if repair_after_crash(study_dir):  # left by a driver that was killed before it could repair
+        logger.warning("removed the hot-restart file of a NOMAD that crashed in an earlier run of this study")
     stats = study_dir / STATS_FILE
     if stats.exists():
         run = 1
@@ -88,31 +113,37 @@ def prepare_resume(study_dir: Path) -> None:
     if not records_file.exists():
         return
     records = read_records(records_file)
-    finished = {tuple(r["point"]) for r in records if r.get("point") and r["status"] != "INTERRUPTED"}
-    interrupted = [
+    finished = {tuple(r["point"]) for r in records if r.get("point") and Status(r["status"]).counted}
+    unfinished = [
         tuple(r["point"])
         for r in records
-        if r["status"] == "INTERRUPTED" and r.get("point") and tuple(r["point"]) not in finished
+        if not Status(r["status"]).counted and r.get("point") and tuple(r["point"]) not in finished
     ]
-    dropped = drop_from_cache(study_dir / CACHE_FILE, interrupted)
+    dropped = drop_from_cache(study_dir / CACHE_FILE, unfinished)
     if dropped:
         logger.info("%d interrupted point(s) removed from NOMAD's cache: NOMAD may evaluate them again", dropped)
 
 
 class _Interrupts:
-    """Escalating Ctrl-C: stop after running evaluations, then cut them, then kill everything."""
+    """Escalating Ctrl-C: stop after running evaluations, then cut them, then kill everything.
 
-    def __init__(self, nomad: subprocess.Popen[str]) -> None:
+    NOMAD alone would evaluate every point it has queued before it stops (see ``blackbox.stopping``): the
+    stop file makes the blackbox calls after the first Ctrl-C decline at once.
+    """
+
+    def __init__(self, nomad: subprocess.Popen[str], stop_file: Path) -> None:
         self.nomad = nomad
+        self.stop_file = stop_file
         self.count = 0
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
         if self.count == 1:
             _say(
-                "stopping: NOMAD finishes the running evaluations, then writes its cache and hot-restart file "
-                "(Ctrl-C again to cut the running evaluations)"
+                "stopping: the running evaluations finish and no new one starts; then NOMAD writes its cache and "
+                "hot-restart file (Ctrl-C again to cut the running evaluations)"
             )
+            self.stop_file.touch()
             self.nomad.send_signal(signal.SIGINT)
         elif self.count == 2:
             _say(
@@ -138,11 +169,15 @@ def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout, qu
     """
     copy = prepare_study_dir(param_file, study_dir)
     prepare_resume(study_dir)
+    records_before = len(_records(study_dir))
     nomad = find_nomad()
     command = [nomad, PARAM_COPY] if nomad else [sys.executable, "-m", "blackbox.nomad_embedded", PARAM_COPY]
     _say(f"study folder {study_dir}; NOMAD: {nomad or 'embedded in PyNomadBBO ' + _pynomad_version()}")
     # BB_EXE calls lora-blackbox by name: the one installed beside this Python comes first.
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    stop_file = (study_dir / STOP_FILE).resolve()
+    stop_file.unlink(missing_ok=True)
+    env[ENV_STOP_FILE] = str(stop_file)
     if quiet:
         env["LORA_BLACKBOX_QUIET"] = "1"
     # Started first: nothing may fail between starting NOMAD and the try block that waits for it.
@@ -158,7 +193,7 @@ def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout, qu
         bufsize=1,
         start_new_session=True,  # a terminal's Ctrl-C reaches this driver only; it decides what to stop
     )
-    interrupts = _Interrupts(process)
+    interrupts = _Interrupts(process, stop_file)
     previous = signal.signal(signal.SIGINT, interrupts)
     try:
         assert process.stdout is not None
@@ -170,17 +205,56 @@ def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout, qu
         returncode = process.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
+        stop_file.unlink(missing_ok=True)
         if watcher:
             watcher.stop()
+    crashed = repair_after_crash(study_dir)
     summary = summarize(study_dir, copy)
     out.write(summary.text())
-    if returncode != 0:
-        _say(f"NOMAD exited with status {returncode}: see {study_dir / 'nomad.log'}")
-        return returncode
+    if crashed:
+        how = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else f"exit {returncode}"
+        _say(
+            f"NOMAD crashed ({how}) writing its hot-restart file, a defect of NOMAD 4.5/4.6 when a study ends "
+            "before its first iteration; the broken file was removed, so that the same command runs again"
+        )
     if interrupts.count:
         _say(f"interrupted: run the same command again to resume ({summary.ok} evaluations kept)")
         return 130
+    started = _failed_start(study_dir, records_before)
+    if started is not None:
+        _say(started)
+        return 1
+    if returncode != 0 and not crashed:
+        _say(f"NOMAD exited with status {returncode}: see {study_dir / 'nomad.log'}")
+        return returncode
     return 0
+
+
+def _failed_start(study_dir: Path, records_before: int) -> str | None:
+    """Why the study stopped at its starting point, or None when it did not: no evaluation of the study
+    succeeded, and this run's evaluations all failed (NOMAD stops when its starting point fails)."""
+    records = _records(study_dir)
+    if any(r["status"] in ("OK", "DIVERGED") for r in records):
+        return None
+    new = records[records_before:]
+    hint = (
+        "check the experiment and its files (lora-blackbox eval on a file holding that line shows the error), or "
+        "choose another X0 in the experiment; then run the same command again: the study starts at X0 again"
+    )
+    if not new:
+        return f"the starting point was not evaluated: the blackbox call failed first (see the errors above); {hint}"
+    first = new[0]
+    point = " ".join((first.get("point_line") or "").split()) or " ".join(_number(v) for v in first.get("point") or [])
+    where = f"{first['run_dir']}/eval.log" if first.get("run_dir") else f"run {first['run_id']}"
+    return (
+        f"the starting point failed, so NOMAD stopped before its first iteration: X0 ({point}) -> "
+        f"{first['status']}: {first.get('error')} ({where}); {hint}"
+    )
+
+
+def _records(study_dir: Path) -> list[dict[str, Any]]:
+    records_file = study_dir / RECORDS_FILE
+    return read_records(records_file) if records_file.exists() else []
 
 
 @dataclass(frozen=True)

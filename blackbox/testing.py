@@ -154,6 +154,7 @@ max_length = 128
 max_steps = {steps}
 effective_batch_size = 16
 micro_batch_size = 8
+autocast = "none"  # fp32 on every CPU: bf16 autocast makes a model this small slower, even where bf16 is native
 """
 
 

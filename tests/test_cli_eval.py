@@ -266,3 +266,26 @@ def test_sigint_records_the_running_point_as_interrupted(tmp_path, tiny_experime
     [record] = _records(tiny_experiment)
     assert record["status"] == "INTERRUPTED"
     assert json.loads((Path(record["run_dir"]) / "record.json").read_text())["status"] == "INTERRUPTED"
+
+
+def test_a_stopping_study_gets_every_point_declined_at_once(tmp_path, tiny_experiment, run_blackbox) -> None:
+    """The study driver's stop request (blackbox.stopping): no evaluation starts, no model is loaded, every point
+    is recorded NOT_RUN and answered as a failure that NOMAD does not count."""
+    stop = tmp_path / "stop-requested"
+    stop.touch()
+    points = tmp_path / "x.txt"
+    points.write_text("2 -2 0.1\n\nnot a point\n")
+    outputs = '["OBJ:validation_loss", "EXTRA_O:run_id", "CNT_EVAL"]'
+    result = run_blackbox(
+        ["eval", "-e", str(tiny_experiment), "--set", f"study.outputs={outputs}", str(points)],
+        env={"LORA_BLACKBOX_STOP_FILE": str(stop)},
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == b"nan nan 0\nnan nan 0\n"
+    assert "loaded" not in result.stderr.decode()
+    records = _records(tiny_experiment)
+    assert [(r["status"], r["block_index"], r["point"]) for r in records] == [
+        ("NOT_RUN", 0, [2.0, -2.0, 0.1]),
+        ("NOT_RUN", 2, None),
+    ]
+    assert all("the study is stopping" in r["error"] for r in records)

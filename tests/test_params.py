@@ -91,24 +91,28 @@ def test_experiment_files_are_named_by_absolute_path(tmp_path: Path, tiny_experi
     )
 
 
-CONSTANT_BLACKBOX = "import sys\nfor line in open(sys.argv[-1]):\n    print(' '.join(['1.5'] + ['x'] * {extras}))\n"
+# One token per BB_OUTPUT_TYPE word: the objective, x for each EXTRA_O, 1 for CNT_EVAL (the evaluation counts).
+CONSTANT_BLACKBOX = "import sys\nfor line in open(sys.argv[-1]):\n    print({line!r})\n"
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
-def test_pynomad_accepts_every_committed_file(tmp_path: Path, path: Path) -> None:
-    """NOMAD's own parameter checking (the library the nomad binary is built on) reads each file:
+def test_nomad_accepts_every_committed_file(tmp_path: Path, path: Path, nomad_env: dict[str, str]) -> None:
+    """NOMAD's own parameter checking (the 4.5.1 binary, and the library in PyNomadBBO) reads each file:
     unknown, deprecated or malformed parameters abort it. Only BB_EXE and the budget are swapped, for
-    a constant blackbox and two evaluations (PyNomadBBO 4.6.0 crashes when it writes the hot-restart
-    file after a single evaluation)."""
+    a constant blackbox and two evaluations (NOMAD crashes when it writes the hot-restart file of a study
+    that ends at its starting point: README, "Troubleshooting")."""
     text = path.read_text()
-    extras = len(_value(text, "BB_OUTPUT_TYPE").split()) - 1
-    (tmp_path / "bb.py").write_text(CONSTANT_BLACKBOX.format(extras=extras))
+    tokens = {"OBJ": "1.5", "EXTRA_O": "x", "CNT_EVAL": "1"}
+    line = " ".join(tokens[kind] for kind in _value(text, "BB_OUTPUT_TYPE").split())
+    (tmp_path / "bb.py").write_text(CONSTANT_BLACKBOX.format(line=line))
     for exe in ("BB_EXE", "SURROGATE_EXE"):
         text = re.sub(rf"^{exe} .*$", f'{exe} "${sys.executable} bb.py"', text, flags=re.MULTILINE)
     text = re.sub(r"^MAX_BB_EVAL .*$", "MAX_BB_EVAL 2", text, flags=re.MULTILINE)
     (tmp_path / "param.txt").write_text(text)
+    nomad = nomad_env.get("NOMAD_EXE")
+    command = [nomad] if nomad else [sys.executable, "-m", "blackbox.nomad_embedded"]
     result = subprocess.run(
-        [sys.executable, "-m", "blackbox.nomad_embedded", str(tmp_path / "param.txt")],
+        [*command, str(tmp_path / "param.txt")],
         cwd=tmp_path,
         capture_output=True,
         text=True,

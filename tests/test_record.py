@@ -2,7 +2,8 @@ import json
 import multiprocessing
 from pathlib import Path
 
-from blackbox.record import EvalRecord, Status, append_record, read_records
+from blackbox.failures import Status
+from blackbox.record import EvalRecord, append_record, read_records
 
 
 def _record(i: int, writer: int) -> EvalRecord:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from blackbox.devices import Slots, lease
 from blackbox.runners import Outcome, eval_command
+from blackbox.stopping import stop_requested
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,10 @@ class LocalRunner:
                 return [f.result() for f in futures]
             except KeyboardInterrupt:
                 self.interrupt()
+                if stop_requested():
+                    # The study's Ctrl-C: each evaluation answers its cut point (not counted) and ends normally;
+                    # the points not started yet are declined by their processes at once.
+                    return [f.result() for f in futures]
                 for f in futures:
                     f.cancel()
                 raise
