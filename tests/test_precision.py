@@ -90,7 +90,8 @@ def test_eval_trains_in_the_precision_the_cpu_computes(tmp_path, tiny_experiment
     points = tmp_path / "x.txt"
     points.write_text("2 -2 0.1\n")
     env = {"DNNL_MAX_CPU_ISA": cap} if cap else {}
-    result = run_blackbox(["eval", "-e", str(tiny_experiment), str(points)], env=env)
+    auto = ["--set", "model.dtype=auto", "--set", "training.autocast=auto"]  # the test experiment pins fp32
+    result = run_blackbox(["eval", "-e", str(tiny_experiment), *auto, str(points)], env=env)
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     [record] = read_records(tmp_path / "runs" / "records.jsonl")
     expected = "float32 weights, bfloat16 autocast" if native else "float32 weights, no autocast"
