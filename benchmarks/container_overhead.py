@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from blackbox.testing import build_tiny_model, write_instruction_files, write_learning_rate_study
+from blackbox.training.testing import build_tiny_model, write_instruction_files, write_learning_rate_study
 
 
 def _call(command: list[str], cwd: Path) -> float:

@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from blackbox.precision import cpu_bf16
 from blackbox.record import read_records
+from blackbox.training.precision import cpu_bf16
 
 REPO = Path(__file__).resolve().parent.parent
 BLACKBOX = [sys.executable, "-m", "blackbox.cli"]

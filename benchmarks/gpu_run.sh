@@ -20,7 +20,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'cuda', torch.version.cuda); \
 print('transformers', transformers.__version__, 'peft', peft.__version__)"
-  python3 -c "from blackbox import attention; print('varlen available:', attention.varlen_available())"
+  python3 -c "from blackbox.training import attention; print('varlen available:', attention.varlen_available())"
 } > "$OUT/environment.txt" 2>&1
 cat "$OUT/environment.txt"
 timeout 330 python3 benchmarks/throughput.py --models "${MODELS:-llama2-7b,llama-1b}" --steps 3 \

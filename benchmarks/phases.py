@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from blackbox.record import read_records
-from blackbox.testing import build_tiny_model, write_instruction_files, write_learning_rate_study
+from blackbox.training.testing import build_tiny_model, write_instruction_files, write_learning_rate_study
 
 PHASES = ("startup_s", "data_prep_s", "model_load_s", "train_s", "validation_s", "total_s")
 

@@ -6,7 +6,7 @@ synthetic token ids whose lengths follow instruction data (prompt + response lik
 
 - baseline: the paper's settings, HF Trainer, fp32 weights + bf16 autocast, batch 4 padded to the
   longest in the batch, 8 accumulation steps (SDPA attention, a stronger baseline than the paper's eager);
-- ours: ``blackbox.train.train`` with bf16 weights, fused AdamW, micro-batches found automatically,
+- ours: ``blackbox.training.train.train`` with bf16 weights, fused AdamW, micro-batches found automatically,
   and one of: padded length-grouped batches (SDPA), packed batches with SDPA's block mask, or packed
   batches with variable-length flash attention (``attn_implementation="varlen"``).
 
@@ -85,7 +85,7 @@ def synthetic_lengths(n: int, seed: int, max_length: int = 512) -> tuple[np.ndar
 
 
 def synthetic_split(n: int, vocab: int, seed: int) -> Any:
-    from blackbox.data import TokenizedSplit
+    from blackbox.training.data import TokenizedSplit
 
     prompt, total = synthetic_lengths(n, seed)
     rng = np.random.default_rng(seed + 1)
@@ -98,7 +98,7 @@ def synthetic_split(n: int, vocab: int, seed: int) -> Any:
 def build_model(name: str, *, dtype: torch.dtype, device: torch.device, attn: str) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from blackbox import attention
+    from blackbox.training import attention
 
     if attn == attention.NAME:
         attention.register()
@@ -141,13 +141,13 @@ def run_ours(
     name: str, split: Any, *, device: torch.device, steps: int, packing: bool, attn: str, liger: bool = False
 ) -> Measurement:
     from blackbox.experiment import TrainingConfig
-    from blackbox.precision import Precision
-    from blackbox.train import train
+    from blackbox.training.precision import Precision
+    from blackbox.training.train import train
 
     precision = Precision(torch.bfloat16 if device.type == "cuda" else torch.float32, None)
     base = build_model(name, dtype=precision.weights, device=device, attn=attn)
     if liger:
-        from blackbox.model import apply_fused_kernels
+        from blackbox.training.model import apply_fused_kernels
 
         apply_fused_kernels(base, "liger", device)
     model = attach_lora(base)
@@ -163,7 +163,7 @@ def run_ours(
         model=model, split=split, learning_rate=1e-4, config=config, device=device, precision=precision, pad_id=0
     )
     _synchronize(device)
-    from blackbox.batches import step_indices
+    from blackbox.training.batches import step_indices
 
     plan = step_indices(len(split), config.effective_batch_size, config.seed)
     timed = np.concatenate([next(plan) for _ in range(steps)])
@@ -296,7 +296,7 @@ def main() -> None:
     import peft
     import transformers
 
-    from blackbox import attention
+    from blackbox.training import attention
 
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),

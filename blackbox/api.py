@@ -28,13 +28,14 @@ from typing import TYPE_CHECKING, Any
 from blackbox.errors import ConfigError, PointError
 from blackbox.experiment import HPARAM_NAMES, Experiment, load_experiment
 from blackbox.failures import Status
-from blackbox.record import RECORDS_FILE, EvalRecord
+from blackbox.folders import RECORDS_FILE
+from blackbox.record import EvalRecord
 from blackbox.space import HyperParams, SearchSpace
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from blackbox.objective import Evaluator
+    from blackbox.training.objective import Evaluator
 
 __all__ = ["Blackbox", "Result"]
 
@@ -206,7 +207,7 @@ class Blackbox:
             KeyboardInterrupt: interrupted (recorded as INTERRUPTED first).
         """
         if self.isolate:
-            from blackbox.isolated import evaluate_in_subprocess
+            from blackbox.runners.isolated import evaluate_in_subprocess
 
             assert self._ref is not None  # checked in __init__
             record = evaluate_in_subprocess(
@@ -224,7 +225,7 @@ class Blackbox:
     def evaluator(self) -> Evaluator:
         """The in-process evaluator (created on first use; the model loads on its first evaluation)."""
         if self._evaluator is None:
-            from blackbox.objective import Evaluator  # local: imports torch
+            from blackbox.training.objective import Evaluator  # local: imports torch
 
             self._evaluator = Evaluator(self.experiment)
         return self._evaluator

@@ -22,13 +22,12 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 import click
 
 from blackbox import __version__
-from blackbox.errors import BlackboxError, ConfigError, PointError
-from blackbox.experiment import ENV_EXPERIMENT, load_experiment
+from blackbox.errors import BlackboxError, ConfigError, PointError, SetupError
+from blackbox.experiment import ENV_EXPERIMENT, Experiment, experiment_reference, load_experiment
 
 if TYPE_CHECKING:
-    from blackbox.container import Gpus
-    from blackbox.objective import Evaluator
     from blackbox.runners import Runner
+    from blackbox.runners.container import Gpus
 
 logger = logging.getLogger("blackbox")
 
@@ -132,13 +131,14 @@ def eval_command(
                 emit(output + "\n")
             return
 
-        from blackbox import block, distributed  # local: imports torch
         from blackbox.api import Blackbox
+        from blackbox.runners import block
+        from blackbox.training import distributed  # local: imports torch
 
         blackbox = Blackbox(exp)
         evaluator = blackbox.evaluator
         _install_signal_handlers()
-        runner = _runner(experiment, overrides, workers, gpus_per_eval, backend, ray_address, evaluator)
+        runner = _runner(experiment, exp, overrides, workers, gpus_per_eval, backend, ray_address)
         if runner is None:
             outputs: Iterable[str] = block.evaluate_here(evaluator, lines, str(point_file))
         else:
@@ -150,28 +150,27 @@ def eval_command(
 
 
 def _runner(
-    experiment: str,
+    experiment_ref: str,
+    experiment: Experiment,
     overrides: tuple[str, ...],
     workers: int,
     gpus_per_eval: int,
     backend: str,
     ray_address: str,
-    evaluator: Evaluator,
 ) -> Runner | None:
     """The runner that spreads a block, or None to evaluate it in this process."""
-    # Children resolve a relative experiment path from their own working directory: pass it absolute.
-    reference = str(Path(experiment).resolve()) if Path(experiment).expanduser().is_file() else experiment
+    reference = experiment_reference(experiment_ref)  # evaluation processes have other working directories
     if backend == "ray":
         from blackbox.runners.ray_pool import RayRunner
 
-        return RayRunner(reference, overrides, ray_address, evaluator.records_file, gpus_per_eval=gpus_per_eval)
+        return RayRunner(reference, experiment, overrides, ray_address, gpus_per_eval=gpus_per_eval)
     if workers == 1 and gpus_per_eval == 1:
         return None
-    from blackbox.devices import discover, lease_dir
+    from blackbox.runners.devices import discover, lease_dir
     from blackbox.runners.local import LocalRunner
 
     slots = discover(cpu_slots=workers * gpus_per_eval)
-    return LocalRunner(reference, overrides, slots, workers, gpus_per_eval, lease_dir())
+    return LocalRunner(reference, experiment, overrides, slots, workers, gpus_per_eval, lease_dir())
 
 
 @main.command("decode")
@@ -245,18 +244,13 @@ def params_command(
     surrogate_fidelity: float | None,
 ) -> None:
     """Write a NOMAD parameter file for the experiment's study (search space, budget, BB_EXE, files)."""
-    from blackbox.experiment import shipped_experiments
     from blackbox.nomad import render_params
 
     with _exit_codes(ctx):
         exp = load_experiment(experiment, overrides)
-        path = Path(experiment).expanduser()
-        # A shipped name stays a name; a file is named by its absolute path, so BB_EXE finds it from anywhere.
-        shipped = experiment in shipped_experiments() and not path.is_file()
-        reference = experiment if shipped else str(path.resolve())
         text = render_params(
             exp,
-            experiment_ref=reference,
+            experiment_ref=experiment_reference(experiment),  # BB_EXE finds it from any folder
             overrides=overrides,
             container=container,
             block_size=block_size,
@@ -360,15 +354,16 @@ def container_command(
     exit status becomes this command's; 124: time limit reached; 130: interrupted (SIGINT or SIGTERM
     stop the container with SIGINT, then kill it); 1: no engine, or no image.
     """
-    from blackbox.container import plan_call, run_call
     from blackbox.point import read_point_lines
     from blackbox.record import record_not_run
+    from blackbox.runners.container import plan_call, run_call, settle_call
     from blackbox.stopping import STOPPING, stop_requested
 
     with _exit_codes(ctx), protocol_stdout() as emit:
         exp = load_experiment(experiment, overrides)
+        lines, where = read_point_lines(point_file), str(point_file.resolve())
         if stop_requested():  # no container is started for a stopping study
-            for output in record_not_run(exp, read_point_lines(point_file), str(point_file.resolve()), reason=STOPPING):
+            for output in record_not_run(exp, lines, where, reason=STOPPING):
                 emit(output + "\n")
             return
         spec = plan_call(
@@ -384,7 +379,12 @@ def container_command(
             env=env,
             quiet=ctx.obj.get("quiet", False),
         )
-        outcome = run_call(spec, timeout_s=timeout_s, pull=pull, stdout=emit, stderr=_write_stderr)
+        try:
+            outcome = run_call(spec, timeout_s=timeout_s, pull=pull, stdout=emit, stderr=_write_stderr)
+        except SetupError as e:  # no engine, no image: nothing ran
+            record_not_run(exp, lines, where, reason=f"not evaluated: the call failed: {e}")
+            raise
+        settle_call(exp, lines, where, outcome)
     if outcome.ended == "timeout":
         ctx.exit(124)
     if outcome.ended == "interrupted" and not (stop_requested() and outcome.status == 0):
@@ -399,8 +399,8 @@ def container_command(
 
 
 def _container_value(parser: str, value: Any) -> Any:
-    """An option of ``container`` parsed by blackbox.container (imported only when that command runs)."""
-    from blackbox import container
+    """An option of ``container`` parsed by blackbox.runners.container (imported only when that command runs)."""
+    from blackbox.runners import container
 
     try:
         return getattr(container, parser)(value)
@@ -423,7 +423,7 @@ def study_command(ctx: click.Context, param_file: Path, study_dir: Path | None) 
     Uses the nomad executable ($NOMAD_EXE, or nomad on PATH), else the NOMAD library of PyNomadBBO.
     Ctrl-C stops after the running evaluations; twice cuts them; the same command resumes.
     """
-    from blackbox.study import run_study
+    from blackbox.studies.nomad_study import run_study
 
     with _exit_codes(ctx):
         quiet = ctx.obj.get("quiet", False)
@@ -479,7 +479,7 @@ def optuna_command(
     stops after recording the running trial (exit status 130); the same command resumes the study.
     """
     from blackbox.api import Blackbox
-    from blackbox.optuna_study import default_storage, run_optuna
+    from blackbox.studies.optuna_study import default_storage, run_optuna
 
     with _exit_codes(ctx), protocol_stdout() as emit:
         exp = load_experiment(experiment, overrides)

@@ -324,6 +324,13 @@ def resolve_experiment(name_or_path: str) -> tuple[str, str]:
     )
 
 
+def experiment_reference(name_or_path: str) -> str:
+    """How another process (an evaluation, NOMAD's BB_EXE, a Ray worker) names this experiment: a file by its
+    absolute path (``~`` expanded; another working directory resolves it alike), a shipped name as it is."""
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.is_file() else name_or_path
+
+
 def load_experiment(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
     """Load, override and validate an experiment.
 

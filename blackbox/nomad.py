@@ -15,11 +15,10 @@ from pathlib import Path
 
 from blackbox.errors import ConfigError
 from blackbox.experiment import Experiment
+from blackbox.files import write_text_atomic
+from blackbox.folders import CACHE_FILE, HOT_RESTART_FILE, STATS_FILE
 from blackbox.space import SearchSpace
 
-CACHE_FILE = "cache.txt"
-STATS_FILE = "stats.txt"
-HOT_RESTART_FILE = "hotrestart.txt"
 # PyNomadBBO 4.6.0 aborts on a failed evaluation when these are set; the records replace the history.
 UNSAFE_IN_PYNOMAD = ("HISTORY_FILE", "SOLUTION_FILE")
 
@@ -215,10 +214,21 @@ def drop_from_cache(path: Path, points: list[tuple[float, ...]] | None) -> int:
                 continue
         kept.append(line)
     if dropped:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept))
-        tmp.replace(path)
+        write_text_atomic(path, "".join(kept))
     return dropped
+
+
+def read_outputs_and_budget(param_file: Path) -> tuple[list[str], int | None]:
+    """BB_OUTPUT_TYPE (the output types, upper case) and MAX_BB_EVAL (None when unset) of a parameter file."""
+    outputs: list[str] = []
+    budget = None
+    for line in param_file.read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if words and words[0].upper() == "BB_OUTPUT_TYPE":
+            outputs = [w.upper() for w in words[1:]]
+        elif words and words[0].upper() == "MAX_BB_EVAL" and len(words) > 1:
+            budget = int(float(words[1]))
+    return outputs, budget
 
 
 def is_crash_stub(path: Path) -> bool:

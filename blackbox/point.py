@@ -56,8 +56,8 @@ class PointSource:
     line: str | None = None
     values: tuple[float, ...] | None = None
     file: str | None = None
-    index: int | None = None  # 0-based line index in the file
+    block_index: int | None = None  # 0-based index of the line in the file
 
     @property
     def label(self) -> str:
-        return str(self.index + 1) if self.index is not None else "-"
+        return str(self.block_index + 1) if self.block_index is not None else "-"

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from blackbox import __version__
 from blackbox.errors import PointError
 from blackbox.failures import Status
+from blackbox.folders import RECORDS_FILE
 from blackbox.output import output_tokens
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-RECORDS_FILE = "records.jsonl"
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,11 @@ class EvalRecord:
     @property
     def output_line(self) -> str:
         return " ".join(self.outputs)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as ``records.jsonl`` holds it (what :func:`read_records` returns)."""
+        data: dict[str, Any] = json.loads(self.to_json())
+        return data
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -111,7 +116,7 @@ def build_record(
         point_line=source.line,
         point=source.values,
         point_file=source.file,
-        block_index=source.index,
+        block_index=source.block_index,
         metrics=metrics,
         seed=experiment.training.seed,
         finished_at=now(),
@@ -123,7 +128,7 @@ def build_record(
 
 
 def record_not_run(
-    experiment: Experiment, lines: list[str], point_file: str | None, *, reason: str, first_index: int = 0
+    experiment: Experiment, lines: list[str], point_file: str | None, *, reason: str, first_block_index: int = 0
 ) -> list[str]:
     """Record every non-blank line as NOT_RUN (the call never evaluated it) and return their output lines:
     failures that do not count (CNT_EVAL 0). Needs no torch: it answers at once.
@@ -132,14 +137,16 @@ def record_not_run(
 
     records_file = experiment.records_dir.resolve() / RECORDS_FILE
     outputs = []
-    for index, line in enumerate(lines, start=first_index):
+    for block_index, line in enumerate(lines, start=first_block_index):
         if not line.strip():
             continue
         try:
             values: tuple[float, ...] | None = parse_point(line)
         except PointError:
             values = None
-        record = build_record(experiment, Status.NOT_RUN, PointSource(line, values, point_file, index), error=reason)
+        record = build_record(
+            experiment, Status.NOT_RUN, PointSource(line, values, point_file, block_index), error=reason
+        )
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone records
             append_record(records_file, record)
         outputs.append(record.output_line)
@@ -170,10 +177,16 @@ def append_json_line(path: Path, text: str) -> None:
         os.close(fd)  # closing releases the lock
 
 
-def write_json_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def find_record(records_file: Path, *, point_file: str, block_index: int | None) -> dict[str, Any] | None:
+    """The last record of the point at ``block_index`` of ``point_file``, or None."""
+    if not records_file.exists():
+        return None
+    found = [
+        r
+        for r in read_records(records_file)
+        if r.get("point_file") == point_file and (block_index is None or r.get("block_index") == block_index)
+    ]
+    return found[-1] if found else None
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from blackbox.testing import build_tiny_model, write_instruction_files
+from blackbox.training.testing import build_tiny_model, write_instruction_files
 
 REPO = Path(__file__).resolve().parent.parent
 # The installed console script, as NOMAD's BB_EXE calls it.

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from blackbox.batches import loss_sum, micro_batches, pack, pad, step_indices, steps_per_epoch
-from blackbox.data import Row, tokenize_rows
-from blackbox.testing import instruction_rows
+from blackbox.training.batches import loss_sum, micro_batches, pack, pad, step_indices, steps_per_epoch
+from blackbox.training.data import Row, tokenize_rows
+from blackbox.training.testing import instruction_rows
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_varlen_attention_gives_the_loss_of_each_example_alone(tiny_model: Path,
     checked on the CPU, where it runs one SDPA per example; on CUDA the same path calls the flash kernel."""
     from transformers import AutoModelForCausalLM
 
-    from blackbox import attention
+    from blackbox.training import attention
 
     sdpa_model, split, pad_id = model_and_split
     attention.register()

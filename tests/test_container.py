@@ -28,11 +28,11 @@ import pytest
 from click.testing import CliRunner
 
 from blackbox.cli import main
-from blackbox.container import LABEL, Bind, Gpus, device_requests, parse_env, parse_gpus, plan_call
 from blackbox.errors import ConfigError, SetupError
 from blackbox.experiment import load_experiment
 from blackbox.nomad import read_cache
 from blackbox.record import read_records
+from blackbox.runners.container import LABEL, Bind, Gpus, device_requests, parse_env, parse_gpus, plan_call
 from tests.conftest import BLACKBOX, REPO
 from tests.test_study import _check_records_agree_with_nomad, _study, _which_nomad
 

@@ -4,8 +4,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blackbox import embedded
-from blackbox.data import (
+from blackbox.errors import SetupError
+from blackbox.experiment import DataConfig
+from blackbox.training import embedded
+from blackbox.training.data import (
     ALPACA_WITH_CONTEXT,
     Row,
     load_split_rows,
@@ -14,8 +16,6 @@ from blackbox.data import (
     rows_from_records,
     tokenize_rows,
 )
-from blackbox.errors import SetupError
-from blackbox.experiment import DataConfig
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_tokenised_data_is_cached_and_keyed_by_content(tokenizer, tiny_data, tmp
 
 
 def test_a_warm_cache_of_local_files_reads_no_row(tokenizer, tiny_data, tmp_path, monkeypatch) -> None:
-    import blackbox.data as data
+    import blackbox.training.data as data
 
     monkeypatch.setenv("LORA_BLACKBOX_CACHE", str(tmp_path / "cache"))
     train = tmp_path / "train.jsonl"

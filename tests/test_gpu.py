@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from blackbox.batches import loss_sum, pack, pad
-from blackbox.data import Row, tokenize_rows
-from blackbox.testing import instruction_rows
+from blackbox.training.batches import loss_sum, pack, pad
+from blackbox.training.data import Row, tokenize_rows
+from blackbox.training.testing import instruction_rows
 
 pytestmark = [
     pytest.mark.gpu,
@@ -21,7 +21,7 @@ pytestmark = [
 def split_and_models(tiny_model: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from blackbox import attention
+    from blackbox.training import attention
 
     attention.register()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)

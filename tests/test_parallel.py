@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from blackbox.devices import Slots, lease
 from blackbox.record import read_records
+from blackbox.runners.devices import Slots, lease
 from tests.conftest import BLACKBOX
 
 pytestmark = pytest.mark.slow
@@ -81,7 +81,7 @@ def test_a_lease_survives_its_holder_being_killed(tmp_path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from blackbox.devices import Slots, lease\n"
+            "import sys, time; from pathlib import Path; from blackbox.runners.devices import Slots, lease\n"
             "with lease(Slots(('gpu7',), True), 1, folder=Path(sys.argv[1])):\n"
             "    print('held', flush=True); time.sleep(600)",
             str(tmp_path),

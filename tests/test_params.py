@@ -110,7 +110,7 @@ def test_nomad_accepts_every_committed_file(tmp_path: Path, path: Path, nomad_en
     text = re.sub(r"^MAX_BB_EVAL .*$", "MAX_BB_EVAL 2", text, flags=re.MULTILINE)
     (tmp_path / "param.txt").write_text(text)
     nomad = nomad_env.get("NOMAD_EXE")
-    command = [nomad] if nomad else [sys.executable, "-m", "blackbox.nomad_embedded"]
+    command = [nomad] if nomad else [sys.executable, "-m", "blackbox.studies.pynomad"]
     result = subprocess.run(
         [*command, str(tmp_path / "param.txt")],
         cwd=tmp_path,

@@ -7,10 +7,10 @@ import logging
 import pytest
 import torch
 
-from blackbox import precision
 from blackbox.errors import SetupError
 from blackbox.experiment import load_experiment, shipped_experiments
-from blackbox.precision import CpuBf16, cpu_bf16, resolve_precision
+from blackbox.training import precision
+from blackbox.training.precision import CpuBf16, cpu_bf16, resolve_precision
 
 CPU = torch.device("cpu")
 

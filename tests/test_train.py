@@ -5,13 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from blackbox.data import DataConfig, prepare_splits
 from blackbox.experiment import ModelConfig, TrainingConfig
-from blackbox.model import attach_lora, detach_lora, load_base_model, load_tokenizer
-from blackbox.precision import Precision
 from blackbox.space import HyperParams
-from blackbox.train import train
-from blackbox.validate import validate
+from blackbox.training.data import DataConfig, prepare_splits
+from blackbox.training.model import attach_lora, detach_lora, load_base_model, load_tokenizer
+from blackbox.training.precision import Precision
+from blackbox.training.train import train
+from blackbox.training.validate import validate
 
 FP32 = Precision(torch.float32, None)
 CPU = torch.device("cpu")

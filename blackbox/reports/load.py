@@ -3,7 +3,7 @@
 Never imports torch: a report is drawn on any machine from the files a study left.
 
 Which records count: evaluations at full fidelity, in the order they finished (the records file's
-order). Low-fidelity (surrogate) evaluations are kept apart, as in ``blackbox.study``; INTERRUPTED and
+order). Low-fidelity (surrogate) evaluations are kept apart, as in ``blackbox.studies.nomad_study``; INTERRUPTED and
 NOT_RUN records are listed as failures but not counted (a resumed study evaluates those points again).
 Failed evaluations count: they spent the budget.
 """
@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from blackbox.errors import ConfigError, SetupError
-from blackbox.nomad import CACHE_FILE, STATS_FILE, read_cache
-from blackbox.optuna_study import STORAGE_FILE
-from blackbox.record import RECORDS_FILE, read_records
-from blackbox.study import PARAM_COPY, read_outputs_and_budget
+from blackbox.folders import CACHE_FILE, OPTUNA_STORAGE_FILE, PARAM_COPY, RECORDS_FILE, STATS_FILE
+from blackbox.nomad import read_cache, read_outputs_and_budget
+from blackbox.record import read_records
 
 NOT_COUNTED = ("INTERRUPTED", "NOT_RUN")
 
@@ -166,7 +165,7 @@ def _full_fidelity(record: dict[str, Any]) -> bool:
 def _solver(folder: Path) -> str:
     if (folder / PARAM_COPY).exists() or (folder / CACHE_FILE).exists():
         return "NOMAD"
-    if (folder / STORAGE_FILE).exists():
+    if (folder / OPTUNA_STORAGE_FILE).exists():
         return "Optuna"
     return ""
 

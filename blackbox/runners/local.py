@@ -15,13 +15,16 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from blackbox.devices import Slots, lease
-from blackbox.runners import Outcome, eval_command
+from blackbox.experiment import Experiment
+from blackbox.record import record_not_run
+from blackbox.runners import Settled, eval_command, settle
+from blackbox.runners.devices import Slots, lease
 from blackbox.stopping import stop_requested
 
 logger = logging.getLogger(__name__)
@@ -29,16 +32,23 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class LocalRunner:
-    experiment: str  # as the caller named it: a shipped name or a path
+    experiment_ref: str  # how the children name it: a shipped name or an absolute path
+    experiment: Experiment
     overrides: tuple[str, ...]
     slots: Slots
     workers: int
-    procs_per_eval: int
+    gpus_per_eval: int
     lease_folder: Path
     _children: set[subprocess.Popen[bytes]] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def run(self, lines: Sequence[str]) -> list[Outcome]:
+    def run(self, lines: Sequence[str]) -> list[Settled]:
+        """Evaluate each line in a process of its own, at most ``workers`` at once; settle each point.
+
+        Raises:
+            KeyboardInterrupt: interrupted from outside a stopping study: the running evaluations are
+                interrupted (and record it), the points not started are recorded NOT_RUN.
+        """
         with (
             tempfile.TemporaryDirectory(prefix="lora-blackbox-block-") as tmp,
             ThreadPoolExecutor(self.workers) as pool,
@@ -52,8 +62,14 @@ class LocalRunner:
                     # The study's Ctrl-C: each evaluation answers its cut point (not counted) and ends normally;
                     # the points not started yet are declined by their processes at once.
                     return [f.result() for f in futures]
-                for f in futures:
-                    f.cancel()
+                not_started = [i for i, f in enumerate(futures) if f.cancel()]
+                for i in not_started:
+                    record_not_run(
+                        self.experiment,
+                        [lines[i]],
+                        str(Path(tmp) / f"point-{i}.txt"),
+                        reason="not evaluated: the call was interrupted",
+                    )
                 raise
 
     def interrupt(self) -> None:
@@ -63,30 +79,34 @@ class LocalRunner:
                 with contextlib.suppress(ProcessLookupError):
                     child.send_signal(signal.SIGINT)
 
-    def _one(self, line: str, point_file: Path) -> Outcome:
+    def _one(self, line: str, point_file: Path) -> Settled:
         point_file.write_text(line + "\n")
-        with lease(self.slots, self.procs_per_eval, folder=self.lease_folder) as leased:
+        with lease(self.slots, self.gpus_per_eval, folder=self.lease_folder) as leased:
             env = {
                 **os.environ,
                 **self.slots.child_env(leased, workers=self.workers),
                 "LORA_BLACKBOX_SLOT": ",".join(leased),
             }
-            command = eval_command(self.experiment, self.overrides, str(point_file), procs=self.procs_per_eval)
+            command = eval_command(
+                self.experiment_ref, self.overrides, str(point_file), gpus_per_eval=self.gpus_per_eval
+            )
             logger.info("point %r on %s", line.strip(), ",".join(leased))
+            started = time.perf_counter()
             # stderr passes through: the child's progress and errors stay visible.
             child = subprocess.Popen(command, stdout=subprocess.PIPE, env=env)
             with self._lock:
                 self._children.add(child)
             try:
-                stdout, _ = child.communicate()
+                child.communicate()
             finally:
                 with self._lock:
                     self._children.discard(child)
-        results = stdout.decode(errors="replace").splitlines()
-        if child.returncode == 0 and len(results) == 1:
-            return Outcome(results[0])
-        return Outcome(
-            None,
-            f"evaluation process on {','.join(leased)} exited with status {child.returncode} "
-            f"and {len(results)} output line(s)",
+        return settle(
+            self.experiment,
+            line=line,
+            point_file=str(point_file),
+            block_index=0,
+            returncode=child.returncode,
+            launcher=self.gpus_per_eval > 1,
+            seconds=time.perf_counter() - started,
         )

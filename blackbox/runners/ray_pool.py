@@ -23,23 +23,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blackbox.record import RECORDS_FILE, append_json_line, read_records
-from blackbox.runners import Outcome, eval_command
+from blackbox.experiment import Experiment
+from blackbox.folders import RECORDS_FILE
+from blackbox.record import append_json_line, read_records
+from blackbox.runners import Settled, eval_command, settle
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class RayRunner:
-    experiment: str
+    experiment_ref: str  # how the workers name it: a shipped name or a path that exists on every node
+    experiment: Experiment
     overrides: tuple[str, ...]
     address: str
-    records_file: Path  # the head's records file
     gpus_per_eval: int = 1
     cpus_per_eval: float = 1.0
     max_retries: int = 2
 
-    def run(self, lines: Sequence[str]) -> list[Outcome]:
+    def run(self, lines: Sequence[str]) -> list[Settled]:
         import ray
 
         ray.init(address=self.address, logging_level=logging.WARNING, log_to_driver=True)
@@ -50,29 +52,38 @@ class RayRunner:
                 max_retries=self.max_retries,
                 retry_exceptions=False,  # an exception inside the task is a bug of that point: no retry
             )(evaluate_on_worker)
-            procs = self.gpus_per_eval
-            refs = [task.remote(self.experiment, self.overrides, line, procs) for line in lines]
-            return [self._collect(ref, line) for ref, line in zip(refs, lines, strict=True)]
+            ids = [uuid.uuid4().hex[:12] for _ in lines]
+            refs = [
+                task.remote(self.experiment_ref, self.overrides, line, self.gpus_per_eval, task_id)
+                for line, task_id in zip(lines, ids, strict=True)
+            ]
+            return [self._collect(ref, line, task_id) for ref, line, task_id in zip(refs, lines, ids, strict=True)]
         finally:
             ray.shutdown()
 
-    def _collect(self, ref: Any, line: str) -> Outcome:
+    def _collect(self, ref: Any, line: str, task_id: str) -> Settled:
+        """The worker's records join the head's records file; the point is settled from them."""
         import ray
 
+        point_file = f"ray-task:{task_id}"
         try:
-            output, records, host = ray.get(ref)
-        except ray.exceptions.RayTaskError as e:
-            return Outcome(None, f"the evaluation task raised: {e}")
+            returncode, records, host, point_file = ray.get(ref)
         except ray.exceptions.RayError as e:  # worker crashed, node died, object lost: retries spent
-            return Outcome(
-                None, f"lost the evaluation's worker after {self.max_retries} retries: {type(e).__name__}: {e}"
-            )
+            lost = f"lost the evaluation's worker after {self.max_retries} retries: {type(e).__name__}: {e}"
+            return settle(self.experiment, line=line, point_file=point_file, block_index=0, returncode=-1, lost=lost)
+        records_file = self.experiment.records_dir.resolve() / RECORDS_FILE
         for record in records:
             record["ray_host"] = host
-            append_json_line(self.records_file, json.dumps(record))
-        if output is None:
-            return Outcome(None, f"the evaluation on {host} printed no result")
-        return Outcome(output)
+            append_json_line(records_file, json.dumps(record))
+        return settle(
+            self.experiment,
+            line=line,
+            point_file=point_file,
+            block_index=0,
+            returncode=returncode,
+            records=records,
+            launcher=self.gpus_per_eval > 1,
+        )
 
 
 def _cluster_has_gpus() -> bool:
@@ -82,22 +93,23 @@ def _cluster_has_gpus() -> bool:
 
 
 def evaluate_on_worker(
-    experiment: str, overrides: tuple[str, ...], line: str, procs: int
-) -> tuple[str | None, list[dict[str, Any]], str]:
-    """Runs in a Ray worker: one point through ``lora-blackbox eval``; returns (output line, records, host)."""
+    experiment_ref: str, overrides: tuple[str, ...], line: str, gpus_per_eval: int, task_id: str
+) -> tuple[int, list[dict[str, Any]], str, str]:
+    """Runs in a Ray worker: one point through ``lora-blackbox eval``; returns its exit status, the records it
+    wrote, the worker's host name and the point file it was given."""
     import platform
 
-    folder = Path(tempfile.gettempdir()) / "lora-blackbox-ray" / uuid.uuid4().hex[:12]
-    folder.mkdir(parents=True)
+    folder = Path(tempfile.gettempdir()) / "lora-blackbox-ray" / task_id
+    folder.mkdir(parents=True, exist_ok=True)
     point_file = folder / "point.txt"
     point_file.write_text(line + "\n")
-    command = eval_command(experiment, (*overrides, f"records.dir={folder}"), str(point_file), procs=procs)
+    command = eval_command(
+        experiment_ref, (*overrides, f"records.dir={folder}"), str(point_file), gpus_per_eval=gpus_per_eval
+    )
     # The evaluation dies with this worker: a killed worker leaves no orphan training behind.
-    result = subprocess.run(command, stdout=subprocess.PIPE, preexec_fn=_die_with_parent, check=False)
-    outputs = result.stdout.decode(errors="replace").splitlines()
+    result = subprocess.run(command, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent, check=False)
     records = read_records(folder / RECORDS_FILE) if (folder / RECORDS_FILE).exists() else []
-    ok = result.returncode == 0 and len(outputs) == 1
-    return (outputs[0] if ok else None), records, platform.node()
+    return result.returncode, records, platform.node(), str(point_file)
 
 
 def _die_with_parent() -> None:

@@ -3,7 +3,7 @@
 The study folder (``runs/<parameter file name>/`` by default) holds everything of one study: the
 parameter file it runs (``param.txt``), NOMAD's cache, stats and hot-restart files, NOMAD's display
 (``nomad.log``), and the blackbox's records (``records.jsonl``, ``evals/``). NOMAD runs there, either
-the ``nomad`` executable (on PATH, or ``$NOMAD_EXE``) or the library embedded in PyNomadBBO.
+the ``nomad`` executable (on PATH, or ``$NOMAD_EXE``) or PyNomadBBO (the NOMAD library, ``studies.pynomad``).
 
 Ctrl-C: the first one asks NOMAD to stop after the running evaluations (NOMAD then writes its cache
 and hot-restart file); a second one also cuts the running evaluations (recorded as INTERRUPTED);
@@ -33,15 +33,15 @@ import psutil
 
 from blackbox.errors import SetupError
 from blackbox.failures import Status
-from blackbox.nomad import CACHE_FILE, HOT_RESTART_FILE, STATS_FILE, drop_from_cache, is_crash_stub, read_cache
-from blackbox.record import RECORDS_FILE, read_records
+from blackbox.folders import CACHE_FILE, HOT_RESTART_FILE, PARAM_COPY, RECORDS_FILE, STATS_FILE, STOP_FILE
+from blackbox.nomad import drop_from_cache, is_crash_stub, read_cache, read_outputs_and_budget
+from blackbox.progress import format_duration
+from blackbox.record import read_records
 from blackbox.stopping import ENV_STOP_FILE
 
 logger = logging.getLogger(__name__)
 
 ENV_NOMAD_EXE = "NOMAD_EXE"
-PARAM_COPY = "param.txt"
-STOP_FILE = "stop-requested"
 
 
 def find_nomad() -> str | None:
@@ -171,8 +171,8 @@ def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout, qu
     prepare_resume(study_dir)
     records_before = len(_records(study_dir))
     nomad = find_nomad()
-    command = [nomad, PARAM_COPY] if nomad else [sys.executable, "-m", "blackbox.nomad_embedded", PARAM_COPY]
-    _say(f"study folder {study_dir}; NOMAD: {nomad or 'embedded in PyNomadBBO ' + _pynomad_version()}")
+    command = [nomad, PARAM_COPY] if nomad else [sys.executable, "-m", "blackbox.studies.pynomad", PARAM_COPY]
+    _say(f"study folder {study_dir}; NOMAD: {nomad or 'PyNomadBBO ' + _pynomad_version() + ' (the NOMAD library)'}")
     # BB_EXE calls lora-blackbox by name: the one installed beside this Python comes first.
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     stop_file = (study_dir / STOP_FILE).resolve()
@@ -209,7 +209,7 @@ def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout, qu
         if watcher:
             watcher.stop()
     crashed = repair_after_crash(study_dir)
-    summary = summarize(study_dir, copy)
+    summary = read_summary(study_dir, copy)
     out.write(summary.text())
     if crashed:
         how = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else f"exit {returncode}"
@@ -258,7 +258,7 @@ def _records(study_dir: Path) -> list[dict[str, Any]]:
 
 
 @dataclass(frozen=True)
-class Summary:
+class StudySummary:
     study_dir: Path
     budget: int | None
     statuses: dict[str, int]
@@ -293,7 +293,7 @@ class Summary:
         return "\n".join(lines) + "\n"
 
 
-def summarize(study_dir: Path, param_file: Path) -> Summary:
+def read_summary(study_dir: Path, param_file: Path) -> StudySummary:
     """The state of a study from its records, cross-checked with NOMAD's cache."""
     outputs, budget = read_outputs_and_budget(param_file)
     objective_index = outputs.index("OBJ") if "OBJ" in outputs else 0
@@ -310,7 +310,7 @@ def summarize(study_dir: Path, param_file: Path) -> Summary:
     if cache.exists():
         values = [float(e.outputs[objective_index]) for e in read_cache(cache) if e.ok]
         nomad_best = min(values, default=None)
-    return Summary(study_dir, budget, statuses, best, objective_index, nomad_best)
+    return StudySummary(study_dir, budget, statuses, best, objective_index, nomad_best)
 
 
 class _ProgressWatcher(threading.Thread):
@@ -346,37 +346,19 @@ class _ProgressWatcher(threading.Thread):
         if counted == self._seen:
             return
         self._seen = counted
-        summary = summarize(self.study_dir, self.param_file)
+        summary = read_summary(self.study_dir, self.param_file)
         budget = summary.budget or 0
         here = counted - self._before
         eta = ""
         if here > 0 and budget > counted:
-            eta = ", ETA " + _duration((time.monotonic() - self._began) / here * (budget - counted))
+            eta = ", ETA " + format_duration((time.monotonic() - self._began) / here * (budget - counted))
         best = summary.best["outputs"][summary.objective_index] if summary.best else "-"
         _say(f"progress: {counted}/{budget or '?'} evaluations done, best objective {best}{eta}")
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _full_fidelity(record: dict[str, Any]) -> bool:
     metrics = record.get("metrics", {})
     return bool(metrics.get("fidelity_train", 1.0) == 1.0 and metrics.get("fidelity_validation", 1.0) == 1.0)
-
-
-def read_outputs_and_budget(param_file: Path) -> tuple[list[str], int | None]:
-    outputs: list[str] = []
-    budget = None
-    for line in param_file.read_text().splitlines():
-        words = line.split("#", 1)[0].split()
-        if words and words[0].upper() == "BB_OUTPUT_TYPE":
-            outputs = [w.upper() for w in words[1:]]
-        elif words and words[0].upper() == "MAX_BB_EVAL" and len(words) > 1:
-            budget = int(float(words[1]))
-    return outputs, budget
 
 
 def _descendants(pid: int) -> list[int]:

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from blackbox.batches import loss_sum, micro_batches
-from blackbox.data import TokenizedSplit
-from blackbox.distributed import SINGLE, World
-from blackbox.precision import Precision
+from blackbox.training.batches import loss_sum, micro_batches
+from blackbox.training.data import TokenizedSplit
+from blackbox.training.distributed import SINGLE, World
+from blackbox.training.precision import Precision
 
 
 @dataclass(frozen=True)

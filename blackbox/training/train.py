@@ -11,12 +11,13 @@ from typing import Any
 
 import torch
 
-from blackbox.batches import Batch, loss_sum, micro_batches, step_indices, steps_per_epoch
-from blackbox.data import TokenizedSplit
-from blackbox.distributed import SINGLE, World
 from blackbox.errors import TrainingDiverged, TrainingTimeout
 from blackbox.experiment import TrainingConfig
-from blackbox.precision import Precision
+from blackbox.progress import format_duration
+from blackbox.training.batches import Batch, loss_sum, micro_batches, step_indices, steps_per_epoch
+from blackbox.training.data import TokenizedSplit
+from blackbox.training.distributed import SINGLE, World
+from blackbox.training.precision import Precision
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def train(
                 step_loss,
                 scheduler.get_last_lr()[0],
                 real_tokens / elapsed,
-                _duration(eta),
+                format_duration(eta),
             )
         if world.any(bool(config.timeout_s) and elapsed > config.timeout_s and step < steps, device):
             raise TrainingTimeout(f"training passed timeout_s={config.timeout_s:g} at step {step}/{steps}")
@@ -164,9 +165,3 @@ def _accumulate_gradients(
         loss.backward()
         accumulated += loss.detach()
     return accumulated
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"

@@ -24,13 +24,25 @@ from typing import Any
 import psutil
 import torch
 
-from blackbox import __version__, distributed
-from blackbox.data import Splits, prepare_splits
-from blackbox.distributed import world_from_env
-from blackbox.errors import PointError, SetupError, TrainingDiverged, TrainingTimeout
+from blackbox import __version__
+from blackbox.errors import PointError, TrainingDiverged
 from blackbox.experiment import Experiment
-from blackbox.failures import Status
-from blackbox.model import (
+from blackbox.failures import Call, Status, call_after, status_of
+from blackbox.files import write_text_atomic
+from blackbox.folders import RECORDS_FILE
+from blackbox.point import PointSource, parse_point
+from blackbox.record import (
+    EvalRecord,
+    append_record,
+    build_record,
+    new_run_id,
+    now,
+)
+from blackbox.space import HyperParams, SearchSpace
+from blackbox.training import distributed
+from blackbox.training.data import Splits, prepare_splits
+from blackbox.training.distributed import world_from_env
+from blackbox.training.model import (
     attach_lora,
     count_parameters,
     detach_lora,
@@ -38,20 +50,9 @@ from blackbox.model import (
     load_tokenizer,
     resolve_device,
 )
-from blackbox.point import PointSource, parse_point
-from blackbox.precision import Precision, resolve_precision
-from blackbox.record import (
-    RECORDS_FILE,
-    EvalRecord,
-    append_record,
-    build_record,
-    new_run_id,
-    now,
-    write_json_atomic,
-)
-from blackbox.space import HyperParams, SearchSpace
-from blackbox.train import train
-from blackbox.validate import validate
+from blackbox.training.precision import Precision, resolve_precision
+from blackbox.training.train import train
+from blackbox.training.validate import validate
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class Evaluator:
         Raises:
             SetupError: the model or the data cannot be loaded; the whole call must fail.
         """
-        source = PointSource(line=line, file=point_file, index=block_index)
+        source = PointSource(line=line, file=point_file, block_index=block_index)
         try:
             values = parse_point(line)
             hparams = self.space.decode(values)
@@ -122,34 +123,17 @@ class Evaluator:
                 loaded = self._load(attempt.timings)
                 _reset_peak_memory(loaded.device)
                 attempt.metrics.update(self._train_and_validate(hparams, loaded, attempt))
-            except SetupError as e:
-                self._finish(attempt, Status.NOT_RUN, str(e))
-                raise
-            except KeyboardInterrupt as e:
-                self._finish(attempt, Status.INTERRUPTED, str(e) or "interrupted")
-                raise
-            except TrainingDiverged as e:
-                return self._finish(attempt, Status.DIVERGED, str(e))
-            except TrainingTimeout as e:
-                return self._finish(attempt, Status.TIMEOUT, str(e))
-            # The one boundary: any other failure of one point (a bug, a CUDA error) fails that point only.
-            except Exception as e:
-                (attempt.run_dir / "traceback.txt").write_text(traceback.format_exc())
-                if _is_out_of_memory(e):
-                    return self._finish(attempt, Status.OOM, f"out of memory: {e}")
-                logger.error("evaluation %s failed", attempt.run_id, exc_info=True)
-                return self._finish(attempt, Status.ERROR, f"{type(e).__name__}: {e}")
+            # The one boundary of an evaluation: the failure policy (blackbox.failures) decides what a failure
+            # of this point is; a failure that ends the call is recorded here and raised on.
+            except BaseException as error:
+                status = status_of(error)
+                if status is None:
+                    raise
+                record = self._finish(attempt, status, _describe(error, status), traceback.format_exc())
+                if call_after(status, stopping=False) is not Call.GOES_ON:
+                    raise
+                return record
             return self._finish(attempt, Status.OK, None)
-
-    def record_unrun(
-        self, line: str, status: Status, reason: str, point_file: str | None, block_index: int | None
-    ) -> None:
-        """Record a point this process did not evaluate itself: the call failed before reaching it
-        (NOT_RUN), or the process that evaluated it died without a result (ERROR). No request goes
-        unrecorded."""
-        source = PointSource(line=line, file=point_file, index=block_index)
-        if self.world.main:
-            append_record(self.records_file, self._record(status, source, error=reason))
 
     def _train_and_validate(self, hparams: HyperParams, loaded: _Loaded, attempt: _Attempt) -> dict[str, Any]:
         config = self.experiment
@@ -235,13 +219,19 @@ class Evaluator:
         self._loaded = _Loaded(tokenizer, splits, base_model, device, precision, pad_id)
         return self._loaded
 
-    def _finish(self, attempt: _Attempt, status: Status, error: str | None) -> EvalRecord:
+    def _finish(
+        self, attempt: _Attempt, status: Status, error: str | None, traceback_text: str | None = None
+    ) -> EvalRecord:
         """Write the record of an attempt (its run folder and the records file) and return it."""
         device = self._loaded.device if self._loaded is not None else None
         if device is not None:
             # A failed point's tensors are freed with its traceback, which is gone once the caller's
             # except clause ends; the allocator cache is emptied here, and again before the next point.
             _release_memory(device)
+        if status in (Status.ERROR, Status.OOM) and traceback_text and self.world.main:
+            (attempt.run_dir / "traceback.txt").write_text(traceback_text)
+            if status is Status.ERROR:
+                logger.error("evaluation %s failed:\n%s", attempt.run_id, traceback_text.rstrip())
         if status is not Status.OK:
             logger.error("evaluation %s: %s: %s", attempt.run_id, status.value, error)
         attempt.timings["total_s"] = time.perf_counter() - attempt.started
@@ -261,7 +251,7 @@ class Evaluator:
             started_at=attempt.started_at,
         )
         if self.world.main:
-            write_json_atomic(attempt.run_dir / "record.json", record.to_json())
+            write_text_atomic(attempt.run_dir / "record.json", record.to_json())
             append_record(self.records_file, record)
         return record
 
@@ -306,18 +296,20 @@ class _Attempt:
         return cls(run_id, run_dir, hparams, source, time.perf_counter(), now(), {"run_id": run_id}, {})
 
 
+def _describe(error: BaseException, status: Status) -> str:
+    """The record's error text of a failed evaluation."""
+    if status is Status.OOM:
+        return f"out of memory: {error}"
+    if status in (Status.ERROR,):
+        return f"{type(error).__name__}: {error}"
+    return str(error) or status.value.lower()
+
+
 def _seed_everything(seed: int) -> None:
     """The same RNG state before every point, so a point gives the same result in any position."""
     from transformers import set_seed
 
     set_seed(seed)
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    """GPU OOM, Python's MemoryError, or the CPU allocator failing (a plain RuntimeError in torch)."""
-    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(error, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(error)
 
 
 def _reset_peak_memory(device: torch.device) -> None:

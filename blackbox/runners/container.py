@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from blackbox import __version__
 from blackbox.errors import ConfigError, SetupError
 from blackbox.experiment import Experiment
+from blackbox.runners import settle
 
 if TYPE_CHECKING:
     import docker
@@ -226,7 +227,7 @@ def _hf_home() -> str:
 
 
 def _lora_blackbox_cache() -> str:
-    from blackbox.data import cache_root
+    from blackbox.cache import cache_root
 
     return _absolute(cache_root())
 
@@ -273,7 +274,7 @@ def _merge(binds: list[Bind]) -> tuple[Bind, ...]:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ContainerEnd:
     """How a call ended.
 
     ``ended``: ``exited`` (on its own), ``killed`` (SIGKILL from outside, e.g. the kernel's OOM killer),
@@ -286,7 +287,9 @@ class Outcome:
     oom_killed: bool = False
 
 
-def run_call(spec: CallSpec, *, timeout_s: float = 0.0, pull: Pull = "missing", stdout: Sink, stderr: Sink) -> Outcome:
+def run_call(
+    spec: CallSpec, *, timeout_s: float = 0.0, pull: Pull = "missing", stdout: Sink, stderr: Sink
+) -> ContainerEnd:
     """Run the call: pull the image when needed, create and start the container, relay its output, wait for
     it within the time limit, and remove it, whatever happens.
 
@@ -305,9 +308,9 @@ def run_call(spec: CallSpec, *, timeout_s: float = 0.0, pull: Pull = "missing", 
         try:
             _ensure_image(client.api, spec.image, pull, signals)
         except _Interrupted:
-            return Outcome("interrupted", None)
+            return ContainerEnd("interrupted", None)
         if signals.count:
-            return Outcome("interrupted", None)  # before a container exists: nothing to stop
+            return ContainerEnd("interrupted", None)  # before a container exists: nothing to stop
         name = f"lora-blackbox-{secrets.token_hex(6)}"
         try:
             _create(client, spec, name)
@@ -330,7 +333,7 @@ def run_call(spec: CallSpec, *, timeout_s: float = 0.0, pull: Pull = "missing", 
             oom = bool(state.get("OOMKilled"))
             if ended == "exited" and (status == 128 + signal.SIGKILL or oom):
                 ended = "killed"
-            return Outcome(ended, status, oom)
+            return ContainerEnd(ended, status, oom)
         except docker.errors.DockerException as e:
             raise SetupError(f"the engine failed to run {spec.image}: {_explain(e)}") from e
         finally:
@@ -472,19 +475,19 @@ def _supervise(
                 logger.error("no result within the time limit of %g s: stopping the container", timeout_s)
             else:
                 continue
-            _signal(api, name, "SIGINT")
+            _signal_container(api, name, "SIGINT")
             stop_sent, stop_time, signals_at_stop = True, now, signals.count
         elif not killed and (now - stop_time > STOP_GRACE_S or signals.count > signals_at_stop):
             logger.error("the container did not stop: killing it")
-            _signal(api, name, "SIGKILL")
+            _signal_container(api, name, "SIGKILL")
             killed = True
     if relay.error is not None:
-        _signal(api, name, "SIGKILL")  # its output has nowhere to go
+        _signal_container(api, name, "SIGKILL")  # its output has nowhere to go
     api.wait(name)
     return ended
 
 
-def _signal(api: docker.APIClient, name: str, signum: str) -> None:
+def _signal_container(api: docker.APIClient, name: str, signum: str) -> None:
     import docker
 
     try:
@@ -525,3 +528,19 @@ class _Signals:
     def __exit__(self, *exc: object) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
+
+
+def settle_call(experiment: Experiment, lines: list[str], point_file: str, end: ContainerEnd) -> None:
+    """Give every point of the call exactly one record: the evaluation in the container wrote its own (the
+    records folder is mounted); a point it did not record (the container was killed, timed out, or was
+    stopped before the point) gets one here (``runners.settle``). The call's exit status stays the
+    container's."""
+    if end.ended == "killed" or end.status is None:
+        returncode = -signal.SIGKILL if end.ended == "killed" else 130
+    elif end.status > 128 and end.status - 128 in signal.valid_signals():
+        returncode = -(end.status - 128)  # the shell's way of saying "killed by signal N"
+    else:
+        returncode = end.status
+    for block_index, line in enumerate(lines):
+        if line.strip():
+            settle(experiment, line=line, point_file=point_file, block_index=block_index, returncode=returncode)

@@ -32,7 +32,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from blackbox.api import Blackbox, Result
 from blackbox.errors import SetupError
 from blackbox.experiment import RecordsConfig
-from blackbox.failures import Status
+from blackbox.failures import Status, trial_state
+from blackbox.folders import OPTUNA_STORAGE_FILE
+from blackbox.progress import format_duration
 
 if TYPE_CHECKING:
     import optuna
@@ -41,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 Sampler = Literal["tpe", "random", "cmaes"]
 SAMPLERS: tuple[Sampler, ...] = ("tpe", "random", "cmaes")
-STORAGE_FILE = "optuna.db"
 # Study attributes: what the study was created with (checked on resume), and trials that do not count.
 _ATTR_IDENTITY = "lora_blackbox"
 _ATTR_NOT_COUNTED = "not_counted_trials"
@@ -77,7 +78,7 @@ class OptunaSummary:
 
 def default_storage(study_dir: Path) -> str:
     """SQLite in the study folder."""
-    return f"sqlite:///{(study_dir / STORAGE_FILE).resolve()}"
+    return f"sqlite:///{(study_dir / OPTUNA_STORAGE_FILE).resolve()}"
 
 
 def make_sampler(kind: Sampler, seed: int, blackbox: Blackbox) -> optuna.samplers.BaseSampler:
@@ -127,32 +128,27 @@ def run_optuna(
     while done < n_trials:
         trial = study.ask()
         point = blackbox.space.suggest(trial)
+        # The failure policy (blackbox.failures) decides: an interrupt or a call that cannot proceed ends the
+        # study (their trials are not counted and run first at the resume); any other end is the trial's.
         try:
             result = blackbox.evaluate_point(point)
         except KeyboardInterrupt:
-            _tell_not_counted(study, trial, "interrupted")
+            _tell_not_counted(study, trial, Status.INTERRUPTED.value)
             interrupted = True
             break
-        except SetupError:
-            _tell_not_counted(study, trial, "not run")
-            raise
-        if result.status in (Status.NOT_RUN, Status.INTERRUPTED):
-            trial.set_user_attr("run_id", result.run_id)
-            _tell_not_counted(study, trial, result.status.value)
-            if result.status is Status.INTERRUPTED:
-                interrupted = True
-                break
+        except SetupError as e:
+            _tell_not_counted(study, trial, Status.NOT_RUN.value)
             raise SetupError(
-                f"trial {trial.number} could not run: {result.error}. Fix the cause and run the same command "
-                "again: the study resumes with this point."
-            )
+                f"trial {trial.number} could not run: {e}. Fix the cause and run the same command again: the "
+                "study resumes with this point."
+            ) from e
         _tell(study, trial, result)
         done += 1
         progress.log(trial.number, result, _best_value(study))
-    return summarize(study, storage, blackbox, n_trials, interrupted=interrupted)
+    return summary_of(study, storage, blackbox, n_trials, interrupted=interrupted)
 
 
-def summarize(
+def summary_of(
     study: optuna.Study, storage: str, blackbox: Blackbox, n_trials: int, *, interrupted: bool = False
 ) -> OptunaSummary:
     states: dict[str, int] = {}
@@ -190,10 +186,13 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: Result) -> None:
     if result.error:
         trial.set_user_attr("error", result.error[:1000])
     trial.set_user_attr("extras", {k: v for k, v in result.extras.items() if k != "run_id"})
-    if result.failed:
+    state = trial_state(result.status)
+    if state == "complete":
+        study.tell(trial, result.objective)  # inf (diverged) is a valid, very bad value
+    elif state == "fail":
         study.tell(trial, state=TrialState.FAIL)
     else:
-        study.tell(trial, result.objective)  # inf (diverged) is a valid, very bad value
+        _tell_not_counted(study, trial, result.status.value)
 
 
 def _tell_not_counted(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
@@ -291,11 +290,5 @@ class _Progress:
             self.done,
             self.n_trials,
             "-" if best is None or math.isnan(best) else f"{best:.6g}",
-            _duration(eta),
+            format_duration(eta),
         )
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"

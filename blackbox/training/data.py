@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from blackbox.cache import tokenized_dir
 from blackbox.errors import SetupError
 from blackbox.experiment import DataConfig
+from blackbox.files import folder_published_at, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-ENV_CACHE = "LORA_BLACKBOX_CACHE"
 CACHE_FORMAT = 1  # bump when the cached arrays change meaning
 
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -98,15 +97,6 @@ class Splits:
     from_cache: bool
 
 
-def cache_root() -> Path:
-    """Where tokenised data is cached: ``$LORA_BLACKBOX_CACHE``, else ``~/.cache/lora-blackbox``."""
-    configured = os.environ.get(ENV_CACHE)
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lora-blackbox"
-
-
 def prepare_splits(config: DataConfig, tokenizer: Any) -> Splits:
     """Rows, split, template and tokenisation, through the on-disk cache.
 
@@ -154,7 +144,7 @@ def _tokenize_and_store(
                 name,
                 config.max_length,
             )
-    folder = _tokenized_dir() / key
+    folder = tokenized_dir() / key
     _store(folder, train, validation)
     logger.info(
         "tokenised %d train / %d validation examples in %.1f s (cached in %s)",
@@ -166,16 +156,12 @@ def _tokenize_and_store(
     return Splits(train, validation, key, False)
 
 
-def _tokenized_dir() -> Path:
-    return cache_root() / "tokenized"
-
-
 def _is_cached(key: str) -> bool:
-    return (_tokenized_dir() / key / "meta.json").is_file()
+    return (tokenized_dir() / key / "meta.json").is_file()
 
 
 def _load_cached(key: str) -> Splits:
-    folder = _tokenized_dir() / key
+    folder = tokenized_dir() / key
     logger.info("tokenised data from cache %s", folder)
     return Splits(_load_split(folder, "train"), _load_split(folder, "validation"), key, True)
 
@@ -192,7 +178,7 @@ def _quick_key(config: DataConfig, tokenizer_fingerprint: str) -> str | None:
 
 def _source_stamp(source: str) -> str | None:
     """Path, size and modification time of a local source: changes whenever its content does."""
-    from blackbox import embedded
+    from blackbox.training import embedded
 
     if embedded.is_embedded(source):
         path = embedded.data_file(source)
@@ -206,17 +192,15 @@ def _source_stamp(source: str) -> str | None:
 
 def _read_alias(quick_key: str) -> str | None:
     try:
-        return (_tokenized_dir() / "by-source" / quick_key).read_text().strip() or None
+        return (tokenized_dir() / "by-source" / quick_key).read_text().strip() or None
     except FileNotFoundError:
         return None
 
 
 def _write_alias(quick_key: str, key: str) -> None:
-    folder = _tokenized_dir() / "by-source"
+    folder = tokenized_dir() / "by-source"
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{quick_key}.tmp-{os.getpid()}"
-    tmp.write_text(key)
-    tmp.replace(folder / quick_key)
+    write_text_atomic(folder / quick_key, key)
 
 
 def load_split_rows(config: DataConfig) -> tuple[list[Row], list[Row]]:
@@ -253,7 +237,7 @@ def load_rows(sources: Sequence[str]) -> list[Row]:
 
 
 def _load_source(source: str) -> list[Row]:
-    from blackbox import embedded  # local: only the demo needs it
+    from blackbox.training import embedded  # local: only the demo needs it
 
     if embedded.is_embedded(source):
         return [Row(*r) for r in embedded.load_rows(source)]
@@ -405,21 +389,13 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def _store(folder: Path, train: TokenizedSplit, validation: TokenizedSplit) -> None:
     """Write the arrays to a temporary folder, then rename it: readers never see half a cache."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name, split in (("train", train), ("validation", validation)):
-        np.save(tmp / f"{name}_ids.npy", split.ids)
-        np.save(tmp / f"{name}_offsets.npy", split.offsets)
-        np.save(tmp / f"{name}_prompt_lengths.npy", split.prompt_lengths)
-    meta = {"format": CACHE_FORMAT, "train": len(train), "validation": len(validation)}
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    try:
-        tmp.rename(folder)
-    except OSError:
-        # Another process cached the same data first: its copy is identical.
-        shutil.rmtree(tmp, ignore_errors=True)
+    with folder_published_at(folder) as tmp:
+        for name, split in (("train", train), ("validation", validation)):
+            np.save(tmp / f"{name}_ids.npy", split.ids)
+            np.save(tmp / f"{name}_offsets.npy", split.offsets)
+            np.save(tmp / f"{name}_prompt_lengths.npy", split.prompt_lengths)
+        meta = {"format": CACHE_FORMAT, "train": len(train), "validation": len(validation)}
+        (tmp / "meta.json").write_text(json.dumps(meta))
 
 
 def _load_split(folder: Path, name: str) -> TokenizedSplit:

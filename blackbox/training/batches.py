@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from blackbox.data import TokenizedSplit
+from blackbox.training.data import TokenizedSplit
 
 IGNORE_INDEX = -100
 

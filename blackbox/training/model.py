@@ -9,8 +9,8 @@ import torch
 
 from blackbox.errors import SetupError
 from blackbox.experiment import ModelConfig, TrainingConfig
-from blackbox.precision import Precision
 from blackbox.space import HyperParams
+from blackbox.training.precision import Precision
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def resolve_device(setting: str, *, local_rank: int = 0) -> torch.device:
 
 def model_location(config: ModelConfig) -> str:
     """A hub id or a local folder, as ``from_pretrained`` takes it (embedded models: their folder)."""
-    from blackbox import embedded
+    from blackbox.training import embedded
 
     if embedded.is_embedded(config.name_or_path):
         return embedded.resolve_model(config.name_or_path)
@@ -98,7 +98,7 @@ def resolve_attention(config: ModelConfig, training: TrainingConfig, device: tor
     Raises:
         SetupError: ``varlen`` without packing.
     """
-    from blackbox import attention
+    from blackbox.training import attention
 
     choice: str = config.attn_implementation
     if choice == "auto":

@@ -8,13 +8,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from blackbox.errors import PointError, SetupError
-from blackbox.failures import Status
-from blackbox.objective import Evaluator
+from blackbox.failures import Call, Status
 from blackbox.output import output_tokens
 from blackbox.point import parse_point
 from blackbox.record import record_not_run
-from blackbox.runners import Runner
+from blackbox.runners import Runner, unsettled
 from blackbox.stopping import STOPPING, stop_requested
+from blackbox.training.objective import Evaluator
 
 
 def evaluate_here(evaluator: Evaluator, lines: list[str], point_file: str) -> Iterator[str]:
@@ -33,19 +33,21 @@ def evaluate_here(evaluator: Evaluator, lines: list[str], point_file: str) -> It
         if not line.strip():
             continue  # a point evaluated elsewhere: no output line
         if stop_requested():  # the study is stopping: this point and the rest are not evaluated
-            yield from record_not_run(experiment, lines[index:], point_file, reason=STOPPING, first_index=index)
+            yield from record_not_run(experiment, lines[index:], point_file, reason=STOPPING, first_block_index=index)
             return
         try:
             record = evaluator.evaluate_line(line, point_file=point_file, block_index=index)
         except SetupError as e:
             record_not_run(
-                experiment, lines[index + 1 :], point_file, reason=f"the call failed: {e}", first_index=index + 1
+                experiment, lines[index + 1 :], point_file, reason=f"the call failed: {e}", first_block_index=index + 1
             )
             raise
         except KeyboardInterrupt:
             stopping = stop_requested()
             reason = STOPPING if stopping else "not evaluated: the call was interrupted"
-            rest = record_not_run(experiment, lines[index + 1 :], point_file, reason=reason, first_index=index + 1)
+            rest = record_not_run(
+                experiment, lines[index + 1 :], point_file, reason=reason, first_block_index=index + 1
+            )
             if not stopping:
                 raise
             yield " ".join(output_tokens(experiment.study.outputs, Status.INTERRUPTED, {}))
@@ -55,7 +57,16 @@ def evaluate_here(evaluator: Evaluator, lines: list[str], point_file: str) -> It
 
 
 def evaluate_spread(evaluator: Evaluator, runner: Runner, lines: list[str], point_file: str) -> list[str]:
-    """Valid points through ``runner`` (in parallel); invalid ones are answered here without starting anything."""
+    """Valid points through ``runner`` (in parallel); invalid ones are answered here without starting anything.
+
+    Each point is settled by the runner (``runners.settle``): it has exactly one record, its own or one written
+    for it, and its output line is its record's. A point whose end fails the call (an evaluation process that
+    could not proceed) fails it as it would in this process.
+
+    Raises:
+        SetupError: an evaluation process could not load the model or the data (the call fails, exit 1).
+        KeyboardInterrupt: interrupted from outside a stopping study.
+    """
     outputs: dict[int, str] = {}
     pending: list[tuple[int, str]] = []
     for index, line in enumerate(lines):
@@ -67,13 +78,12 @@ def evaluate_spread(evaluator: Evaluator, runner: Runner, lines: list[str], poin
             outputs[index] = evaluator.evaluate_line(line, point_file=point_file, block_index=index).output_line
             continue
         pending.append((index, line))
-    outcomes = runner.run([line for _, line in pending])
-    failed = " ".join(output_tokens(evaluator.experiment.study.outputs, Status.ERROR, {}))
-    for (index, line), outcome in zip(pending, outcomes, strict=True):
-        if outcome.line is None:
-            # The evaluation process died without its result (killed, lost worker): record it here.
-            evaluator.record_unrun(line, Status.ERROR, outcome.error or "no result", point_file, index)
-            outputs[index] = failed
-        else:
-            outputs[index] = outcome.line
+    settled = runner.run([line for _, line in pending])
+    failure = unsettled(settled)
+    if failure is not None and failure.call is Call.FAILS:
+        raise SetupError(failure.record.get("error") or "an evaluation process could not proceed")
+    if failure is not None:
+        raise KeyboardInterrupt("an evaluation process was interrupted")
+    for (index, _), point in zip(pending, settled, strict=True):
+        outputs[index] = point.line
     return [outputs[i] for i in sorted(outputs)]

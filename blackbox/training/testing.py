@@ -7,7 +7,7 @@ data then moves its validation loss clearly with the learning rate (a random mod
 
 Example::
 
-    from blackbox.testing import build_tiny_model, write_instruction_files
+    from blackbox.training.testing import build_tiny_model, write_instruction_files
     model_dir = build_tiny_model(tmp / "tiny")
     train, validation = write_instruction_files(tmp / "data")
 """
@@ -71,7 +71,7 @@ def build_tiny_model(folder: Path, *, pretrain_steps: int = 300, seed: int = 0) 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from blackbox.data import ALPACA_WITH_CONTEXT, ALPACA_WITHOUT_CONTEXT
+    from blackbox.training.data import ALPACA_WITH_CONTEXT, ALPACA_WITHOUT_CONTEXT
 
     # Pretraining text: the prompt format with tasks the fine-tuning data mostly lacks.
     corpus = []

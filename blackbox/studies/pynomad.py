@@ -1,6 +1,6 @@
-"""Run a NOMAD parameter file with the NOMAD library embedded in PyNomadBBO, as the ``nomad`` binary would.
+"""Run a NOMAD parameter file with PyNomadBBO (the NOMAD library on PyPI), as the ``nomad`` binary would.
 
-    python -m blackbox.nomad_embedded PARAM_FILE
+    python -m blackbox.studies.pynomad PARAM_FILE
 
 Batch mode (``PyNomad.optimizeWithMainStep``): NOMAD itself calls BB_EXE, reads and writes its cache,
 stats and hot-restart files, and stops gracefully on SIGINT. It runs in a process of its own because
@@ -40,12 +40,12 @@ def pynomad_lines(text: str) -> tuple[list[str], list[str]]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        sys.stderr.write("usage: python -m blackbox.nomad_embedded PARAM_FILE\n")
+        sys.stderr.write("usage: python -m blackbox.studies.pynomad PARAM_FILE\n")
         return 2
     path = Path(argv[1]).resolve()
     lines, warnings = pynomad_lines(path.read_text())
     for warning in warnings:
-        sys.stderr.write(f"nomad_embedded: {warning}\n")
+        sys.stderr.write(f"pynomad: {warning}\n")
     lines.append(f"PROBLEM_DIR {path.parent}/")
     import PyNomad
 

@@ -1,0 +1,23 @@
+"""What a study folder holds, by name: the one place for the file names the blackbox, the study drivers and
+the reports share.
+
+A study folder (``runs/<study>/`` by default, a NOMAD study's folder under ``run_nomad.sh``) holds the
+blackbox's records and one folder per evaluation; NOMAD's parameter file, cache, stats and hot-restart
+file; an Optuna study's storage; and the driver's stop request while a stopping study winds down.
+"""
+
+from __future__ import annotations
+
+RECORDS_FILE = "records.jsonl"
+"""Every evaluation's record, one JSON line each (``blackbox.record``)."""
+EVALS_DIR = "evals"
+"""One folder per evaluation, named by its run id: ``eval.log``, ``record.json``, ``adapter/``."""
+PARAM_COPY = "param.txt"
+"""The NOMAD parameter file the study runs (a copy: a resumed study is checked against it)."""
+CACHE_FILE = "cache.txt"
+STATS_FILE = "stats.txt"
+HOT_RESTART_FILE = "hotrestart.txt"
+OPTUNA_STORAGE_FILE = "optuna.db"
+"""An Optuna study's default SQLite storage."""
+STOP_FILE = "stop-requested"
+"""Present while a NOMAD study stops after a Ctrl-C (``blackbox.stopping``)."""
