@@ -20,7 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from blackbox.training.testing import build_tiny_model, write_instruction_files, write_learning_rate_study
+from tiny_study import learning_rate_study  # benchmarks/tiny_study.py
+
+from blackbox.training.testing import build_tiny_model, write_instruction_files
 
 
 def _call(command: list[str], cwd: Path) -> float:
@@ -46,7 +48,7 @@ def main() -> None:
         model = build_tiny_model(folder / "tiny")
         train, validation = write_instruction_files(folder / "data")
         study = folder / "experiment.toml"
-        experiment = write_learning_rate_study(
+        experiment = learning_rate_study(
             study, name="overhead", model=model, train=train, validation=validation, steps=args.steps
         )
         (folder / "x.txt").write_text("-3\n")

@@ -19,7 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from blackbox.training.testing import build_tiny_model, write_instruction_files, write_learning_rate_study
+from tiny_study import learning_rate_study  # benchmarks/tiny_study.py
+
+from blackbox.training.testing import build_tiny_model, write_instruction_files
 
 
 def timed(command: list[str], env: dict[str, str]) -> float:
@@ -39,7 +41,7 @@ def main() -> None:
         tmp = Path(name)
         model = build_tiny_model(tmp / "model")
         train, validation = write_instruction_files(tmp / "data", n_train=1024, n_validation=128)
-        experiment = write_learning_rate_study(
+        experiment = learning_rate_study(
             tmp / "experiment.toml", name="parallel", model=model, train=train, validation=validation, steps=args.steps
         )
         points = tmp / "points.txt"

@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 import torch
+from tiny_study import learning_rate_study  # benchmarks/tiny_study.py
 
 from blackbox.record import read_records
-from blackbox.training.testing import build_tiny_model, write_instruction_files, write_learning_rate_study
+from blackbox.training.testing import build_tiny_model, write_instruction_files
 
 PHASES = ("startup_s", "data_prep_s", "model_load_s", "train_s", "validation_s", "total_s")
 
@@ -35,7 +36,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         model = build_tiny_model(tmp / "model")
         train, validation = write_instruction_files(tmp / "data", n_train=2048, n_validation=256)
-        experiment = write_learning_rate_study(
+        experiment = learning_rate_study(
             tmp / "experiment.toml", name="phases", model=model, train=train, validation=validation, steps=args.steps
         )
         (tmp / "point.txt").write_text("-3\n")

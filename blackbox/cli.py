@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 import click
 
 from blackbox import __version__
-from blackbox.errors import BlackboxError, ConfigError, PointError, SetupError
+from blackbox.errors import BlackboxError, ConfigError, PointError, RankStopped, SetupError
 from blackbox.experiment import ENV_EXPERIMENT, Experiment, experiment_reference, load_experiment
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ def experiment_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "-e",
         "--experiment",
+        "experiment_ref",
         envvar=ENV_EXPERIMENT,
         required=True,
         metavar="EXP",
@@ -104,7 +105,7 @@ def experiment_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.pass_context
 def eval_command(
     ctx: click.Context,
-    experiment: str,
+    experiment_ref: str,
     overrides: tuple[str, ...],
     workers: int,
     gpus_per_eval: int,
@@ -123,11 +124,11 @@ def eval_command(
     from blackbox.stopping import STOPPING, stop_requested
 
     with _exit_codes(ctx), protocol_stdout() as emit:
-        exp = load_experiment(experiment, overrides)
+        experiment = load_experiment(experiment_ref, overrides)
         lines = read_point_lines(point_file)
         point_file = point_file.resolve()
         if stop_requested():  # before torch is imported: a stopping study is answered at once
-            for output in record_not_run(exp, lines, str(point_file), reason=STOPPING):
+            for output in record_not_run(experiment, lines, str(point_file), reason=STOPPING):
                 emit(output + "\n")
             return
 
@@ -135,10 +136,10 @@ def eval_command(
         from blackbox.runners import block
         from blackbox.training import distributed  # local: imports torch
 
-        blackbox = Blackbox(exp)
+        blackbox = Blackbox(experiment)
         evaluator = blackbox.evaluator
         _install_signal_handlers()
-        runner = _runner(experiment, exp, overrides, workers, gpus_per_eval, backend, ray_address)
+        runner = _runner(experiment_ref, experiment, overrides, workers, gpus_per_eval, backend, ray_address)
         if runner is None:
             outputs: Iterable[str] = block.evaluate_here(evaluator, lines, str(point_file))
         else:
@@ -177,7 +178,7 @@ def _runner(
 @experiment_options
 @click.argument("point_file", type=click.Path(path_type=Path))
 @click.pass_context
-def decode_command(ctx: click.Context, experiment: str, overrides: tuple[str, ...], point_file: Path) -> None:
+def decode_command(ctx: click.Context, experiment_ref: str, overrides: tuple[str, ...], point_file: Path) -> None:
     """Print the hyperparameters of every point of POINT_FILE as one JSON object per line (no training).
 
     An invalid point prints {"error": ...}, and the exit status is then 1.
@@ -186,7 +187,7 @@ def decode_command(ctx: click.Context, experiment: str, overrides: tuple[str, ..
     from blackbox.space import SearchSpace
 
     with _exit_codes(ctx):
-        space = SearchSpace.from_experiment(load_experiment(experiment, overrides))
+        space = SearchSpace.from_experiment(load_experiment(experiment_ref, overrides))
         failed = False
         for index, line in enumerate(read_point_lines(point_file)):
             if not line.strip():
@@ -234,7 +235,7 @@ def decode_command(ctx: click.Context, experiment: str, overrides: tuple[str, ..
 @click.pass_context
 def params_command(
     ctx: click.Context,
-    experiment: str,
+    experiment_ref: str,
     overrides: tuple[str, ...],
     out: Path | None,
     container: str | None,
@@ -247,10 +248,10 @@ def params_command(
     from blackbox.nomad import render_params
 
     with _exit_codes(ctx):
-        exp = load_experiment(experiment, overrides)
+        experiment = load_experiment(experiment_ref, overrides)
         text = render_params(
-            exp,
-            experiment_ref=experiment_reference(experiment),  # BB_EXE finds it from any folder
+            experiment,
+            experiment_ref=experiment_reference(experiment_ref),  # BB_EXE finds it from any folder
             overrides=overrides,
             container=container,
             block_size=block_size,
@@ -334,7 +335,7 @@ def params_command(
 @click.pass_context
 def container_command(
     ctx: click.Context,
-    experiment: str,
+    experiment_ref: str,
     overrides: tuple[str, ...],
     image: str,
     gpus: Gpus,
@@ -360,16 +361,16 @@ def container_command(
     from blackbox.stopping import STOPPING, stop_requested
 
     with _exit_codes(ctx), protocol_stdout() as emit:
-        exp = load_experiment(experiment, overrides)
+        experiment = load_experiment(experiment_ref, overrides)
         lines, where = read_point_lines(point_file), str(point_file.resolve())
         if stop_requested():  # no container is started for a stopping study
-            for output in record_not_run(exp, lines, where, reason=STOPPING):
+            for output in record_not_run(experiment, lines, where, reason=STOPPING):
                 emit(output + "\n")
             return
         spec = plan_call(
             image=image,
-            experiment_ref=experiment,
-            experiment=exp,
+            experiment_ref=experiment_ref,
+            experiment=experiment,
             overrides=overrides,
             point_file=point_file,
             mounts=mounts,
@@ -382,9 +383,9 @@ def container_command(
         try:
             outcome = run_call(spec, timeout_s=timeout_s, pull=pull, stdout=emit, stderr=_write_stderr)
         except SetupError as e:  # no engine, no image: nothing ran
-            record_not_run(exp, lines, where, reason=f"not evaluated: the call failed: {e}")
+            record_not_run(experiment, lines, where, reason=f"not evaluated: the call failed: {e}")
             raise
-        settle_call(exp, lines, where, outcome)
+        settle_call(experiment, lines, where, outcome)
     if outcome.ended == "timeout":
         ctx.exit(124)
     if outcome.ended == "interrupted" and not (stop_requested() and outcome.status == 0):
@@ -462,7 +463,7 @@ def study_command(ctx: click.Context, param_file: Path, study_dir: Path | None) 
 @click.pass_context
 def optuna_command(
     ctx: click.Context,
-    experiment: str,
+    experiment_ref: str,
     overrides: tuple[str, ...],
     n_trials: int,
     sampler: Literal["tpe", "random", "cmaes"],
@@ -482,11 +483,11 @@ def optuna_command(
     from blackbox.studies.optuna_study import default_storage, run_optuna
 
     with _exit_codes(ctx), protocol_stdout() as emit:
-        exp = load_experiment(experiment, overrides)
-        folder = (study_dir or Path("runs") / f"{exp.study.name}-optuna-{sampler}").resolve()
+        experiment = load_experiment(experiment_ref, overrides)
+        folder = (study_dir or Path("runs") / f"{experiment.study.name}-optuna-{sampler}").resolve()
         folder.mkdir(parents=True, exist_ok=True)
         blackbox = Blackbox(
-            experiment,
+            experiment_ref,
             (*overrides, f"records.dir={folder}"),
             isolate=not in_process,
             quiet=ctx.obj.get("quiet", False),
@@ -498,9 +499,9 @@ def optuna_command(
             blackbox,
             n_trials=n_trials,
             sampler=sampler,
-            seed=exp.study.seed if seed is None else seed,
+            seed=experiment.study.seed if seed is None else seed,
             storage=storage,
-            study_name=study_name or f"{exp.study.name}-{sampler}",
+            study_name=study_name or f"{experiment.study.name}-{sampler}",
         )
         emit(summary.as_json() + "\n")
         if summary.best:
@@ -615,10 +616,14 @@ def _install_signal_handlers() -> None:
     """SIGINT and SIGTERM end the call: the running evaluation is recorded as INTERRUPTED.
 
     SIGINT is set explicitly: a process started in the background by a script inherits SIGINT ignored,
-    and Python then installs no KeyboardInterrupt handler of its own.
+    and Python then installs no KeyboardInterrupt handler of its own. A rank of a data-parallel evaluation
+    gets SIGTERM from torchrun when another rank fails: that fails the evaluation, it does not interrupt
+    the call (a Ctrl-C reaches the ranks as SIGINT).
     """
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise RankStopped("torchrun stopped this rank: another rank of the evaluation failed")
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGINT, signal.default_int_handler)

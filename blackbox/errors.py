@@ -52,3 +52,8 @@ class TrainingDiverged(EvaluationError):
 
 class TrainingTimeout(EvaluationError):
     """Training ran past its wall-clock limit (``training.timeout_s``)."""
+
+
+class RankStopped(EvaluationError):
+    """torchrun stopped this rank of a data-parallel evaluation (SIGTERM) because another rank failed: the
+    evaluation failed (ERROR), the call was not interrupted."""

@@ -1,6 +1,8 @@
-"""Shared fixtures: a tiny real Llama and small instruction files, built once per test session.
+"""Shared fixtures: a tiny real Llama and small instruction files (built once per test session), experiments
+from the one template in ``tests/assets``, the blackbox called as NOMAD calls it, and both NOMADs.
 
-Every test runs offline: the hub is switched off, and caches live in the session's temporary folder.
+Every test runs offline: the hub is switched off, and caches live in the session's temporary folder. Test
+modules share helpers through the fixtures here, never by importing each other.
 """
 
 from __future__ import annotations
@@ -9,17 +11,28 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from blackbox.training.testing import build_tiny_model, write_instruction_files
+if TYPE_CHECKING:
+    import docker
+
+from blackbox.nomad import read_cache
+from blackbox.record import read_records
+from blackbox.runners.container import LABEL
+from blackbox.training.testing import build_tiny_model, write_experiment, write_instruction_files
 
 REPO = Path(__file__).resolve().parent.parent
+ASSETS = REPO / "tests" / "assets"
 # The installed console script, as NOMAD's BB_EXE calls it.
 _SCRIPT = Path(sys.executable).parent / "lora-blackbox"
 BLACKBOX = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "blackbox.cli"]
+TINY_OUTPUTS = '["OBJ:validation_loss", "EXTRA_O:train_loss", "EXTRA_O:run_id"]'
+STUDY_OUTPUTS = '["OBJ:validation_loss", "EXTRA_O:run_id", "CNT_EVAL"]'
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -38,6 +51,17 @@ def offline_caches(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def blackbox_cmd() -> list[str]:
+    """The ``lora-blackbox`` command, as NOMAD's BB_EXE calls it."""
+    return list(BLACKBOX)
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 
@@ -47,71 +71,49 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return write_instruction_files(tmp_path_factory.mktemp("data"))
 
 
-TINY_EXPERIMENT = """\
-# lora-blackbox eval --experiment experiment.toml POINT_FILE
-[study]
-name = "tiny"
-budget = 6
-outputs = ["OBJ:validation_loss", "EXTRA_O:train_loss", "EXTRA_O:run_id"]
+MakeExperiment = Callable[..., Path]
 
-[[space]]
-name = "lora_r"
-type = "I"
-lower = 1
-upper = 4
-x0 = 2
-decode = "choice"
-values = [4, 8, 16, 16777216]  # index 4: a rank that cannot fit in memory
 
-[[space]]
-name = "learning_rate"
-type = "R"
-lower = -5
-upper = 37
-x0 = -3
-decode = "log10"
+@pytest.fixture(scope="session")
+def write_tiny_experiment(tiny_model: Path, tiny_data: tuple[Path, Path]) -> MakeExperiment:
+    """Write an experiment from the template to ``path``: ``write_tiny_experiment(path, space="rank_lr",
+    budget=4, steps=6, records=..., ...)``. Defaults: the tiny study (space ``rank_lr_dropout``, budget 6, 12
+    steps, its name ``tiny``); ``records`` has none."""
 
-[[space]]
-name = "lora_dropout"
-type = "R"
-lower = 0
-upper = 0.5
-x0 = 0.1
+    def write(path: Path, *, space: str = "rank_lr_dropout", **values: object) -> Path:
+        train, validation = tiny_data
+        settings: dict[str, object] = {
+            "name": "tiny",
+            "budget": 6,
+            "outputs": TINY_OUTPUTS,
+            "model": tiny_model,
+            "train": train,
+            "validation": validation,
+            "steps": 12,
+            **values,
+        }
+        return write_experiment(
+            path, template=ASSETS / "tiny_experiment.toml", space=ASSETS / "spaces" / f"{space}.toml", **settings
+        )
 
-[hyperparameters]
-lora_alpha = 16
-
-[model]
-name_or_path = "{model}"
-
-[data]
-train = "{train}"
-validation = "{validation}"
-max_length = 128
-
-[training]
-max_steps = 12
-effective_batch_size = 16
-micro_batch_size = 8
-seed = 0
-# fp32 on every CPU: bf16 autocast makes a model this small slower, even where bf16 is native
-autocast = "none"
-log_every_steps = 4
-
-[records]
-dir = "{records}"
-"""
+    return write
 
 
 @pytest.fixture
-def tiny_experiment(tmp_path: Path, tiny_model: Path, tiny_data: tuple[Path, Path]) -> Path:
+def make_experiment(tmp_path: Path, write_tiny_experiment: MakeExperiment) -> MakeExperiment:
+    """``write_tiny_experiment`` with ``tmp_path/experiment.toml`` as the default path and records in
+    ``tmp_path/runs``."""
+
+    def make(path: Path | None = None, **values: object) -> Path:
+        return write_tiny_experiment(path or tmp_path / "experiment.toml", **{"records": tmp_path / "runs", **values})
+
+    return make
+
+
+@pytest.fixture
+def tiny_experiment(make_experiment: MakeExperiment) -> Path:
     """A small study on the tiny model; records go to tmp_path/runs."""
-    path = tmp_path / "experiment.toml"
-    train, validation = tiny_data
-    path.write_text(
-        TINY_EXPERIMENT.format(model=tiny_model, train=train, validation=validation, records=tmp_path / "runs")
-    )
-    return path
+    return make_experiment()
 
 
 RunBlackbox = Callable[..., subprocess.CompletedProcess[bytes]]
@@ -140,6 +142,9 @@ def run_blackbox(tmp_path: Path) -> RunBlackbox:
 
     return run
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# NOMAD studies, with both NOMADs
 
 # The NOMAD 4.5.1 executable that tests and CI use as the real client (never needed at run time). CI has
 # ../shared beside the checkout and requires it (LORA_BLACKBOX_REQUIRE_NOMAD=1); elsewhere the binary's
@@ -178,8 +183,8 @@ def nomad_binary(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
 
 @pytest.fixture(params=["binary", "pynomad"])
 def nomad_env(request: pytest.FixtureRequest, nomad_binary: Path | None) -> dict[str, str]:
-    """The environment of a study run by each NOMAD: the 4.5.1 binary (NOMAD_EXE), and the library embedded in
-    PyNomadBBO (no nomad executable anywhere)."""
+    """The environment of a study run by each NOMAD: the 4.5.1 binary (NOMAD_EXE), and PyNomadBBO (no nomad
+    executable anywhere)."""
     path = os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])
     env = {**os.environ, "PATH": path}
     env.pop("NOMAD_EXE", None)
@@ -191,3 +196,255 @@ def nomad_env(request: pytest.FixtureRequest, nomad_binary: Path | None) -> dict
             pytest.skip(message)
         env["NOMAD_EXE"] = str(nomad_binary)
     return env
+
+
+MakeStudy = Callable[..., Path]
+
+
+@pytest.fixture
+def make_study(tmp_path: Path, make_experiment: MakeExperiment) -> MakeStudy:
+    """Write a study's NOMAD parameter file with ``lora-blackbox params`` and return it:
+    ``make_study(budget=4, steps=6, block_size=1, container=None, extra=["training.log_every_steps=1"])``."""
+
+    def make(
+        *,
+        budget: int,
+        steps: int = 6,
+        block_size: int = 1,
+        container: str | None = None,
+        extra: Sequence[str] = (),
+    ) -> Path:
+        experiment = make_experiment(
+            tmp_path / "study.toml",
+            space="rank_lr",
+            name="tiny-study",
+            budget=budget,
+            steps=steps,
+            outputs=STUDY_OUTPUTS,
+        )
+        param = tmp_path / "study.txt"
+        args = ["params", "-e", str(experiment), "--out", str(param), "--block-size", str(block_size)]
+        args += ["--container", container] if container else []
+        args += [word for item in extra for word in ("--set", item)]
+        subprocess.run([*BLACKBOX, "-q", *args], check=True)
+        return param
+
+    return make
+
+
+@pytest.fixture
+def run_nomad(repo: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``./run_nomad.sh PARAM STUDY_DIR`` with an environment (a ``nomad_env``)."""
+
+    def run(param: Path, study_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(repo / "run_nomad.sh"), str(param), str(study_dir)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+
+    return run
+
+
+@pytest.fixture
+def records_agree_with_nomad() -> Callable[[Path], tuple[list[dict], list]]:
+    """A check of a study folder: every successful record is in NOMAD's cache with its point and objective
+    (the EXTRA_O run id ties them), and nothing else is; returns (records, cache entries)."""
+
+    def check(study_dir: Path) -> tuple[list[dict], list]:
+        records = read_records(study_dir / "records.jsonl")
+        cache = read_cache(study_dir / "cache.txt")
+        ok = [r for r in records if r["status"] == "OK"]
+        ok_cache = [e for e in cache if e.ok]
+        assert len(ok) == len(ok_cache) > 0
+        by_run_id = {e.outputs[1]: e for e in ok_cache}
+        for record in ok:
+            entry = by_run_id[record["run_id"]]
+            assert entry.point == tuple(record["point"])
+            assert float(entry.outputs[0]) == record["metrics"]["validation_loss"]
+        return records, cache
+
+    return check
+
+
+@pytest.fixture
+def ran_with_nomad() -> Callable[[str, dict[str, str]], None]:
+    """A check that a study's stderr names the NOMAD its environment asked for."""
+
+    def check(stderr: str, env: dict[str, str]) -> None:
+        expected = f"NOMAD: {env['NOMAD_EXE']}" if "NOMAD_EXE" in env else "NOMAD: PyNomadBBO 4.6.0 (the NOMAD library)"
+        assert expected in stderr
+
+    return check
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Waiting for a state of a running process (never a fixed sleep)
+
+WaitFor = Callable[..., None]
+
+
+@pytest.fixture(scope="session")
+def wait_for() -> WaitFor:
+    """``wait_for(condition, process, "what")``: poll ``condition()`` until it holds; fail when ``process`` ends
+    first or after ``timeout`` seconds."""
+
+    def wait(condition: Callable[[], bool], process: subprocess.Popen, what: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert process.poll() is None, f"the process ended while waiting for {what}"
+            assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+            time.sleep(0.1)
+
+    return wait
+
+
+@pytest.fixture(scope="session")
+def training_started() -> Callable[..., bool]:
+    """``training_started(records_dir, not_in=set())``: whether an evaluation (whose run folder is not among
+    ``not_in``) has logged a training step."""
+
+    def started(records_dir: Path, not_in: set[str] | frozenset[str] = frozenset()) -> bool:
+        logs = [p for p in (records_dir / "evals").glob("*/eval.log") if p.parent.name not in not_in]
+        return any("step " in log.read_text() for log in logs)
+
+    return started
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A real Ray cluster on 127.0.0.1, in a network namespace with nothing but loopback (``unshare -n``): the
+# cluster and the blackbox provably talk to no other address.
+
+_RAY_SCENARIO = """
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import psutil
+
+tmp, calls = Path(sys.argv[1]), json.loads(sys.argv[2])
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+base_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "TMPDIR": str(tmp)}
+ray = str(Path(sys.executable).parent / "ray")
+subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", "--port=6399", "--num-cpus=2",
+                "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmp}/ray"],
+               check=True, env=base_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+results = []
+try:
+    for spec in calls:
+        command = [*spec["command"], "--backend", "ray", "--ray-address", "127.0.0.1:6399", spec["points"]]
+        call = subprocess.Popen(command, env={**base_env, **spec["env"]}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        killed = None
+        while spec["kill"] and killed is None and call.poll() is None:
+            for log in (tmp / "lora-blackbox-ray").glob("*/evals/*/eval.log"):
+                if "step " in log.read_text():
+                    point_file = str(log.parent.parent.parent / "point.txt")
+                    for p in psutil.process_iter():
+                        try:
+                            if point_file in p.cmdline():
+                                killed = p.parent().pid  # the Ray worker running the task
+                                os.kill(killed, signal.SIGKILL)
+                        except psutil.Error:
+                            pass
+            time.sleep(0.2)
+        out, err = call.communicate(timeout=600)
+        results.append({"rc": call.returncode, "stdout": out.decode(), "stderr": err.decode()[-5000:],
+                        "killed": killed})
+finally:
+    subprocess.run([ray, "stop", "--force"], env=base_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+(tmp / "results.json").write_text(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="session")
+def ray_calls(blackbox_cmd: list[str], repo: Path) -> Callable[..., list[dict]]:
+    """``ray_calls([{"args": [...], "points": PATH, "kill": False, "env": {}}, ...])``: start a Ray cluster in a
+    loopback-only network namespace, run each ``lora-blackbox ARGS --backend ray POINTS`` on it (``kill``: kill
+    the Ray worker once its evaluation trains), stop the cluster; one result (rc, stdout, stderr, killed) each.
+    ``cluster_env`` reaches the cluster's processes, the workers included (e.g. PYTHONPATH)."""
+    import json
+    import tempfile
+    import textwrap
+
+    def run(calls: list[dict], cluster_env: dict[str, str] | None = None) -> list[dict]:
+        if shutil.which("unshare") is None:
+            pytest.skip("needs unshare (util-linux) for a loopback-only network namespace")
+        probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False)
+        if probe.returncode != 0:
+            pytest.skip(f"cannot make a network namespace here: {probe.stderr.decode().strip()}")
+        tmp = Path(tempfile.mkdtemp(prefix="lbxray", dir="/tmp"))  # Ray's unix sockets need a short path
+        specs = [
+            {"command": [*blackbox_cmd, *c["args"]], "points": str(c["points"]), "kill": c.get("kill", False),
+             "env": c.get("env", {})}
+            for c in calls
+        ]  # fmt: skip
+        try:
+            subprocess.run(
+                ["unshare", "-n", sys.executable, "-c", textwrap.dedent(_RAY_SCENARIO), str(tmp), json.dumps(specs)],
+                check=True,
+                timeout=900,
+                cwd=repo,
+                env={**os.environ, "PYTHONPATH": str(repo), **(cluster_env or {})},
+            )
+            results: list[dict] = json.loads((tmp / "results.json").read_text())
+            return results
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A container engine and the project's image (``make image``; ``$LORA_BLACKBOX_TEST_IMAGE``): without them the
+# tests that need them skip, unless ``LORA_BLACKBOX_REQUIRE_DOCKER=1`` (CI) makes them fail.
+
+IMAGE = os.environ.get("LORA_BLACKBOX_TEST_IMAGE", "lora-blackbox:latest")
+REQUIRED = os.environ.get("LORA_BLACKBOX_REQUIRE_DOCKER") == "1"
+
+
+def _unavailable(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"{reason} (LORA_BLACKBOX_REQUIRE_DOCKER=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def engine() -> docker.DockerClient:
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as e:
+        where = os.environ.get("DOCKER_HOST", "the default socket")
+        _unavailable(f"no Docker engine reachable at {where}: {e}")
+    return client
+
+
+@pytest.fixture(scope="session")
+def image(engine: docker.DockerClient) -> str:
+    import docker
+
+    try:
+        engine.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        _unavailable(f"no image {IMAGE} on the engine: build it with `make image` (or set LORA_BLACKBOX_TEST_IMAGE)")
+    return IMAGE
+
+
+def _runner_containers(engine: docker.DockerClient) -> list[Any]:
+    return engine.containers.list(all=True, filters={"label": LABEL})
+
+
+@pytest.fixture
+def no_leftovers(engine: docker.DockerClient) -> Iterator[None]:
+    assert _runner_containers(engine) == [], "a container of the runner exists before the test"
+    volumes = {v.id for v in engine.volumes.list()}
+    yield
+    left = _runner_containers(engine)
+    for container in left:
+        container.remove(force=True, v=True)
+    assert left == [], "the runner left a container behind"
+    assert {v.id for v in engine.volumes.list()} <= volumes, "the runner left a volume behind"

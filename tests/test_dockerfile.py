@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from blackbox import __version__
-from tests.conftest import REPO
+
+REPO = Path(__file__).resolve().parents[1]
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 HADOLINT = Path(sys.executable).parent / "hadolint"

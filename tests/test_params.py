@@ -15,7 +15,8 @@ from blackbox.errors import ConfigError
 from blackbox.experiment import load_experiment
 from blackbox.nomad import bb_exe_words, drop_from_cache, read_cache, render_params
 from blackbox.space import SearchSpace
-from tests.conftest import REPO
+
+REPO = Path(__file__).resolve().parents[1]
 
 COMMITTED = sorted((REPO / "nomad_params").glob("*.txt"))
 # How each committed file is generated (the file name is the experiment name unless listed here).

@@ -3,7 +3,7 @@
 machine's devices (``local``), tasks on a Ray cluster (``ray_pool``), or the whole call in a container
 (``container``).
 
-Every evaluation process is the same command (:func:`eval_command`, NOMAD's BB_EXE). When one ends, the
+Every evaluation process is the same command (:func:`eval_argv`, NOMAD's BB_EXE). When one ends, the
 process that started it settles the point (:func:`settle`): it finds the record the evaluation wrote,
 writes one when there is none (a process killed by the out-of-memory killer writes nothing), and asks the
 failure policy (``blackbox.failures``) what the point's end means for the call.
@@ -52,7 +52,7 @@ class Runner(Protocol):
     def run(self, lines: Sequence[str]) -> list[Settled]: ...
 
 
-def eval_command(
+def eval_argv(
     experiment_ref: str, overrides: Sequence[str], point_file: str, *, gpus_per_eval: int = 1
 ) -> list[str]:
     """The command that evaluates a point file in a process of its own, as NOMAD's BB_EXE would.

@@ -23,7 +23,7 @@ from typing import Any
 from blackbox.errors import SetupError
 from blackbox.experiment import Experiment, experiment_reference
 from blackbox.failures import Call
-from blackbox.runners import eval_command, settle
+from blackbox.runners import eval_argv, settle
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def evaluate_in_subprocess(
     with tempfile.TemporaryDirectory(prefix="lora-blackbox-point-") as folder:
         point_file = (Path(folder) / "point.txt").resolve()  # as the subprocess records it
         point_file.write_text(line.rstrip("\n") + "\n")
-        command = eval_command(experiment_reference(experiment_ref), overrides, str(point_file))
+        command = eval_argv(experiment_reference(experiment_ref), overrides, str(point_file))
         env = {**os.environ, "LORA_BLACKBOX_QUIET": "1"} if quiet else None
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env, start_new_session=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from blackbox.experiment import Experiment
 from blackbox.record import record_not_run
-from blackbox.runners import Settled, eval_command, settle
+from blackbox.runners import Settled, eval_argv, settle
 from blackbox.runners.devices import Slots, lease
 from blackbox.stopping import stop_requested
 
@@ -87,7 +87,7 @@ class LocalRunner:
                 **self.slots.child_env(leased, workers=self.workers),
                 "LORA_BLACKBOX_SLOT": ",".join(leased),
             }
-            command = eval_command(
+            command = eval_argv(
                 self.experiment_ref, self.overrides, str(point_file), gpus_per_eval=self.gpus_per_eval
             )
             logger.info("point %r on %s", line.strip(), ",".join(leased))

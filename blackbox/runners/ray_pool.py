@@ -26,7 +26,7 @@ from typing import Any
 from blackbox.experiment import Experiment
 from blackbox.folders import RECORDS_FILE
 from blackbox.record import append_json_line, read_records
-from blackbox.runners import Settled, eval_command, settle
+from blackbox.runners import Settled, eval_argv, settle
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def evaluate_on_worker(
     folder.mkdir(parents=True, exist_ok=True)
     point_file = folder / "point.txt"
     point_file.write_text(line + "\n")
-    command = eval_command(
+    command = eval_argv(
         experiment_ref, (*overrides, f"records.dir={folder}"), str(point_file), gpus_per_eval=gpus_per_eval
     )
     # The evaluation dies with this worker: a killed worker leaves no orphan training behind.

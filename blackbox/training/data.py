@@ -240,7 +240,7 @@ def _load_source(source: str) -> list[Row]:
     from blackbox.training import embedded  # local: only the demo needs it
 
     if embedded.is_embedded(source):
-        return [Row(*r) for r in embedded.load_rows(source)]
+        return [Row(*r) for r in embedded.embedded_rows(source)]
     records = _load_records(source)
     return rows_from_records(records, source=source)
 

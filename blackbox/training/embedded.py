@@ -89,7 +89,7 @@ def data_file(name: str) -> Path:
     return _package_folder("chitchat_dataset", "chitchat-dataset") / "dataset.json"
 
 
-def load_rows(name: str) -> list[tuple[str, str, str]]:
+def embedded_rows(name: str) -> list[tuple[str, str, str]]:
     """(instruction, context, response) rows of an embedded data set.
 
     Raises:

@@ -192,6 +192,7 @@ class Evaluator:
             "trainable_params": trainable,
             "micro_batch_size": stats.micro_batch_size,
             "precision": loaded.precision.describe(),
+            "attention": getattr(loaded.base_model.config, "_attn_implementation", None),
             "fidelity_train": config.fidelity.train,
             "fidelity_validation": config.fidelity.validation,
         }

@@ -10,6 +10,8 @@ Example::
     from blackbox.training.testing import build_tiny_model, write_instruction_files
     model_dir = build_tiny_model(tmp / "tiny")
     train, validation = write_instruction_files(tmp / "data")
+
+Experiments on it come from one template of the repository (``tests/assets``), see :func:`write_experiment`.
 """
 
 from __future__ import annotations
@@ -128,37 +130,10 @@ def build_tiny_model(folder: Path, *, pretrain_steps: int = 300, seed: int = 0) 
     return folder
 
 
-LEARNING_RATE_STUDY = """\
-# A one-variable study (log10 of the learning rate) on the tiny model, for benchmarks.
-[study]
-name = "{name}"
-budget = 1
-[[space]]
-name = "learning_rate"
-type = "R"
-lower = -5
-upper = -1
-x0 = -3
-decode = "log10"
-[hyperparameters]
-lora_r = 8
-lora_alpha = 16
-lora_dropout = 0.0
-[model]
-name_or_path = "{model}"
-[data]
-train = "{train}"
-validation = "{validation}"
-max_length = 128
-[training]
-max_steps = {steps}
-effective_batch_size = 16
-micro_batch_size = 8
-autocast = "none"  # fp32 on every CPU: bf16 autocast makes a model this small slower, even where bf16 is native
-"""
-
-
-def write_learning_rate_study(path: Path, *, name: str, model: Path, train: Path, validation: Path, steps: int) -> Path:
-    """An experiment file whose only variable is log10 of the learning rate (see LEARNING_RATE_STUDY)."""
-    path.write_text(LEARNING_RATE_STUDY.format(name=name, model=model, train=train, validation=validation, steps=steps))
+def write_experiment(path: Path, *, template: Path, space: Path, **values: object) -> Path:
+    """An experiment file from a template with a ``{space}`` placeholder and a search-space snippet, the other
+    placeholders filled from ``values`` (the repository's: ``tests/assets/tiny_experiment.toml`` and
+    ``tests/assets/spaces/*.toml``, shared by the tests and the benchmarks)."""
+    text = template.read_text().format(space=space.read_text(), **values)
+    path.write_text(text)
     return path

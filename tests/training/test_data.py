@@ -136,8 +136,8 @@ def test_hub_names_fail_fast_offline(tokenizer) -> None:
 
 
 def test_embedded_chitchat_splits_share_no_conversation() -> None:
-    train = embedded.load_rows("embedded:chitchat/train")
-    validation = embedded.load_rows("embedded:chitchat/validation")
+    train = embedded.embedded_rows("embedded:chitchat/train")
+    validation = embedded.embedded_rows("embedded:chitchat/validation")
     assert len(train) > 50_000 and len(validation) > 5_000
     train_texts = {text for row in train for text in (row[0], row[2])}
     shared = [row for row in validation if row[0] in train_texts and row[2] in train_texts]

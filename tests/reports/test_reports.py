@@ -17,8 +17,6 @@ import optuna
 import pytest
 
 from blackbox.record import read_records
-from tests.conftest import BLACKBOX
-from tests.test_study import STUDY_EXPERIMENT
 
 pytestmark = pytest.mark.slow
 
@@ -26,19 +24,19 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def studies(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_data) -> dict:
+def studies(tmp_path_factory: pytest.TempPathFactory, write_tiny_experiment, blackbox_cmd) -> dict:
     """A NOMAD study of 4 evaluations, and a quiet, in-process Optuna TPE study of 3 trials, the first of which
     diverges."""
     tmp = tmp_path_factory.mktemp("reports")
-    text = STUDY_EXPERIMENT.format(budget=4, model=tiny_model, train=tiny_data[0], validation=tiny_data[1], steps=6)
-    nomad_experiment = tmp / "nomad.toml"
-    nomad_experiment.write_text(text)
+    outputs = '["OBJ:validation_loss", "EXTRA_O:run_id", "CNT_EVAL"]'
+    study = {"space": "rank_lr", "name": "tiny-study", "budget": 4, "steps": 6, "outputs": outputs, "records": tmp}
+    nomad_experiment = write_tiny_experiment(tmp / "nomad.toml", **study)
     param = tmp / "study.txt"
-    subprocess.run([*BLACKBOX, "-q", "params", "-e", str(nomad_experiment), "--out", str(param)], check=True)
+    subprocess.run([*blackbox_cmd, "-q", "params", "-e", str(nomad_experiment), "--out", str(param)], check=True)
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])}
     env.pop("NOMAD_EXE", None)
     nomad = subprocess.run(
-        [*BLACKBOX, "study", str(param), "--dir", str(tmp / "nomad")],
+        [*blackbox_cmd, "study", str(param), "--dir", str(tmp / "nomad")],
         env=env,
         capture_output=True,
         text=True,
@@ -47,11 +45,11 @@ def studies(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_dat
     )
     assert nomad.returncode == 0, nomad.stderr[-3000:]
 
-    optuna_experiment = tmp / "optuna.toml"
-    optuna_experiment.write_text(text.replace("upper = -1", "upper = 36"))  # room for a diverging learning rate
+    optuna_experiment = tmp / "optuna.toml"  # room for a diverging learning rate
+    optuna_experiment.write_text(nomad_experiment.read_text().replace("upper = -1", "upper = 36"))
     storage = f"sqlite:///{tmp / 'optuna.db'}"
     optuna.create_study(storage=storage, study_name="s").enqueue_trial({"lora_r": 2, "learning_rate": 36.0})
-    command = [*BLACKBOX, "--quiet", "optuna", "-e", str(optuna_experiment), "--n-trials", "3", "--in-process"]
+    command = [*blackbox_cmd, "--quiet", "optuna", "-e", str(optuna_experiment), "--n-trials", "3", "--in-process"]
     command += ["--storage", storage, "--study-name", "s", "--dir", str(tmp / "tpe")]
     tpe = subprocess.run(
         command,
@@ -64,7 +62,7 @@ def studies(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_dat
     assert tpe.returncode == 0, tpe.stderr[-3000:]
     report = subprocess.run(
         [
-            *BLACKBOX,
+            *blackbox_cmd,
             "report",
             f"NOMAD={tmp / 'nomad'}",
             f"TPE={tmp / 'tpe' / 'records.jsonl'}",

@@ -64,4 +64,6 @@ def test_eval_on_the_gpu_picks_bf16_and_varlen(tmp_path, tiny_experiment, run_bl
 
     [record] = read_records(tmp_path / "runs" / "records.jsonl")
     assert record["device"].startswith("cuda") and record["status"] == "OK"
+    assert record["metrics"]["precision"] == "bfloat16 weights, no autocast"  # bf16 on a GPU that has it
+    assert record["metrics"]["attention"] == "varlen"  # variable-length flash attention on packed batches
     assert record["metrics"]["train_padding_share"] == 0.0

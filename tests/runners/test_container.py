@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -33,11 +34,8 @@ from blackbox.experiment import load_experiment
 from blackbox.nomad import read_cache
 from blackbox.record import read_records
 from blackbox.runners.container import LABEL, Bind, Gpus, device_requests, parse_env, parse_gpus, plan_call
-from tests.conftest import BLACKBOX, REPO
-from tests.test_study import _check_records_agree_with_nomad, _study, _which_nomad
 
 IMAGE = os.environ.get("LORA_BLACKBOX_TEST_IMAGE", "lora-blackbox:latest")
-REQUIRED = os.environ.get("LORA_BLACKBOX_REQUIRE_DOCKER") == "1"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -174,7 +172,7 @@ def test_bad_options_are_usage_errors(tmp_path: Path, tiny_experiment: Path) -> 
 
 
 def _runner(*args: str, image: str = IMAGE) -> list[str]:
-    return [*BLACKBOX, "container", "--image", image, *args]
+    return [sys.executable, "-m", "blackbox.cli", "container", "--image", image, *args]
 
 
 def test_no_engine(tmp_path: Path, tiny_experiment: Path, run_blackbox) -> None:
@@ -194,32 +192,6 @@ def test_no_engine(tmp_path: Path, tiny_experiment: Path, run_blackbox) -> None:
 
 # ---------------------------------------------------------------------------------------------------------------
 # With an engine
-
-
-def _unavailable(reason: str) -> None:
-    if REQUIRED:
-        pytest.fail(f"{reason} (LORA_BLACKBOX_REQUIRE_DOCKER=1)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def engine() -> docker.DockerClient:
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as e:
-        where = os.environ.get("DOCKER_HOST", "the default socket")
-        _unavailable(f"no Docker engine reachable at {where}: {e}")
-    return client
-
-
-@pytest.fixture(scope="session")
-def image(engine: docker.DockerClient) -> str:
-    try:
-        engine.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
-        _unavailable(f"no image {IMAGE} on the engine: build it with `make image` (or set LORA_BLACKBOX_TEST_IMAGE)")
-    return IMAGE
 
 
 FAKE_ENTRYPOINT = r"""
@@ -265,22 +237,6 @@ def fake_image(engine: docker.DockerClient, image: str) -> Iterator[str]:
     engine.images.build(fileobj=context, custom_context=True, tag=tag, rm=True)
     yield tag
     engine.images.remove(tag, force=True)
-
-
-def _runner_containers(engine: docker.DockerClient) -> list[Any]:
-    return engine.containers.list(all=True, filters={"label": LABEL})
-
-
-@pytest.fixture
-def no_leftovers(engine: docker.DockerClient) -> Iterator[None]:
-    assert _runner_containers(engine) == [], "a container of the runner exists before the test"
-    volumes = {v.id for v in engine.volumes.list()}
-    yield
-    left = _runner_containers(engine)
-    for container in left:
-        container.remove(force=True, v=True)
-    assert left == [], "the runner left a container behind"
-    assert {v.id for v in engine.volumes.list()} <= volumes, "the runner left a volume behind"
 
 
 def _point(tmp_path: Path, text: str = "2 -3 0.1\n") -> Path:
@@ -487,19 +443,21 @@ def test_a_signal_stops_the_evaluation_cleanly(
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.usefixtures("no_leftovers")
-def test_a_nomad_study_in_containers(tmp_path: Path, tiny_model: Path, tiny_data, image: str, nomad_env) -> None:
-    param = _study(tmp_path, tiny_model, tiny_data, budget=4, block_size=2, container=image)
+def test_a_nomad_study_in_containers(
+    tmp_path: Path, repo: Path, image: str, nomad_env, make_study, records_agree_with_nomad, ran_with_nomad
+) -> None:
+    param = make_study(budget=4, block_size=2, container=image)
     bb_exe = next(line for line in param.read_text().splitlines() if line.startswith("BB_EXE"))
     assert bb_exe.startswith(f'BB_EXE "$lora-blackbox $container $--image ${image} $--experiment ')
     study_dir = tmp_path / "runs" / "study"
     result = subprocess.run(
-        [str(REPO / "run_nomad.sh"), str(param), str(study_dir)],
+        [str(repo / "run_nomad.sh"), str(param), str(study_dir)],
         env={**nomad_env, "LORA_BLACKBOX_OFFLINE": "1"},  # no network in the containers
         capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    _which_nomad(result.stderr, nomad_env)
-    records, cache = _check_records_agree_with_nomad(study_dir)
+    ran_with_nomad(result.stderr, nomad_env)
+    records, cache = records_agree_with_nomad(study_dir)
     assert len(cache) == len(records)
     assert 4 <= len(records) <= 4 + 1  # the budget; the last block of 2 may pass it by one
     assert all(r["status"] == "OK" for r in records)

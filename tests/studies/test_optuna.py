@@ -1,0 +1,171 @@
+"""Optuna studies through ``lora-blackbox optuna``: the same space as NOMAD's, every trial a real
+``lora-blackbox eval`` subprocess on the tiny model, failures as failed trials, resume, interruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from blackbox.experiment import load_experiment
+from blackbox.record import read_records
+from blackbox.space import HyperParams, SearchSpace
+
+
+def test_a_trial_suggests_nomads_coordinates() -> None:
+    space = SearchSpace.from_experiment(load_experiment("demo"))
+    point = space.suggest(optuna.trial.FixedTrial({"lora_r": 3, "lora_alpha": 2, "learning_rate": -3.0}))
+    assert point == (3.0, 2.0, -3.0)
+    assert space.decode(point) == HyperParams(lora_r=8, lora_alpha=16, lora_dropout=0.05, learning_rate=1e-3)
+    # The distributions Optuna sees: integer bounds for indices and multipliers, the exponent as a real.
+    study = optuna.create_study()
+    trial = study.ask()
+    space.suggest(trial)
+    distributions = study.trials[0].distributions
+    assert distributions["lora_r"] == optuna.distributions.IntDistribution(1, 5)
+    assert distributions["lora_alpha"] == optuna.distributions.IntDistribution(1, 8)
+    assert distributions["learning_rate"] == optuna.distributions.FloatDistribution(-5, -2)
+
+
+def test_a_granularity_becomes_a_step(tmp_path: Path) -> None:
+    text = resources.files("blackbox").joinpath("experiments", "demo.toml")
+    experiment = tmp_path / "e.toml"
+    experiment.write_text(text.read_text().replace('decode = "log10"', 'decode = "log10"\ngranularity = 0.25'))
+    space = SearchSpace.from_experiment(load_experiment(str(experiment)))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        point = space.suggest(study.ask())
+        assert point[2] * 4 == round(point[2] * 4)
+    assert study.trials[0].distributions["learning_rate"].step == 0.25
+
+
+@pytest.fixture(scope="session")
+def run_optuna(blackbox_cmd: list[str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``lora-blackbox optuna ARGS`` in ``cwd``, as a user runs it."""
+
+    def run(args: list[str], cwd: Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        command = [*blackbox_cmd, "optuna", *args]
+        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, check=False, **kwargs)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def run_then_resumed(tmp_path_factory: pytest.TempPathFactory, write_tiny_experiment, run_optuna) -> dict:
+    """A random-search study run to 2 trials, then resumed to 3, then asked to resume with another sampler.
+    (How failed evaluations become trial states: tests/test_failures.py.)"""
+    tmp = tmp_path_factory.mktemp("optuna")
+    experiment = write_tiny_experiment(tmp / "experiment.toml", records=tmp / "unused")
+    folder = tmp / "study"
+    storage = f"sqlite:///{tmp / 'optuna.db'}"
+    args = ["-e", str(experiment), "--storage", storage, "--study-name", "tiny", "--dir", str(folder)]
+    args += ["--sampler", "random", "--seed", "3"]
+    first = run_optuna([*args, "--n-trials", "2"], tmp)
+    first_trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    first_records = read_records(folder / "records.jsonl")
+    resumed = run_optuna([*args, "--n-trials", "3"], tmp)
+    other_sampler = run_optuna([*args, "--n-trials", "4", "--sampler", "tpe"], tmp)
+    return {
+        "first": first,
+        "first_trials": first_trials,
+        "first_records": first_records,
+        "resumed": resumed,
+        "other_sampler": other_sampler,
+        "storage": storage,
+        "folder": folder,
+    }
+
+
+@pytest.mark.slow
+def test_trials_and_records_match(run_then_resumed: dict) -> None:
+    first = run_then_resumed["first"]
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads(first.stdout)  # stdout: one JSON object and nothing else
+    assert summary["counted_trials"] == 2 and summary["states"] == {"COMPLETE": 2}
+    trials = run_then_resumed["first_trials"]
+    records = run_then_resumed["first_records"]
+    assert [r["status"] for r in records] == ["OK", "OK"]
+    assert [t.user_attrs["run_id"] for t in trials] == [r["run_id"] for r in records]
+    for trial, record in zip(trials, records, strict=True):
+        assert trial.value == record["metrics"]["validation_loss"]
+        assert record["hparams"] == trial.user_attrs["hparams"]
+        # The records' points are the trial's parameters, in the variables' order.
+        assert record["point"] == [trial.params[n] for n in ("lora_r", "learning_rate", "lora_dropout")]
+    best = min(records, key=lambda r: r["metrics"]["validation_loss"])
+    assert summary["best"]["run_id"] == best["run_id"]
+    assert "2/2 evaluations done" in first.stderr
+
+
+@pytest.mark.slow
+def test_resume_continues_to_the_total(run_then_resumed: dict) -> None:
+    resumed = run_then_resumed["resumed"]
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming study 'tiny': 2 of 3 trials done" in resumed.stderr
+    trials = optuna.load_study(study_name="tiny", storage=run_then_resumed["storage"]).trials
+    assert len(trials) == 3
+    assert [t.user_attrs["run_id"] for t in trials[:2]] == [
+        t.user_attrs["run_id"] for t in run_then_resumed["first_trials"]
+    ]
+    records = read_records(run_then_resumed["folder"] / "records.jsonl")
+    assert len(records) == 3 and records[2]["run_id"] == trials[2].user_attrs["run_id"]
+    # The resumed sampler is reseeded: it does not draw the trials of the first session again.
+    assert trials[2].params not in (trials[0].params, trials[1].params)
+    # A different sampler cannot resume the study.
+    other = run_then_resumed["other_sampler"]
+    assert other.returncode == 1 and "created with another sampler" in other.stderr
+
+
+@pytest.mark.slow
+def test_a_trial_that_cannot_run_stops_the_study(tmp_path: Path, tiny_experiment: Path, run_optuna) -> None:
+    args = ["-e", str(tiny_experiment), "--set", f"model.name_or_path={tmp_path / 'missing'}", "--n-trials", "3"]
+    result = run_optuna([*args, "--dir", str(tmp_path / "study")], tmp_path)
+    assert result.returncode == 1
+    assert "could not run" in result.stderr and "run the same command again" in result.stderr
+    [record] = read_records(tmp_path / "study" / "records.jsonl")
+    assert record["status"] == "NOT_RUN"
+    study = optuna.load_study(study_name="tiny-tpe", storage=f"sqlite:///{tmp_path / 'study' / 'optuna.db'}")
+    assert study.user_attrs["not_counted_trials"] == [0]
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]  # its point queued again
+
+
+@pytest.mark.slow
+def test_ctrl_c_records_the_running_trial_and_resume_runs_it_again(
+    tmp_path: Path, tiny_experiment: Path, blackbox_cmd, run_optuna, wait_for, training_started
+) -> None:
+    folder = tmp_path / "study"
+    args = ["-e", str(tiny_experiment), "--set", "training.max_steps=60", "--dir", str(folder), "--sampler", "random"]
+    process = subprocess.Popen(
+        [*blackbox_cmd, "optuna", *args, "--n-trials", "2"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    wait_for(lambda: training_started(folder), process, "training")
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in the terminal
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert json.loads(stdout)["interrupted"] is True
+    [record] = read_records(folder / "records.jsonl")
+    assert record["status"] == "INTERRUPTED"
+    storage = f"sqlite:///{folder / 'optuna.db'}"
+    [trial] = optuna.load_study(study_name="tiny-random", storage=storage).get_trials(states=(TrialState.FAIL,))
+
+    result = run_optuna([*args, "--set", "training.max_steps=12", "--n-trials", "1"], tmp_path)
+    assert result.returncode == 1 and "another fingerprint" in result.stderr  # other settings: refused
+    result = run_optuna([*args, "--n-trials", "1"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = optuna.load_study(study_name="tiny-random", storage=storage).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].params == trial.params  # the interrupted point ran first
+    assert json.loads(result.stdout)["counted_trials"] == 1
