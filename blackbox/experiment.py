@@ -32,6 +32,7 @@ HPARAM_NAMES = ("lora_r", "lora_alpha", "lora_dropout", "learning_rate")
 """The hyperparameters a point decodes into. Each is either a search variable or fixed."""
 
 METRIC_NAMES = (
+    "objective",
     "validation_loss",
     "train_loss",
     "train_seconds",
@@ -42,11 +43,14 @@ METRIC_NAMES = (
     "tokens_per_second",
     "run_id",
 )
-"""Values an output line can carry, in any order; ``run_id`` only as ``EXTRA_O``."""
+"""Values an output line can carry, in any order; ``run_id`` only as ``EXTRA_O``. Besides them: the constraints
+(``PB:NAME``, ``EB:NAME``) and the benchmark scores (``EXTRA_O:benchmark:<label>:<metric>``)."""
 
-OUTPUT_TYPES = ("OBJ", "EXTRA_O", "CNT_EVAL")
-"""NOMAD's output types an experiment can print: ``OBJ:METRIC`` and ``EXTRA_O:METRIC``, and ``CNT_EVAL`` alone
-(1 for a finished evaluation, 0 for an interrupted one or one never run: NOMAD leaves those out of the budget)."""
+OUTPUT_TYPES = ("OBJ", "PB", "EB", "EXTRA_O", "CNT_EVAL")
+"""NOMAD's output types an experiment can print: ``OBJ:METRIC`` (``OBJ:objective``: the configured objective,
+negated when maximised), ``PB:NAME`` and ``EB:NAME`` (a constraint of ``[[constraints]]``), ``EXTRA_O:METRIC``,
+and ``CNT_EVAL`` alone (1 for a finished evaluation, 0 for an interrupted one or one never run: NOMAD leaves
+those out of the budget)."""
 
 ENV_EXPERIMENT = "LORA_BLACKBOX_EXPERIMENT"
 
@@ -67,17 +71,16 @@ class StudyConfig(_Section):
     @field_validator("outputs")
     @classmethod
     def _check_outputs(cls, outputs: tuple[str, ...]) -> tuple[str, ...]:
+        """The form of each output; which objective, constraints and benchmarks exist is checked by the
+        :class:`Experiment`."""
         problems = []
         for spec in outputs:
-            kind, _, metric = spec.partition(":")
+            kind, _, name = spec.partition(":")
             if spec == "CNT_EVAL":
                 continue
-            if kind not in ("OBJ", "EXTRA_O") or metric not in METRIC_NAMES:
-                problems.append(
-                    f"output {spec!r} must be CNT_EVAL, or TYPE:METRIC with TYPE OBJ or EXTRA_O and METRIC in "
-                    f"{METRIC_NAMES}"
-                )
-            elif kind == "OBJ" and metric == "run_id":
+            if kind not in OUTPUT_TYPES or kind == "CNT_EVAL" or not name:
+                problems.append(f"output {spec!r} must be CNT_EVAL or TYPE:NAME with TYPE in {OUTPUT_TYPES[:4]}")
+            elif kind == "OBJ" and name == "run_id":
                 problems.append("run_id is not a number: it can only be an EXTRA_O output")
         if sum(spec.startswith("OBJ:") for spec in outputs) != 1:
             problems.append(f"exactly one OBJ output is needed, got {list(outputs)}")
@@ -86,6 +89,94 @@ class StudyConfig(_Section):
         if problems:
             raise ValueError("; ".join(problems))
         return outputs
+
+
+class BenchmarkConfig(_Section):
+    """A score of EleutherAI's lm-evaluation-harness (``lm-eval``): a task or a group of tasks, one metric.
+
+    ``task``: any lm-eval task or group (``mmlu``, ``bbh``), a task defined in ``include_path`` (a folder of
+    task YAMLs, absolute or relative to the working directory), or ``embedded:chitchat-replies`` (the demo's
+    local benchmark). ``tasks``: score these subtasks of the group instead of all of it (their sample-weighted
+    mean): a held-out split of a benchmark. ``metric``: as lm-eval names it (``acc``, ``exact_match``,
+    ``pass@1``), with its filter after a comma when it is not ``none`` (``exact_match,strict-match``).
+    ``limit``: 0 for every example; below 1 a fraction, else a count per task (for tests and smoke runs).
+    ``label``: the name of the score in records and reports (default: the task).
+    """
+
+    task: str
+    metric: str = "acc"
+    tasks: tuple[str, ...] = ()
+    label: str = ""
+    num_fewshot: int | None = Field(default=None, ge=0)
+    limit: float = Field(default=0.0, ge=0)
+    include_path: str = ""
+    batch_size: int = Field(default=8, ge=1)
+
+    @property
+    def key(self) -> str:
+        """The score's name in a record's metrics: ``benchmark:<label or task>:<metric>``."""
+        return f"benchmark:{self.label or self.task}:{self.metric}"
+
+
+class ObjectiveConfig(_Section):
+    """What the study optimises: the validation loss (default), or a benchmark score.
+
+    NOMAD always minimises: a maximised score is printed negated (``OBJ:objective``); records keep both the
+    score (``benchmark:...``) and what NOMAD saw (``objective``). ``test``: the held-out part of a benchmark
+    whose other part is the objective, scored by ``lora-blackbox downstream`` as the test score.
+    """
+
+    name: Literal["validation_loss", "benchmark"] = "validation_loss"
+    direction: Literal["minimize", "maximize"] = "minimize"
+    benchmark: BenchmarkConfig | None = None
+    test: BenchmarkConfig | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ObjectiveConfig:
+        if (self.name == "benchmark") != (self.benchmark is not None):
+            raise ValueError("objective 'benchmark' needs [objective.benchmark], and only it")
+        if self.name == "validation_loss" and self.direction != "minimize":
+            raise ValueError("the validation loss is minimised")
+        return self
+
+    def value(self, metrics: dict[str, Any]) -> float:
+        """The number NOMAD minimises, from an evaluation's metrics."""
+        raw = float(metrics[self.benchmark.key if self.benchmark else "validation_loss"])
+        return -raw if self.direction == "maximize" else raw
+
+
+class ConstraintConfig(_Section):
+    """A NOMAD constraint from a benchmark score: feasible when the score is at least (or at most) a bound,
+    absolute or added to the base model's score (``relative_to_base``: ``at_least = -0.01`` is "no worse
+    than the base model minus 1 point", a guard against forgetting).
+
+    Printed as ``bound - score`` for ``at_least`` and ``score - bound`` for ``at_most``: NOMAD takes a
+    constraint as satisfied when it is <= 0. ``type``: ``PB`` (progressive barrier: infeasible points still
+    guide the search) or ``EB`` (extreme barrier: rejected at once).
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    type: Literal["PB", "EB"] = "PB"
+    benchmark: BenchmarkConfig
+    at_least: float | None = None
+    at_most: float | None = None
+    relative_to_base: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> ConstraintConfig:
+        if (self.at_least is None) == (self.at_most is None):
+            raise ValueError(f"constraint {self.name}: give at_least or at_most, one of them")
+        return self
+
+    def value(self, score: float, base_score: float | None) -> float:
+        """The constraint output (<= 0: satisfied) of a score."""
+        offset = base_score if self.relative_to_base else 0.0
+        if offset is None:
+            raise ValueError(f"constraint {self.name} is relative to the base model's score, which is unknown")
+        if self.at_least is not None:
+            return self.at_least + offset - score
+        assert self.at_most is not None  # the validator holds one of them
+        return score - (self.at_most + offset)
 
 
 class VariableConfig(_Section):
@@ -265,6 +356,45 @@ class Experiment(_Section):
     validation: ValidationConfig = ValidationConfig()
     fidelity: FidelityConfig = FidelityConfig()
     records: RecordsConfig = RecordsConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    constraints: tuple[ConstraintConfig, ...] = ()
+    # What `lora-blackbox downstream` scores when no --tasks are given (it changes no evaluation).
+    downstream: tuple[BenchmarkConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _check_outputs(self) -> Experiment:
+        problems = []
+        constraints = {c.name: c for c in self.constraints}
+        if len(constraints) < len(self.constraints):
+            problems.append("constraints named twice")
+        known = set(METRIC_NAMES) | {"objective", *constraints} | {b.key for b in self.benchmarks}
+        printed = set()
+        for spec in self.study.outputs:
+            kind, _, name = spec.partition(":")
+            if kind == "OBJ" and name not in ("objective", "validation_loss"):
+                problems.append(f"{spec}: the objective is printed as OBJ:objective (or OBJ:validation_loss)")
+            elif kind == "OBJ" and name == "validation_loss" and self.objective.name != "validation_loss":
+                problems.append(f"{spec}: the objective is {self.objective.name}: print it as OBJ:objective")
+            elif kind in ("PB", "EB"):
+                printed.add(name)
+                if name not in constraints or constraints[name].type != kind:
+                    problems.append(f"{spec}: no constraint of type {kind} named {name!r} in [[constraints]]")
+            elif kind == "EXTRA_O" and name not in known:
+                problems.append(f"{spec}: {name!r} is not a metric ({sorted(known)})")
+        for name in constraints:
+            if name not in printed:
+                problems.append(f"constraint {name!r} is not printed: add '{constraints[name].type}:{name}' to outputs")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def benchmarks(self) -> tuple[BenchmarkConfig, ...]:
+        """The benchmarks every evaluation scores: the objective's and the constraints' (not ``downstream``)."""
+        found = ([self.objective.benchmark] if self.objective.benchmark else []) + [
+            c.benchmark for c in self.constraints
+        ]
+        return tuple({b.key: b for b in found}.values())
 
     @model_validator(mode="after")
     def _check_space(self) -> Experiment:
@@ -294,8 +424,9 @@ class Experiment(_Section):
         return Path(self.records.dir or f"runs/{self.study.name}")
 
     def fingerprint(self) -> str:
-        """A short hash of the settings that decide an evaluation's result (not where records go)."""
-        return hashlib.sha256(self.model_dump_json(exclude={"records"}).encode()).hexdigest()[:16]
+        """A short hash of the settings that decide an evaluation's result (not where records go, nor what
+        ``downstream`` scores afterwards)."""
+        return hashlib.sha256(self.model_dump_json(exclude={"records", "downstream"}).encode()).hexdigest()[:16]
 
 
 def shipped_experiments() -> list[str]:
