@@ -27,6 +27,8 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from blackbox.errors import ConfigError
+from blackbox.files import write_text_atomic
+from blackbox.folders import EXPERIMENTS_DIR
 
 HPARAM_NAMES = ("lora_r", "lora_alpha", "lora_dropout", "learning_rate")
 """The hyperparameters a point decodes into. Each is either a search variable or fixed."""
@@ -427,6 +429,31 @@ class Experiment(_Section):
         """A short hash of the settings that decide an evaluation's result (not where records go, nor what
         ``downstream`` scores afterwards)."""
         return hashlib.sha256(self.model_dump_json(exclude={"records", "downstream"}).encode()).hexdigest()[:16]
+
+
+def write_snapshot(experiment: Experiment) -> Path:
+    """Keep the experiment next to its records (``experiments/<fingerprint>.json``), once per fingerprint, so that
+    the adapters of a study can be scored, asked questions or retrained later without its TOML file."""
+    path = experiment.records_dir.resolve() / EXPERIMENTS_DIR / f"{experiment.fingerprint()}.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, experiment.model_dump_json(indent=1))
+    return path
+
+
+def read_snapshot(study_dir: Path, fingerprint: str) -> Experiment:
+    """The experiment that ran the evaluations of ``fingerprint`` in a study folder.
+
+    Raises:
+        ConfigError: no snapshot of that fingerprint (records of an older version): give the experiment.
+    """
+    path = study_dir / EXPERIMENTS_DIR / f"{fingerprint}.json"
+    if not path.is_file():
+        raise ConfigError(f"{study_dir} keeps no experiment {fingerprint} ({path}): give it with --experiment")
+    try:
+        return Experiment.model_validate_json(path.read_text())
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {e}") from e
 
 
 def shipped_experiments() -> list[str]:

@@ -38,6 +38,9 @@ class Evaluation:
     run_id: str
     device: str | None
     error: str | None
+    run_dir: str | None  # its folder (eval.log, record.json, adapter/ when saved)
+    fingerprint: str | None  # of the experiment it ran (experiments/<fingerprint>.json in the study folder)
+    metrics: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,11 @@ def parse_spec(spec: str) -> tuple[str | None, Path]:
     return None, Path(spec)
 
 
-def load_run(spec: str, *, objective: str = "validation_loss") -> Run:
+def load_run(spec: str, *, objective: str | None = None) -> Run:
     """Read a run: a records.jsonl file or a study folder holding one, optionally labelled (``LABEL=PATH``).
+
+    ``objective``: the metric that was minimised; by default what the solver saw (the metric ``objective`` of
+    records that have it: a benchmark score, negated when maximised), else the validation loss.
 
     Raises:
         SetupError: no records file there.
@@ -114,7 +120,7 @@ def load_run(spec: str, *, objective: str = "validation_loss") -> Run:
     )
 
 
-def _evaluations(records: list[dict[str, Any]], objective: str) -> list[Evaluation]:
+def _evaluations(records: list[dict[str, Any]], objective: str | None) -> list[Evaluation]:
     rows = []
     best = math.nan
     cumulative = 0.0
@@ -139,18 +145,23 @@ def _evaluations(records: list[dict[str, Any]], objective: str) -> list[Evaluati
                 run_id=record["run_id"],
                 device=record.get("device"),
                 error=record.get("error"),
+                run_dir=record.get("run_dir"),
+                fingerprint=record.get("fingerprint"),
+                metrics=record.get("metrics") or {},
             )
         )
     return rows
 
 
-def _objective(record: dict[str, Any], metric: str) -> float:
+def _objective(record: dict[str, Any], metric: str | None) -> float:
     """The metric of an OK record; inf for a diverged one (as the blackbox prints it); nan otherwise."""
     if record["status"] == "DIVERGED":
         return math.inf
     if record["status"] != "OK":
         return math.nan
     metrics = record.get("metrics") or {}
+    if metric is None:
+        metric = "objective" if "objective" in metrics else "validation_loss"
     if metric not in metrics:
         known = sorted(k for k, v in metrics.items() if isinstance(v, int | float))
         raise ConfigError(f"record {record['run_id']} has no metric {metric!r}; it has {known}")

@@ -26,7 +26,7 @@ import torch
 
 from blackbox import __version__
 from blackbox.errors import PointError, TrainingDiverged
-from blackbox.experiment import Experiment
+from blackbox.experiment import Experiment, write_snapshot
 from blackbox.failures import Call, Status, call_after, status_of
 from blackbox.files import write_text_atomic
 from blackbox.folders import RECORDS_FILE
@@ -202,6 +202,8 @@ class Evaluator:
         if self._loaded is not None:
             return self._loaded
         config = self.experiment
+        if self.world.main:
+            write_snapshot(config)
         device = resolve_device(config.training.device, local_rank=self.world.local_rank)
         distributed.start(self.world, device)
         precision = resolve_precision(config.model, config.training, device)

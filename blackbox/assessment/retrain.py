@@ -1,0 +1,62 @@
+"""An evaluation's adapter again, for an evaluation that saved none: its point retrained with the experiment it
+ran (same hyperparameters, data, seed and precision), its adapter saved this time.
+
+The retraining is an evaluation of its own, recorded in the study folder's ``retrained/`` (not among the study's
+records: it spends no budget); its validation loss is checked against the recorded one, which it reproduces on
+the same machine and library versions (deterministic kernels aside).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+
+from blackbox.assessment.selection import Candidate
+from blackbox.errors import ConfigError
+from blackbox.folders import RETRAINED_DIR
+
+logger = logging.getLogger(__name__)
+
+REPRODUCED_WITHIN = 1e-3
+"""Relative difference of validation losses under which a retraining counts as reproducing the evaluation."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Retrained:
+    candidate: Candidate  # with its new adapter
+    recorded_loss: float
+    retrained_loss: float
+
+    @property
+    def reproduced(self) -> bool:
+        return math.isclose(self.recorded_loss, self.retrained_loss, rel_tol=REPRODUCED_WITHIN)
+
+
+def retrain(candidate: Candidate, study_dir: Path) -> Retrained:
+    """Train ``candidate``'s point again and save its adapter.
+
+    Raises:
+        ConfigError: the candidate is not an evaluation with a point and an experiment, or the retraining failed.
+        SetupError: the model or the data cannot be loaded.
+    """
+    from blackbox.failures import Status
+    from blackbox.training.objective import Evaluator
+
+    evaluation, experiment = candidate.evaluation, candidate.experiment
+    if evaluation is None or evaluation.point is None or experiment is None:
+        raise ConfigError(f"{candidate.describe()}: only an evaluation of a study (its point and experiment) retrains")
+    records = experiment.records.model_copy(update={"dir": str(study_dir / RETRAINED_DIR), "save_adapter": True})
+    rerun = experiment.model_copy(update={"records": records})
+    line = " ".join(repr(v) for v in evaluation.point)
+    logger.info("retraining %s: point %s", candidate.describe(), line)
+    record = Evaluator(rerun).evaluate_line(line)
+    if record.status is not Status.OK or record.run_dir is None:
+        raise ConfigError(f"retraining {candidate.describe()} failed: {record.status.value}: {record.error}")
+    recorded = float(evaluation.metrics["validation_loss"])
+    retrained = float(record.metrics["validation_loss"])
+    result = Retrained(dataclasses.replace(candidate, adapter=Path(record.run_dir) / "adapter"), recorded, retrained)
+    log = logger.info if result.reproduced else logger.warning
+    log("retrained %s: validation loss %.6f (recorded %.6f)", candidate.label, retrained, recorded)
+    return result

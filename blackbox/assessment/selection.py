@@ -1,0 +1,107 @@
+"""Which models an assessment compares: the base model, evaluations of a study picked by rank or run id,
+and adapter folders.
+
+An evaluation's adapter is the ``adapter/`` folder of its run (the experiment's ``records.save_adapter``);
+one without it can be retrained with its recorded hyperparameters and seed (:mod:`blackbox.assessment.retrain`).
+Never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from blackbox.errors import ConfigError
+from blackbox.experiment import Experiment, read_snapshot
+from blackbox.reports.load import Evaluation, load_run
+
+BASE = "base"
+"""The label of the base model, without adapter: every assessment's reference."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model to assess: the base model (no adapter and no evaluation), an evaluation of a study, or an
+    adapter folder."""
+
+    label: str  # "base", "best", "worst", "top2", "run:<run id>", or the adapter folder's name
+    adapter: Path | None  # the saved adapter; None for the base model, or an evaluation that saved none
+    evaluation: Evaluation | None = None  # the study's evaluation it comes from
+    experiment: Experiment | None = None  # the experiment that evaluation ran
+
+    @property
+    def run_id(self) -> str | None:
+        return self.evaluation.run_id if self.evaluation else None
+
+    @property
+    def objective(self) -> float | None:
+        return self.evaluation.objective if self.evaluation else None
+
+    @property
+    def hparams(self) -> dict[str, Any] | None:
+        return self.evaluation.hparams if self.evaluation else None
+
+    def describe(self) -> str:
+        if self.evaluation is None:
+            return self.label if self.adapter is None else f"{self.label} ({self.adapter})"
+        return f"{self.label} (run {self.run_id}, objective {self.objective:.6g})"
+
+
+def select_from_study(
+    study_dir: Path, *, top: int = 0, best: bool = False, worst: bool = False, run_ids: Sequence[str] = ()
+) -> list[Candidate]:
+    """The evaluations of a study folder (NOMAD or Optuna) picked by rank of objective or by run id, each once,
+    best first, with the experiment it ran (kept in the study folder).
+
+    Only finished evaluations at full fidelity with a finite objective are ranked.
+
+    Raises:
+        SetupError: no records in ``study_dir``.
+        ConfigError: an unknown run id, or nothing to pick (no finished evaluation).
+    """
+    run = load_run(str(study_dir))
+    ranked = sorted((e for e in run.evaluations if math.isfinite(e.objective)), key=lambda e: e.objective)
+    picked: dict[str, tuple[str, Evaluation]] = {}
+
+    def pick(label: str, evaluation: Evaluation) -> None:
+        picked.setdefault(evaluation.run_id, (label, evaluation))
+
+    if (top or best or worst) and not ranked:
+        raise ConfigError(f"{study_dir}: no finished evaluation to pick from")
+    if best:
+        pick("best", ranked[0])
+    for rank, evaluation in enumerate(ranked[:top], start=1):
+        pick("best" if rank == 1 else f"top{rank}", evaluation)
+    if worst:
+        pick("worst", ranked[-1])
+    by_id = {e.run_id: e for e in run.evaluations}
+    for run_id in run_ids:
+        if run_id not in by_id:
+            raise ConfigError(f"{study_dir}: no evaluation {run_id!r} in its records")
+        pick(f"run:{run_id}", by_id[run_id])
+    candidates = []
+    for label, evaluation in picked.values():
+        adapter = Path(evaluation.run_dir) / "adapter" if evaluation.run_dir else None
+        experiment = read_snapshot(run.folder, evaluation.fingerprint) if evaluation.fingerprint else None
+        candidates.append(
+            Candidate(label, adapter if adapter and adapter.is_dir() else None, evaluation, experiment)
+        )
+    return candidates
+
+
+def adapter_folders(paths: Sequence[Path]) -> list[Candidate]:
+    """Adapter folders given by path (peft's ``adapter_config.json`` inside), labelled by folder name.
+
+    Raises:
+        ConfigError: a path that holds no adapter.
+    """
+    candidates = []
+    for path in paths:
+        if not (path / "adapter_config.json").is_file():
+            raise ConfigError(f"{path} is not a saved adapter (no adapter_config.json)")
+        label = path.name if path.name != "adapter" else path.parent.name
+        candidates.append(Candidate(label, path))
+    return candidates
