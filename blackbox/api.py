@@ -49,6 +49,7 @@ class Result:
         objective: the ``OBJ`` output: ``nan`` for a failed evaluation, ``inf`` for a diverged one
             (a valid, very bad point, as NOMAD reads it).
         extras: the other outputs of the line (``EXTRA_O``), by metric name; numbers as floats.
+        constraints: the ``PB``/``EB`` outputs by constraint name (<= 0: satisfied; ``nan`` when failed).
         hparams: the decoded hyperparameters (None for an invalid point).
         point: the point in the optimizer's coordinates (None when it could not be parsed).
         metrics: everything measured (losses, tokens, seconds, memory).
@@ -62,6 +63,7 @@ class Result:
     status: Status
     objective: float
     extras: dict[str, float | str]
+    constraints: dict[str, float]
     hparams: dict[str, float] | None
     point: tuple[float, ...] | None
     metrics: dict[str, Any]
@@ -87,10 +89,13 @@ class Result:
         tokens = list(record["outputs"])
         objective = math.nan
         extras: dict[str, float | str] = {}
+        constraints: dict[str, float] = {}
         for spec, token in zip(outputs, tokens, strict=True):
             kind, _, metric = spec.partition(":")
             if kind == "OBJ":
                 objective = float(token)
+            elif kind in ("PB", "EB"):
+                constraints[metric] = float(token)
             elif kind == "EXTRA_O":
                 extras[metric] = _number_or_text(token)
         point = record.get("point")
@@ -98,6 +103,7 @@ class Result:
             status=Status(record["status"]),
             objective=objective,
             extras=extras,
+            constraints=constraints,
             hparams=record.get("hparams"),
             point=tuple(point) if point is not None else None,
             metrics=dict(record.get("metrics") or {}),

@@ -187,7 +187,9 @@ def decode_command(ctx: click.Context, experiment_ref: str, overrides: tuple[str
     from blackbox.space import SearchSpace
 
     with _exit_codes(ctx):
-        space = SearchSpace.from_experiment(load_experiment(experiment_ref, overrides))
+        experiment = load_experiment(experiment_ref, overrides)
+        space = SearchSpace.from_experiment(experiment)
+        logger.info("objective: %s", experiment.objective.describe())
         failed = False
         for index, line in enumerate(read_point_lines(point_file)):
             if not line.strip():
@@ -513,6 +515,87 @@ def optuna_command(
         ctx.exit(130)
 
 
+@main.command("downstream")
+@click.argument("study", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--adapter", "adapters", multiple=True, type=click.Path(path_type=Path), help="A saved adapter folder.")
+@click.option("--top", type=click.IntRange(min=0), default=0, help="The K best evaluations of STUDY.")
+@click.option("--best", is_flag=True, help="The best evaluation of STUDY.")
+@click.option("--worst", is_flag=True, help="The worst finished evaluation of STUDY.")
+@click.option("--run-id", "run_ids", multiple=True, metavar="ID", help="An evaluation of STUDY by run id.")
+@click.option("--retrain", is_flag=True, help="Retrain evaluations that saved no adapter (recorded point and seed).")
+@click.option("--tasks", metavar="T[:METRIC],...", help="lm-eval tasks or groups (default: [[downstream]]).")
+@click.option("--include-path", default="", metavar="DIR", help="A folder of lm-eval task YAMLs of your own.")
+@click.option("--num-fewshot", type=click.IntRange(min=0), help="Few-shot examples (default: each task's).")
+@click.option("--limit", type=click.FloatRange(min=0), default=0, help="Examples per task (<1: a fraction).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--allow-code-execution", is_flag=True, help="Let tasks run model-written code (HumanEval).")
+@click.option("-e", "--experiment", "experiment_ref", metavar="EXP", help="The experiment (default: STUDY's).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key of --experiment.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Default: STUDY/downstream.jsonl.")
+@click.pass_context
+def downstream_command(
+    ctx: click.Context,
+    study: Path | None,
+    adapters: tuple[Path, ...],
+    top: int,
+    best: bool,
+    worst: bool,
+    run_ids: tuple[str, ...],
+    retrain: bool,
+    tasks: str | None,
+    include_path: str,
+    num_fewshot: int | None,
+    limit: float,
+    batch_size: int,
+    allow_code_execution: bool,
+    experiment_ref: str | None,
+    overrides: tuple[str, ...],
+    out: Path | None,
+) -> None:
+    """Score the base model and adapters on lm-evaluation-harness benchmarks.
+
+    Adapters: evaluations of STUDY (a NOMAD or Optuna study folder) by rank (--top, --best, --worst) or run id,
+    and adapter folders (--adapter). The base model is always scored, first, as the reference. Scores are
+    appended to downstream.jsonl (one line per model and benchmark) and shown as a table on stdout.
+    """
+    from blackbox.assessment.downstream import benchmarks_from_options, format_table, score_models
+    from blackbox.assessment.selection import adapter_folders, select_from_study, study_experiment
+    from blackbox.folders import DOWNSTREAM_FILE
+
+    with _exit_codes(ctx):
+        if study is None and (top or best or worst or run_ids or retrain):
+            raise ConfigError("--top, --best, --worst, --run-id and --retrain pick evaluations of a STUDY: give one")
+        candidates = select_from_study(study, top=top, best=best, worst=worst, run_ids=run_ids) if study else []
+        candidates += adapter_folders(adapters)
+        if experiment_ref:
+            experiment = load_experiment(experiment_ref, overrides)
+        elif study is not None:
+            experiment = study_experiment(study, candidates)
+        else:
+            raise ConfigError("adapter folders need their experiment: give --experiment")
+        benchmarks = benchmarks_from_options(
+            tasks,
+            include_path=include_path,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            batch_size=batch_size,
+            defaults=experiment.downstream,
+        )
+        out_file = out or (study / DOWNSTREAM_FILE if study else Path(DOWNSTREAM_FILE))
+        rows = score_models(
+            experiment,
+            candidates,
+            benchmarks,
+            out_file=out_file,
+            study_dir=study,
+            retrain_missing=retrain,
+            allow_code_execution=allow_code_execution,
+            on_row=lambda row: logger.info("%s: %s = %.4f", row["label"], row["key"], row["value"]),
+        )
+        click.echo(format_table(rows))
+        logger.info("scores appended to %s", out_file)
+
+
 @main.command("report")
 @click.argument("runs", nargs=-1, required=True, metavar="[LABEL=]RECORDS_OR_RUN_DIR...")
 @click.option(
@@ -520,10 +603,12 @@ def optuna_command(
     type=click.Path(path_type=Path),
     help="Folder for the report (default: report/ in the run folder; ./report for several runs).",
 )
-@click.option("--objective", default="validation_loss", show_default=True, help="The metric that was minimised.")
+@click.option("--objective", help="The metric that was minimised (default: what the solver saw).")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows of the top-points table.")
 @click.pass_context
-def report_command(ctx: click.Context, runs: tuple[str, ...], out: Path | None, objective: str, top: int) -> None:
+def report_command(
+    ctx: click.Context, runs: tuple[str, ...], out: Path | None, objective: str | None, top: int
+) -> None:
     """Write a report of one or more studies: convergence and parallel-coordinates plots (PNG), the top
     points, failures, and one self-contained HTML page. Prints the HTML file's path.
 

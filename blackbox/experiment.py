@@ -100,7 +100,8 @@ class BenchmarkConfig(_Section):
     task YAMLs, absolute or relative to the working directory), or ``embedded:chitchat-replies`` (the demo's
     local benchmark). ``tasks``: score these subtasks of the group instead of all of it (their sample-weighted
     mean): a held-out split of a benchmark. ``metric``: as lm-eval names it (``acc``, ``exact_match``,
-    ``pass@1``), with its filter after a comma when it is not ``none`` (``exact_match,strict-match``).
+    ``pass@1``), with its filter after a comma when it is not ``none`` (``exact_match,strict-match``); empty: the
+    first metric the task reports (``downstream --tasks``; an objective or a constraint names its metric).
     ``limit``: 0 for every example; below 1 a fraction, else a count per task (for tests and smoke runs).
     ``label``: the name of the score in records and reports (default: the task).
     """
@@ -135,11 +136,21 @@ class ObjectiveConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> ObjectiveConfig:
+        if self.benchmark is not None and not self.benchmark.metric:
+            raise ValueError("the objective's benchmark needs its metric")
         if (self.name == "benchmark") != (self.benchmark is not None):
             raise ValueError("objective 'benchmark' needs [objective.benchmark], and only it")
         if self.name == "validation_loss" and self.direction != "minimize":
             raise ValueError("the validation loss is minimised")
         return self
+
+    def describe(self) -> str:
+        """What the study optimises, in words: ``benchmark:mmlu:acc, maximised (the solver sees it negated)``."""
+        if self.benchmark is None:
+            return "validation_loss, minimised"
+        if self.direction == "maximize":
+            return f"{self.benchmark.key}, maximised (the solver minimises its negation)"
+        return f"{self.benchmark.key}, minimised"
 
     def value(self, metrics: dict[str, Any]) -> float:
         """The number NOMAD minimises, from an evaluation's metrics."""
@@ -166,9 +177,16 @@ class ConstraintConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> ConstraintConfig:
+        if not self.benchmark.metric:
+            raise ValueError(f"constraint {self.name}: its benchmark needs its metric")
         if (self.at_least is None) == (self.at_most is None):
             raise ValueError(f"constraint {self.name}: give at_least or at_most, one of them")
         return self
+
+    @property
+    def metric(self) -> str:
+        """The constraint's value in a record's metrics: ``constraint:<name>``."""
+        return f"constraint:{self.name}"
 
     def value(self, score: float, base_score: float | None) -> float:
         """The constraint output (<= 0: satisfied) of a score."""

@@ -1,7 +1,8 @@
 """The output line NOMAD reads: values in BB_OUTPUT_TYPE order, separated by single spaces.
 
 A failed point prints ``nan`` for every value (NOMAD: EVAL_FAILED). A diverged run prints ``inf`` as
-objective (a valid, very bad point) and whatever extra values it has. ``CNT_EVAL`` is 1 for a finished
+objective (a valid, very bad point) and as constraints (infeasible), and whatever extra values it
+has. ``CNT_EVAL`` is 1 for a finished
 evaluation and 0 for one that was interrupted or never ran, which NOMAD then leaves out of its budget.
 """
 
@@ -22,9 +23,9 @@ def output_tokens(specs: tuple[str, ...], status: Status, metrics: dict[str, Any
         if kind == "CNT_EVAL":
             value = int(status.counted)
         elif status is Status.OK:
-            value = metrics[metric]
+            value = metrics[f"constraint:{metric}" if kind in ("PB", "EB") else metric]
         elif status is Status.DIVERGED:
-            value = math.inf if kind == "OBJ" else metrics.get(metric, math.nan)
+            value = math.inf if kind in ("OBJ", "PB", "EB") else metrics.get(metric, math.nan)
         else:
             value = math.nan
         tokens.append(_token(value))

@@ -1,3 +1,4 @@
+import re
 from importlib import resources
 
 import pytest
@@ -7,7 +8,92 @@ from blackbox.experiment import load_experiment, parse_value, shipped_experiment
 
 
 def test_ships_the_paper_studies_and_the_demo() -> None:
-    assert {"paper_exp1", "paper_exp2", "paper_exp3", "demo"} <= set(shipped_experiments())
+    assert {"paper_exp1", "paper_exp1_heldout", "paper_exp2", "paper_exp3", "demo"} <= set(shipped_experiments())
+
+
+def test_the_held_out_variant_tests_on_the_subjects_it_does_not_optimise() -> None:
+    exp = load_experiment("paper_exp1_heldout")
+    assert exp.objective.benchmark is not None and exp.objective.test is not None
+    optimised, tested = set(exp.objective.benchmark.tasks), set(exp.objective.test.tasks)
+    assert optimised and tested and not optimised & tested
+    assert optimised | tested == {"mmlu_stem", "mmlu_other", "mmlu_humanities", "mmlu_social_sciences"}
+    assert exp.fingerprint() != load_experiment("paper_exp1").fingerprint()
+
+
+BENCHMARK = {"task": "tiny_mc", "metric": "acc"}
+
+
+def _benchmark_study(outputs: list[str], **sections: object) -> dict[str, object]:
+    return {
+        "study": {"name": "b", "budget": 5, "outputs": outputs},
+        "space": [{"name": "learning_rate", "type": "R", "lower": -5, "upper": -3, "x0": -4, "decode": "log10"}],
+        "hyperparameters": {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
+        "model": {"name_or_path": "m"},
+        "data": {"train": ["t.jsonl"]},
+        **sections,
+    }
+
+
+@pytest.mark.parametrize(
+    ("outputs", "sections", "message"),
+    [
+        (["OBJ:objective"], {"objective": {"name": "benchmark"}}, "needs [objective.benchmark]"),
+        (["OBJ:validation_loss"], {"objective": {"name": "benchmark", "benchmark": BENCHMARK}}, "OBJ:objective"),
+        (["OBJ:objective", "PB:guard"], {}, "no constraint of type PB named 'guard'"),
+        (
+            ["OBJ:objective"],
+            {"constraints": [{"name": "guard", "benchmark": BENCHMARK, "at_least": 0.5}]},
+            "'guard' is not printed",
+        ),
+        (
+            ["OBJ:objective", "EB:guard"],
+            {"constraints": [{"name": "guard", "benchmark": BENCHMARK, "at_least": 0.5}]},
+            "no constraint of type EB",
+        ),
+        (
+            ["OBJ:objective", "PB:guard"],
+            {"constraints": [{"name": "guard", "benchmark": BENCHMARK, "at_least": 0.5, "at_most": 0.9}]},
+            "at_least or at_most",
+        ),
+        (["OBJ:objective", "EXTRA_O:benchmark:mmlu:acc"], {}, "is not a metric"),
+        (["OBJ:objective"], {"objective": {"direction": "maximize"}}, "validation loss is minimised"),
+    ],
+)
+def test_objective_and_constraints_are_checked_against_the_outputs(
+    outputs: list[str], sections: dict[str, object], message: str
+) -> None:
+    from pydantic import ValidationError
+
+    from blackbox.experiment import Experiment
+
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        Experiment.model_validate(_benchmark_study(outputs, **sections))
+
+
+def test_a_maximised_score_is_negated_and_a_constraint_is_satisfied_at_or_below_zero() -> None:
+    from blackbox.experiment import Experiment
+    from blackbox.failures import Status
+    from blackbox.output import output_tokens
+
+    exp = Experiment.model_validate(
+        _benchmark_study(
+            ["OBJ:objective", "PB:guard", "EXTRA_O:benchmark:tiny_mc:acc"],
+            objective={"name": "benchmark", "direction": "maximize", "benchmark": BENCHMARK},
+            constraints=[{"name": "guard", "benchmark": BENCHMARK, "at_least": -0.01, "relative_to_base": True}],
+        )
+    )
+    metrics = {"benchmark:tiny_mc:acc": 0.62}
+    assert exp.objective.value(metrics) == -0.62
+    [guard] = exp.constraints
+    assert guard.value(0.62, base_score=0.60) == pytest.approx(-0.03)  # better than the base: satisfied
+    assert guard.value(0.55, base_score=0.60) == pytest.approx(0.04)  # 5 points worse: violated by 4
+    with pytest.raises(ValueError, match="base model's score"):
+        guard.value(0.55, base_score=None)
+    metrics |= {"objective": -0.62, "constraint:guard": -0.03}
+    assert output_tokens(exp.study.outputs, Status.OK, metrics) == ("-0.62", "-0.03", "0.62")
+    # A diverged point is very bad and infeasible; a failed one is nan everywhere.
+    assert output_tokens(exp.study.outputs, Status.DIVERGED, {})[:2] == ("inf", "inf")
+    assert output_tokens(exp.study.outputs, Status.ERROR, metrics) == ("nan", "nan", "nan")
 
 
 @pytest.mark.parametrize(
@@ -30,7 +116,13 @@ def test_paper_settings(name: str, budget: int, epochs: int) -> None:
         0.0,
         42,
     )
-    assert exp.study.outputs[0] == "OBJ:validation_loss"
+    if name == "paper_exp1":  # the paper's objective: 5-shot MMLU accuracy, maximised
+        assert exp.study.outputs[0] == "OBJ:objective"
+        assert (exp.objective.name, exp.objective.direction) == ("benchmark", "maximize")
+        assert exp.objective.benchmark is not None
+        assert (exp.objective.benchmark.task, exp.objective.benchmark.num_fewshot) == ("mmlu", 5)
+    else:
+        assert exp.study.outputs[0] == "OBJ:validation_loss"
 
 
 def test_overrides_parse_toml_values_or_strings() -> None:

@@ -34,29 +34,39 @@ class Retrained:
         return math.isclose(self.recorded_loss, self.retrained_loss, rel_tol=REPRODUCED_WITHIN)
 
 
-def retrain(candidate: Candidate, study_dir: Path) -> Retrained:
-    """Train ``candidate``'s point again and save its adapter.
+def retrain(candidates: list[Candidate], study_dir: Path) -> list[Retrained]:
+    """Train each candidate's point again and save its adapter; one base model load per experiment.
 
     Raises:
-        ConfigError: the candidate is not an evaluation with a point and an experiment, or the retraining failed.
+        ConfigError: a candidate is not an evaluation with a point and an experiment, or its retraining failed.
         SetupError: the model or the data cannot be loaded.
     """
     from blackbox.failures import Status
     from blackbox.training.objective import Evaluator
 
-    evaluation, experiment = candidate.evaluation, candidate.experiment
-    if evaluation is None or evaluation.point is None or experiment is None:
-        raise ConfigError(f"{candidate.describe()}: only an evaluation of a study (its point and experiment) retrains")
-    records = experiment.records.model_copy(update={"dir": str(study_dir / RETRAINED_DIR), "save_adapter": True})
-    rerun = experiment.model_copy(update={"records": records})
-    line = " ".join(repr(v) for v in evaluation.point)
-    logger.info("retraining %s: point %s", candidate.describe(), line)
-    record = Evaluator(rerun).evaluate_line(line)
-    if record.status is not Status.OK or record.run_dir is None:
-        raise ConfigError(f"retraining {candidate.describe()} failed: {record.status.value}: {record.error}")
-    recorded = float(evaluation.metrics["validation_loss"])
-    retrained = float(record.metrics["validation_loss"])
-    result = Retrained(dataclasses.replace(candidate, adapter=Path(record.run_dir) / "adapter"), recorded, retrained)
-    log = logger.info if result.reproduced else logger.warning
-    log("retrained %s: validation loss %.6f (recorded %.6f)", candidate.label, retrained, recorded)
-    return result
+    evaluators: dict[str, Evaluator] = {}
+    results = []
+    for candidate in candidates:
+        evaluation, experiment = candidate.evaluation, candidate.experiment
+        if evaluation is None or evaluation.point is None or experiment is None:
+            raise ConfigError(f"{candidate.describe()}: only an evaluation of a study (point and experiment) retrains")
+        fingerprint = experiment.fingerprint()
+        if fingerprint not in evaluators:
+            records = experiment.records.model_copy(
+                update={"dir": str(study_dir / RETRAINED_DIR), "save_adapter": True}
+            )
+            evaluators[fingerprint] = Evaluator(experiment.model_copy(update={"records": records}))
+        line = " ".join(repr(v) for v in evaluation.point)
+        logger.info("retraining %s: point %s", candidate.describe(), line)
+        record = evaluators[fingerprint].evaluate_line(line)
+        if record.status is not Status.OK or record.run_dir is None:
+            raise ConfigError(f"retraining {candidate.describe()} failed: {record.status.value}: {record.error}")
+        recorded = float(evaluation.metrics["validation_loss"])
+        retrained = float(record.metrics["validation_loss"])
+        result = Retrained(
+            dataclasses.replace(candidate, adapter=Path(record.run_dir) / "adapter"), recorded, retrained
+        )
+        log = logger.info if result.reproduced else logger.warning
+        log("retrained %s: validation loss %.6f (recorded %.6f)", candidate.label, retrained, recorded)
+        results.append(result)
+    return results

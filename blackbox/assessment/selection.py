@@ -86,10 +86,24 @@ def select_from_study(
     for label, evaluation in picked.values():
         adapter = Path(evaluation.run_dir) / "adapter" if evaluation.run_dir else None
         experiment = read_snapshot(run.folder, evaluation.fingerprint) if evaluation.fingerprint else None
-        candidates.append(
-            Candidate(label, adapter if adapter and adapter.is_dir() else None, evaluation, experiment)
-        )
+        candidates.append(Candidate(label, adapter if adapter and adapter.is_dir() else None, evaluation, experiment))
     return candidates
+
+
+def study_experiment(study_dir: Path, candidates: Sequence[Candidate] = ()) -> Experiment:
+    """The experiment a study ran: its candidates', else the one its records name.
+
+    Raises:
+        ConfigError: the study ran several experiments (give one), or keeps none.
+    """
+    for candidate in candidates:
+        if candidate.experiment is not None:
+            return candidate.experiment
+    run = load_run(str(study_dir))
+    fingerprints = sorted({e.fingerprint for e in run.evaluations if e.fingerprint})
+    if len(fingerprints) != 1:
+        raise ConfigError(f"{study_dir} ran {len(fingerprints)} experiments: give one with --experiment")
+    return read_snapshot(run.folder, fingerprints[0])
 
 
 def adapter_folders(paths: Sequence[Path]) -> list[Candidate]:

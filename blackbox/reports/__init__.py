@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from blackbox.reports.downstream import BenchmarkScores, benchmark_scores
 from blackbox.reports.html import CHECKPOINTS, render_page
 from blackbox.reports.load import Run, load_run
-from blackbox.reports.plots import convergence_png, parallel_coordinates_png
+from blackbox.reports.plots import convergence_png, downstream_png, parallel_coordinates_png
 
 __all__ = ["load_run", "top_points", "write_report"]
 
@@ -29,34 +30,42 @@ logger = logging.getLogger(__name__)
 
 
 def write_report(
-    specs: Sequence[str], out_dir: Path, *, objective: str = "validation_loss", top: int = 10
+    specs: Sequence[str], out_dir: Path, *, objective: str | None = None, top: int = 10
 ) -> dict[str, Path]:
     """Read the runs (``[LABEL=]PATH``: a records.jsonl file or a study folder) and write the report.
 
     Returns:
         The files written: ``convergence`` and ``parallel_coordinates`` (PNG), ``html`` (the page, with
         the PNGs embedded), ``summary`` (JSON: per run, counts, best point and best after 1, 5, 10, 20,
-        50, 100 evaluations; the top points).
+        50, 100 evaluations; the top points), and ``downstream`` (PNG) when a run has benchmark scores.
+        ``objective``: the metric that was minimised; by default what the solver saw (``load_run``).
 
     Raises:
         SetupError: a path holds no records.
         ConfigError: the objective is not a metric of the records.
     """
     runs = [load_run(spec, objective=objective) for spec in specs]
+    minimised = objective or _objective_name(runs)
     rows = top_points(runs, top)
+    downstream = {run.label: benchmark_scores(run) for run in runs}
     figures = {
-        "convergence": convergence_png(runs, objective=objective),
-        "parallel_coordinates": parallel_coordinates_png(runs, objective=objective),
+        "convergence": convergence_png(runs, objective=minimised),
+        "parallel_coordinates": parallel_coordinates_png(runs, objective=minimised),
     }
+    scores = [entry for entries in downstream.values() for entry in entries]
+    if scores:
+        figures["downstream"] = downstream_png(scores)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, png in figures.items():
         files[name] = out_dir / f"{name}.png"
         files[name].write_bytes(png)
     files["html"] = out_dir / "report.html"
-    files["html"].write_text(render_page(runs, objective=objective, figures=figures, top_rows=rows), encoding="utf-8")
+    files["html"].write_text(
+        render_page(runs, objective=minimised, figures=figures, top_rows=rows, downstream=scores), encoding="utf-8"
+    )
     files["summary"] = out_dir / "summary.json"
-    files["summary"].write_text(json.dumps(_summary(runs, rows, objective), indent=1, allow_nan=False) + "\n")
+    files["summary"].write_text(json.dumps(_summary(runs, rows, minimised, downstream), indent=1, allow_nan=False) + "\n")
     logger.info("report of %d run(s) written to %s", len(runs), out_dir)
     return files
 
@@ -80,7 +89,20 @@ def top_points(runs: Sequence[Run], count: int) -> list[dict[str, Any]]:
     ]
 
 
-def _summary(runs: Sequence[Run], rows: list[dict[str, Any]], objective: str) -> dict[str, Any]:
+def _objective_name(runs: Sequence[Run]) -> str:
+    """What the solver minimised: ``validation_loss``, or ``objective`` when that was something else (a benchmark
+    score; records keep both)."""
+    other = any(
+        e.metrics.get("objective", e.metrics.get("validation_loss")) != e.metrics.get("validation_loss")
+        for run in runs
+        for e in run.evaluations
+    )
+    return "objective" if other else "validation_loss"
+
+
+def _summary(
+    runs: Sequence[Run], rows: list[dict[str, Any]], objective: str, downstream: dict[str, list[BenchmarkScores]]
+) -> dict[str, Any]:
     def finite(value: float | None) -> float | None:
         return value if value is not None and math.isfinite(value) else None
 
@@ -93,6 +115,7 @@ def _summary(runs: Sequence[Run], rows: list[dict[str, Any]], objective: str) ->
                 "solver": run.solver,
                 "evaluations": len(run.evaluations),
                 "statuses": run.statuses,
+                "infeasible": run.infeasible,
                 "low_fidelity_evaluations": run.low_fidelity,
                 "hours": run.evaluations[-1].cumulative_hours if run.evaluations else 0.0,
                 "best": None
@@ -106,6 +129,7 @@ def _summary(runs: Sequence[Run], rows: list[dict[str, Any]], objective: str) ->
                 "best_after": {str(c): finite(run.best_after(c)) for c in CHECKPOINTS if len(run.evaluations) >= c},
                 "best_so_far": [finite(e.best_so_far) for e in run.evaluations],
                 "nomad": None if run.nomad is None else dataclasses.asdict(run.nomad),
+                "downstream": [entry.as_dict() for entry in downstream[run.label]],
             }
             for run in runs
         ],

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from blackbox.reports.downstream import BenchmarkScores
 from blackbox.reports.load import Run
 
 CHECKPOINTS = (1, 5, 10, 20, 50, 100)
@@ -27,6 +28,7 @@ def render_page(
     objective: str,
     figures: dict[str, bytes],
     top_rows: Sequence[dict[str, Any]],
+    downstream: Sequence[BenchmarkScores] = (),
     title: str = "lora-blackbox report",
 ) -> str:
     checkpoints = [c for c in CHECKPOINTS if any(len(r.evaluations) >= c for r in runs)]
@@ -59,7 +61,10 @@ def render_page(
     ]
     for name, png in figures.items():
         data = base64.b64encode(png).decode()
-        parts.append(f"<h2>{_e(name.replace('_', ' ').capitalize())}</h2>")
+        title_of = "Downstream benchmarks" if name == "downstream" else name.replace("_", " ").capitalize()
+        parts.append(f"<h2>{_e(title_of)}</h2>")
+        if name == "downstream":
+            parts.append(_downstream(downstream))
         parts.append(f'<img alt="{_e(name)}" src="data:image/png;base64,{data}">')
     parts.append(f"<h2>Top {len(top_rows)} points</h2>")
     hparam_names = list(dict.fromkeys(k for row in top_rows for k in row["hparams"]))
@@ -83,6 +88,28 @@ def render_page(
     )
     parts += ["<h2>Failures</h2>", _failures(runs), "</body></html>"]
     return "\n".join(parts) + "\n"
+
+
+def _downstream(scores: Sequence[BenchmarkScores]) -> str:
+    """Per run and benchmark: the base model's score, the scored evaluations and the rank correlation of their
+    scores with their validation losses (``lora-blackbox downstream``)."""
+    intro = (
+        "<p>Benchmark scores of evaluated points (lm-evaluation-harness, <code>downstream.jsonl</code>) against "
+        "their validation loss. Spearman's ρ &lt; 0: a lower validation loss went with a higher score.</p>"
+    )
+    rows = [
+        [
+            entry.run,
+            entry.key.removeprefix("benchmark:"),
+            number(entry.base),
+            str(len(entry.points)),
+            number(max((p[1] for p in entry.points), default=None)),
+            number(entry.spearman),
+        ]
+        for entry in scores
+    ]
+    header = ["run", "benchmark", "base model", "points", "best score", "Spearman ρ (loss, score)"]
+    return intro + _table(header, rows, table_id="downstream")
 
 
 def _run_row(run: Run, checkpoints: Sequence[int]) -> list[str]:

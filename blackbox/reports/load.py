@@ -10,13 +10,14 @@ Failed evaluations count: they spent the budget.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from blackbox.errors import ConfigError, SetupError
-from blackbox.folders import CACHE_FILE, OPTUNA_STORAGE_FILE, PARAM_COPY, RECORDS_FILE, STATS_FILE
+from blackbox.folders import CACHE_FILE, DOWNSTREAM_FILE, OPTUNA_STORAGE_FILE, PARAM_COPY, RECORDS_FILE, STATS_FILE
 from blackbox.nomad import read_cache, read_outputs_and_budget
 from blackbox.record import read_records
 
@@ -38,6 +39,7 @@ class Evaluation:
     run_id: str
     device: str | None
     error: str | None
+    feasible: bool  # every constraint (metrics ``constraint:<name>``, <= 0) satisfied; True without constraints
     run_dir: str | None  # its folder (eval.log, record.json, adapter/ when saved)
     fingerprint: str | None  # of the experiment it ran (experiments/<fingerprint>.json in the study folder)
     metrics: dict[str, Any]
@@ -65,8 +67,14 @@ class Run:
 
     @property
     def best(self) -> Evaluation | None:
-        defined = [e for e in self.evaluations if not math.isnan(e.objective)]
+        """The feasible evaluation of lowest objective."""
+        defined = [e for e in self.evaluations if not math.isnan(e.objective) and e.feasible]
         return min(defined, key=lambda e: e.objective, default=None)
+
+    @property
+    def infeasible(self) -> int:
+        """Finished evaluations that violate a constraint."""
+        return sum(not e.feasible for e in self.evaluations)
 
     def best_after(self, count: int) -> float | None:
         """The best objective among the first ``count`` evaluations; None when the run has fewer."""
@@ -81,6 +89,19 @@ class Run:
         for status in [e.status for e in self.evaluations] + [r["status"] for r in self.not_counted]:
             counts[status] = counts.get(status, 0) + 1
         return counts
+
+
+def load_downstream(folder: Path) -> list[dict[str, Any]]:
+    """The benchmark scores of a study folder (``downstream.jsonl``), the latest of each model and benchmark."""
+    path = folder / DOWNSTREAM_FILE
+    if not path.is_file():
+        return []
+    latest: dict[tuple[str | None, str, str], dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            latest[(row.get("run_id"), row["label"] if row.get("run_id") is None else "", row["key"])] = row
+    return list(latest.values())
 
 
 def parse_spec(spec: str) -> tuple[str | None, Path]:
@@ -126,7 +147,9 @@ def _evaluations(records: list[dict[str, Any]], objective: str | None) -> list[E
     cumulative = 0.0
     for number, record in enumerate(records, start=1):
         value = _objective(record, objective)
-        if not math.isnan(value) and (math.isnan(best) or value < best):
+        metrics = record.get("metrics") or {}
+        feasible = all(v <= 0 for k, v in metrics.items() if k.startswith("constraint:") and v is not None)
+        if not math.isnan(value) and feasible and (math.isnan(best) or value < best):
             best = value
         timings = record.get("timings") or {}
         hours = (timings.get("total_s", 0.0) + timings.get("startup_s", 0.0)) / 3600
@@ -145,9 +168,10 @@ def _evaluations(records: list[dict[str, Any]], objective: str | None) -> list[E
                 run_id=record["run_id"],
                 device=record.get("device"),
                 error=record.get("error"),
+                feasible=feasible,
                 run_dir=record.get("run_dir"),
                 fingerprint=record.get("fingerprint"),
-                metrics=record.get("metrics") or {},
+                metrics=metrics,
             )
         )
     return rows

@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from blackbox.reports.downstream import BenchmarkScores
 from blackbox.reports.load import Run
 
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -154,6 +155,32 @@ class _Scale:
 
     def ticks(self) -> tuple[str, str]:
         return f"{self.low:.3g}", f"{self.high:.3g}"
+
+
+def downstream_png(scores: Sequence[BenchmarkScores]) -> bytes:
+    """One panel per benchmark and run: score against validation loss, the base model as a dashed line."""
+    plt = _pyplot()
+    figure, axes_list = plt.subplots(1, len(scores), figsize=(5 * len(scores), 4), squeeze=False)
+    for axes, entry in zip(axes_list[0], scores, strict=True):
+        losses = [p[0] for p in entry.points]
+        values = [p[1] for p in entry.points]
+        axes.scatter(losses, values, s=25)
+        for loss, value, label in entry.points:
+            axes.annotate(label, (loss, value), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if entry.base is not None:
+            axes.axhline(entry.base, linestyle="--", color="grey", label=f"base model {entry.base:.4g}")
+            axes.legend(fontsize=8)
+        rho = entry.spearman
+        axes.set_title(
+            f"{entry.run}: {entry.key.removeprefix('benchmark:')}\nSpearman ρ = "
+            + (f"{rho:.2f}" if rho is not None else "n/a"),
+            fontsize=9,
+        )
+        axes.set_xlabel("validation loss")
+        axes.set_ylabel("score")
+        axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return _png(plt, figure)
 
 
 def _png(plt: Any, figure: Any) -> bytes:

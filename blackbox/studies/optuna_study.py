@@ -82,11 +82,16 @@ def default_storage(study_dir: Path) -> str:
 
 
 def make_sampler(kind: Sampler, seed: int, blackbox: Blackbox) -> optuna.samplers.BaseSampler:
-    """Optuna's TPE (its defaults: 10 random start-up trials), random search, or CMA-ES from X0."""
+    """Optuna's TPE (its defaults: 10 random start-up trials), random search, or CMA-ES from X0.
+
+    The experiment's constraints guide TPE (its ``constraints_func``); random search and CMA-ES do not take
+    constraints: their trials record them, and the best trial is a feasible one all the same (:func:`best_trial`).
+    """
     import optuna
 
     if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+        constrained = bool(blackbox.experiment.constraints)
+        return optuna.samplers.TPESampler(seed=seed, constraints_func=_constraints if constrained else None)
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "cmaes":
@@ -148,6 +153,10 @@ def run_optuna(
     return summary_of(study, storage, blackbox, n_trials, interrupted=interrupted)
 
 
+def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
+    return list(trial.user_attrs.get("constraints", [math.inf]))
+
+
 def summary_of(
     study: optuna.Study, storage: str, blackbox: Blackbox, n_trials: int, *, interrupted: bool = False
 ) -> OptunaSummary:
@@ -155,8 +164,8 @@ def summary_of(
     for t in study.trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
     best = None
-    if _best_value(study) is not None:
-        trial = study.best_trial
+    trial = best_trial(study)
+    if trial is not None:
         best = {
             "trial": trial.number,
             "value": trial.value,
@@ -186,6 +195,8 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: Result) -> None:
     if result.error:
         trial.set_user_attr("error", result.error[:1000])
     trial.set_user_attr("extras", {k: v for k, v in result.extras.items() if k != "run_id"})
+    # <= 0: satisfied, as NOMAD reads them; a failed evaluation's (nan) are unknown: taken as violated.
+    trial.set_user_attr("constraints", [math.inf if math.isnan(v) else v for v in result.constraints.values()])
     state = trial_state(result.status)
     if state == "complete":
         study.tell(trial, result.objective)  # inf (diverged) is a valid, very bad value
@@ -233,11 +244,21 @@ def _counted(study: optuna.Study) -> int:
     return sum(t.number not in not_counted for t in finished)
 
 
-def _best_value(study: optuna.Study) -> float | None:
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The complete trial of lowest value among those that satisfy every constraint (all, when there are none)."""
     from optuna.trial import TrialState
 
-    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    return min(values, default=None)
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None and all(v <= 0 for v in t.user_attrs.get("constraints", []))
+    ]
+    return min(trials, key=lambda t: t.value, default=None)  # type: ignore[arg-type,return-value]
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    trial = best_trial(study)
+    return trial.value if trial is not None else None
 
 
 def _check_identity(study: optuna.Study, blackbox: Blackbox, sampler: Sampler, seed: int) -> None:

@@ -25,7 +25,7 @@ import psutil
 import torch
 
 from blackbox import __version__
-from blackbox.errors import PointError, TrainingDiverged
+from blackbox.errors import PointError, SetupError, TrainingDiverged
 from blackbox.experiment import Experiment, write_snapshot
 from blackbox.failures import Call, Status, call_after, status_of
 from blackbox.files import write_text_atomic
@@ -40,6 +40,7 @@ from blackbox.record import (
 )
 from blackbox.space import HyperParams, SearchSpace
 from blackbox.training import distributed
+from blackbox.training.benchmarks import Scorer, base_score
 from blackbox.training.data import Splits, prepare_splits
 from blackbox.training.distributed import world_from_env
 from blackbox.training.model import (
@@ -69,6 +70,7 @@ class _Loaded:
     device: torch.device
     precision: Precision
     pad_id: int
+    scorer: Scorer | None  # when the experiment scores benchmarks (its objective or constraints)
 
 
 class Evaluator:
@@ -172,12 +174,13 @@ class Evaluator:
                 raise TrainingDiverged(f"validation loss is {result.loss}")
             if config.records.save_adapter and self.world.main:
                 model.save_pretrained(attempt.run_dir / "adapter")
+            scores = self._score_benchmarks(model, loaded, attempt) if loaded.scorer else {}
         finally:
             loaded.base_model = detach_lora(model)
             del model
             _release_memory(loaded.device)
         logger.info("validation loss %.6f (train loss %.4f)", result.loss, stats.train_loss)
-        return {
+        metrics = {
             "validation_loss": result.loss,
             "validation_tokens": result.target_tokens,
             "validation_seconds": result.seconds,
@@ -195,7 +198,30 @@ class Evaluator:
             "attention": getattr(loaded.base_model.config, "_attn_implementation", None),
             "fidelity_train": config.fidelity.train,
             "fidelity_validation": config.fidelity.validation,
+            **scores,
         }
+        metrics["objective"] = config.objective.value(metrics)
+        return metrics
+
+    def _score_benchmarks(self, model: Any, loaded: _Loaded, attempt: _Attempt) -> dict[str, Any]:
+        """The scores of the experiment's benchmarks (objective and constraints) of the model just trained, and
+        the value of each constraint; their time is the phase ``benchmark_s``."""
+        assert loaded.scorer is not None
+        started = time.perf_counter()
+        scores: dict[str, float | None] = {}
+        values: dict[str, float] = {}
+        for benchmark in self.experiment.benchmarks:
+            score = loaded.scorer.score(model, benchmark)
+            scores[benchmark.key] = values[benchmark.key] = score.value
+            scores[f"{benchmark.key}:stderr"] = score.stderr
+        for constraint in self.experiment.constraints:
+            base = None
+            if constraint.relative_to_base:
+                base = base_score(loaded.scorer, model, constraint.benchmark, self.experiment, self.records_dir)
+                scores[f"{constraint.benchmark.key}:base"] = base
+            scores[constraint.metric] = constraint.value(values[constraint.benchmark.key], base)
+        attempt.timings["benchmark_s"] = time.perf_counter() - started
+        return scores
 
     def _load(self, timings: dict[str, float]) -> _Loaded:
         """Load the tokenizer, the data and the base model on the first call; reuse them afterwards."""
@@ -219,7 +245,13 @@ class Evaluator:
         timings["model_load_s"] = time.perf_counter() - started
         logger.info("model %s loaded on %s in %.1f s", config.model.name_or_path, device, timings["model_load_s"])
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self._loaded = _Loaded(tokenizer, splits, base_model, device, precision, pad_id)
+        scorer = None
+        if config.benchmarks:
+            if self.world.size > 1:
+                raise SetupError("benchmark objectives and constraints do not run under torchrun yet: one process")
+            scorer = Scorer(tokenizer, config.data)
+            scorer.check(config.benchmarks)  # an unknown task fails the call before any training
+        self._loaded = _Loaded(tokenizer, splits, base_model, device, precision, pad_id, scorer)
         return self._loaded
 
     def _finish(

@@ -137,3 +137,50 @@ def write_experiment(path: Path, *, template: Path, space: Path, **values: objec
     text = template.read_text().format(space=space.read_text(), **values)
     path.write_text(text)
     return path
+
+
+def write_benchmark_tasks(folder: Path, *, n_items: int = 24, seed: int = 3) -> Path:
+    """Three lm-eval tasks over the word tasks, in a folder for ``include_path``: ``tiny_mc`` (which of two
+    responses answers the Alpaca prompt, by log-likelihood: ``acc``), ``tiny_gen`` (the response written
+    greedily up to a newline: ``exact_match``) and ``tiny_ll`` (the perplexity of the right responses: a score
+    that any change of the model moves)."""
+    from blackbox.training.data import Row, prompt_formatter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    render = prompt_formatter("alpaca", None)
+    rows = instruction_rows(2 * n_items, seed=seed)
+    rng = random.Random(seed)
+    items = []
+    for row, other in zip(rows[:n_items], rows[n_items:], strict=True):
+        label = rng.randrange(2)
+        choices = [other["response"]] if other["response"] != row["response"] else [row["response"] + "!"]
+        choices.insert(label, row["response"])
+        prompt = render(Row(row["instruction"], row["context"], row["response"]))
+        items.append({"prompt": prompt, "choices": choices, "label": label, "answer": row["response"]})
+    data = folder / "items.jsonl"
+    data.write_text("".join(json.dumps(item) + "\n" for item in items))
+    common = (
+        f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {json.dumps(str(data))}\ntest_split: test\n"
+    )
+    (folder / "tiny_mc.yaml").write_text(
+        "task: tiny_mc\n" + common + "output_type: multiple_choice\n"
+        'doc_to_text: "{{prompt}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{label}}"\n'
+        'target_delimiter: ""\nmetric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n'
+    )
+    (folder / "tiny_gen.yaml").write_text(
+        "task: tiny_gen\n" + common + "output_type: generate_until\n"
+        'doc_to_text: "{{prompt}}"\ndoc_to_target: "{{answer}}"\ntarget_delimiter: ""\n'
+        'generation_kwargs:\n  until: ["\\n"]\n  max_gen_toks: 8\n  do_sample: false\n'
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    (folder / "tiny_ll.yaml").write_text(
+        "task: tiny_ll\n" + common + "output_type: loglikelihood\n"
+        'doc_to_text: "{{prompt}}"\ndoc_to_target: "{{answer}}"\ntarget_delimiter: ""\n'
+        "metric_list:\n  - metric: perplexity\n    aggregation: perplexity\n    higher_is_better: false\n"
+    )
+    (folder / "tiny_ll.yaml").write_text(
+        "task: tiny_ll\n" + common + "output_type: loglikelihood\n"
+        'doc_to_text: "{{prompt}}"\ndoc_to_target: "{{answer}}"\ntarget_delimiter: ""\n'
+        "metric_list:\n  - metric: perplexity\n    aggregation: perplexity\n    higher_is_better: false\n"
+    )
+    return folder
