@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from blackbox.errors import SetupError
-from blackbox.experiment import ModelConfig, TrainingConfig
+from blackbox.experiment import LoraVariantConfig, ModelConfig, TrainingConfig, lora_targets
 from blackbox.space import HyperParams
 from blackbox.training.precision import Precision
 
 logger = logging.getLogger(__name__)
+
+PLAIN_LORA = LoraVariantConfig()
 
 
 def resolve_device(setting: str, *, local_rank: int = 0) -> torch.device:
@@ -153,33 +156,54 @@ def _quantization_config(config: ModelConfig, precision: Precision) -> Any:
     )
 
 
-def attach_lora(base_model: Any, hparams: HyperParams, config: ModelConfig) -> Any:
-    """Wrap the base model with a fresh LoRA adapter (random A, zero B, as peft initialises it).
+def attach_lora(
+    base_model: Any, hparams: HyperParams, config: ModelConfig, lora: LoraVariantConfig = PLAIN_LORA
+) -> Any:
+    """Wrap the base model with a fresh LoRA adapter of the experiment's variant (peft's ``LoraConfig``): DoRA,
+    rsLoRA, its initialisation (peft's default: random A, zero B), trained biases, the target modules.
 
-    Seed the RNG before calling: the initialisation draws from it.
+    Seed the RNG before calling: the initialisation draws from it. When ``lora.changes_base_model`` (PiSSA, OLoRA,
+    trained biases), the base model is changed by the adapter: load it again before attaching another.
     """
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(
+    init = lora.init_lora_weights
+    peft_config = LoraConfig(
         r=hparams.lora_r,
         lora_alpha=hparams.lora_alpha,  # type: ignore[arg-type]  # annotated int; any number works
         lora_dropout=hparams.lora_dropout,
-        target_modules=list(config.target_modules),
+        target_modules=lora_targets(config.target_modules),
         layers_to_transform=list(config.layers_to_transform) or None,
-        bias="none",
+        bias=lora.bias,
+        use_dora=lora.use_dora,
+        use_rslora=lora.use_rslora,
+        # LoftQ replaces the default initialisation once the quantised layers are wrapped (below).
+        init_lora_weights=True if init in ("default", "loftq") else init,  # type: ignore[arg-type]
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(base_model, lora)
+        model = get_peft_model(base_model, peft_config)
+        if init == "loftq":
+            _init_loftq(model, config)
+        return model
     except ValueError as e:
         _strip_lora(base_model)
         # peft names the modules it could not find: a configuration error of the whole experiment.
-        raise SetupError(f"cannot attach LoRA to {list(config.target_modules)}: {e}") from e
+        raise SetupError(f"cannot attach LoRA to {config.target_modules}: {e}") from e
     except BaseException:
         # E.g. out of memory for a huge rank, after some layers were already wrapped: put them back,
         # so that the next point starts from the plain base model.
         _strip_lora(base_model)
         raise
+
+
+def _init_loftq(model: Any, config: ModelConfig) -> None:
+    """LoftQ on a 4-bit model: each adapter initialised so that it offsets the quantisation error of its layer,
+    from the full-precision weights in the model's safetensors files (a local folder, or the hub's cache)."""
+    from peft.utils.loftq_utils import replace_lora_weights_loftq
+
+    location = model_location(config)
+    replace_lora_weights_loftq(model, model_path=location if Path(location).is_dir() else None)
 
 
 def detach_lora(peft_model: Any) -> Any:
