@@ -202,6 +202,9 @@ def _init_loftq(model: Any, config: ModelConfig) -> None:
     from the full-precision weights in the model's safetensors files (a local folder, or the hub's cache)."""
     from peft.utils.loftq_utils import replace_lora_weights_loftq
 
+    if not torch.cuda.is_available():
+        # peft 0.21 computes LoftQ's decomposition on CUDA (or XPU), whatever the model's device.
+        raise SetupError("lora.init_lora_weights = 'loftq' needs CUDA: peft computes LoftQ there")
     location = model_location(config)
     replace_lora_weights_loftq(model, model_path=location if Path(location).is_dir() else None)
 
