@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from blackbox.experiment import load_experiment
 from blackbox.record import read_records
-from blackbox.space import HyperParams, SearchSpace
+from blackbox.space import HyperParams, SearchSpace, categorical
 
 
 def test_a_trial_suggests_nomads_coordinates() -> None:
@@ -46,6 +46,56 @@ def test_a_granularity_becomes_a_step(tmp_path: Path) -> None:
         point = space.suggest(study.ask())
         assert point[2] * 4 == round(point[2] * 4)
     assert study.trials[0].distributions["learning_rate"].step == 0.25
+
+
+def test_choices_are_categorical_values_and_points_keep_nomads_indices() -> None:
+    """Optuna samples the values of a choice (JSON text for lists and tables), the point holds NOMAD's index."""
+    space = SearchSpace.from_experiment(load_experiment("demo_variants"))
+    params = {"lora_r": 3, "lora_alpha": 2, "learning_rate": -3.0, "lora": '{"use_dora": true}'}
+    params |= {"model.target_modules": "all-linear", "training.epochs": 1}
+    point = space.suggest(optuna.trial.FixedTrial(params))
+    assert point == (3.0, 2.0, -3.0, 2.0, 3.0, 1.0)
+    assert space.decode(point).settings == {
+        "lora": {"use_dora": True},
+        "model.target_modules": "all-linear",
+        "training.epochs": 1,
+    }
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(8):
+        trial = study.ask()
+        point = space.suggest(trial)
+        # The index in the point is the value Optuna sampled.
+        assert categorical(space.decode(point).settings["model.target_modules"]) == trial.params["model.target_modules"]
+        study.tell(trial, 1.0)
+    distributions = study.trials[0].distributions
+    assert distributions["model.target_modules"] == optuna.distributions.CategoricalDistribution(
+        ['["q_proj", "v_proj"]', "attention", "all-linear"]
+    )
+    assert distributions["lora"].choices == ("{}", '{"use_dora": true}', '{"use_rslora": true}')
+    assert distributions["training.epochs"] == optuna.distributions.IntDistribution(1, 3)
+    # A choice of numbers (the paper's ranks) is categorical too.
+    paper = SearchSpace.from_experiment(load_experiment("paper_exp1"))
+    trial = optuna.create_study().ask()
+    paper.suggest(trial)
+    assert trial.distributions["lora_r"] == optuna.distributions.CategoricalDistribution(
+        [4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
+    )
+
+
+def test_resuming_checks_that_choices_were_categorical(tmp_path: Path) -> None:
+    from blackbox.api import Blackbox
+    from blackbox.errors import SetupError
+    from blackbox.studies.optuna_study import _check_identity
+
+    blackbox = Blackbox("demo_variants", [f"records.dir={tmp_path}"])
+    study = optuna.create_study()
+    _check_identity(study, blackbox, "tpe", 0)
+    assert study.user_attrs["lora_blackbox"]["categorical"] == ["lora", "model.target_modules"]
+    _check_identity(study, blackbox, "tpe", 0)  # the same study resumes
+    older = {k: v for k, v in study.user_attrs["lora_blackbox"].items() if k != "categorical"}
+    study.set_user_attr("lora_blackbox", older)  # a study that sampled indices
+    with pytest.raises(SetupError, match="another categorical"):
+        _check_identity(study, blackbox, "tpe", 0)
 
 
 @pytest.fixture(scope="session")

@@ -154,7 +154,7 @@ def test_variants_in_one_call_give_what_each_gives_alone(make_experiment) -> Non
 
 def test_qlora_with_dora_trains_and_loftq_needs_cuda(tmp_path: Path, make_experiment) -> None:
     path = make_experiment(space="rank_lr", steps=2)
-    with pytest.raises(ConfigError, match="pissa.*needs model.quantization = 'none'"):
+    with pytest.raises(ConfigError, match=r"pissa.*needs model.quantization = 'none'"):
         load_experiment(str(make_experiment(tmp_path / "variants.toml", space="variants")), ["model.quantization=nf4"])
     experiment = load_experiment(str(path), ["model.quantization=nf4", "lora.use_dora=true"])
     plain = load_experiment(str(path), ["model.quantization=nf4"])
@@ -168,7 +168,7 @@ def test_qlora_with_dora_trains_and_loftq_needs_cuda(tmp_path: Path, make_experi
     loftq = load_experiment(str(path), ["model.quantization=nf4", "lora.init_lora_weights=loftq"])
     if torch.cuda.is_available():
         pytest.skip("LoftQ runs here: the CPU refusal is not testable")
-    with pytest.raises(SetupError, match="loftq.*needs CUDA"):
+    with pytest.raises(SetupError, match=r"loftq.*needs CUDA"):
         Evaluator(loftq).evaluate_line("2 -2")
 
 
