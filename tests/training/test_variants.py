@@ -182,5 +182,6 @@ def test_dora_with_data_parallel_ranks_gives_the_objective_of_one_process(
     env = {"LORA_BLACKBOX_LEASE_DIR": str(tmp_path / "leases")}
     ranks = run_blackbox(["eval", "-e", str(experiment), "--gpus-per-eval", "2", str(points)], env=env)
     assert ranks.returncode == 0, ranks.stderr.decode()[-3000:]
-    one = run_blackbox(["eval", "-e", str(experiment), str(points)])
-    assert abs(float(ranks.stdout.split()[0]) - float(one.stdout.split()[0])) < 1e-5
+    one = Evaluator(load_experiment(str(experiment))).evaluate_line("1 1 -2 2 1")
+    assert one.hparams is not None and one.hparams["lora"] == {"use_dora": True}
+    assert abs(float(ranks.stdout.split()[0]) - one.metrics["validation_loss"]) < 1e-5
