@@ -148,8 +148,11 @@ def test_trials_and_records_match(run_then_resumed: dict) -> None:
     for trial, record in zip(trials, records, strict=True):
         assert trial.value == record["metrics"]["validation_loss"]
         assert record["hparams"] == trial.user_attrs["hparams"]
-        # The records' points are the trial's parameters, in the variables' order.
-        assert record["point"] == [trial.params[n] for n in ("lora_r", "learning_rate", "lora_dropout")]
+        # The records' points are the trial's parameters in NOMAD's coordinates, in the variables' order: the rank
+        # (a choice, sampled as a categorical value) by its index among the values of tests/assets/spaces.
+        rank = [4, 8, 16, 16777216].index(trial.params["lora_r"]) + 1
+        assert record["point"] == [rank, trial.params["learning_rate"], trial.params["lora_dropout"]]
+        assert record["hparams"]["lora_r"] == trial.params["lora_r"]
     best = min(records, key=lambda r: r["metrics"]["validation_loss"])
     assert summary["best"]["run_id"] == best["run_id"]
     assert "2/2 evaluations done" in first.stderr
