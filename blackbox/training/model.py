@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,23 @@ def _init_loftq(model: Any, config: ModelConfig) -> None:
         raise SetupError("lora.init_lora_weights = 'loftq' needs CUDA: peft computes LoftQ there")
     location = model_location(config)
     replace_lora_weights_loftq(model, model_path=location if Path(location).is_dir() else None)
+
+
+def save_initial_adapter(model: Any, lora: LoraVariantConfig, folder: Path) -> Path | None:
+    """Save a PiSSA or OLoRA adapter before training (None for other variants): such an adapter applies to the
+    residual weights left in the base model, and :func:`save_adapter` needs its initial state to convert it."""
+    if not lora.init_lora_weights.startswith(("pissa", "olora")):
+        return None
+    model.save_pretrained(folder)
+    return folder
+
+
+def save_adapter(model: Any, folder: Path, *, initial: Path | None = None) -> None:
+    """Save the trained adapter. With ``initial`` (PiSSA, OLoRA), peft converts it into a plain LoRA adapter of
+    twice the rank that applies to the original base model, as every saved adapter of a study does."""
+    model.save_pretrained(folder, path_initial_model_for_weight_conversion=str(initial) if initial else None)
+    if initial is not None:
+        shutil.rmtree(initial)
 
 
 def detach_lora(peft_model: Any) -> Any:

@@ -49,6 +49,8 @@ from blackbox.training.model import (
     load_base_model,
     load_tokenizer,
     resolve_device,
+    save_adapter,
+    save_initial_adapter,
 )
 from blackbox.training.precision import Precision, resolve_precision
 from blackbox.training.train import train
@@ -145,6 +147,8 @@ class Evaluator:
             if self.world.size > 1:
                 torch.manual_seed(config.training.seed + self.world.rank)  # same adapter, own dropout per rank
             attention = getattr(model.config, "_attn_implementation", None)
+            saves = config.records.save_adapter and self.world.main
+            initial = save_initial_adapter(model, config.lora, attempt.run_dir / "adapter-initial") if saves else None
             trainable, _ = count_parameters(model)
             stats = train(
                 model=model,
@@ -173,8 +177,8 @@ class Evaluator:
             attempt.timings["validation_s"] = result.seconds
             if not math.isfinite(result.loss):
                 raise TrainingDiverged(f"validation loss is {result.loss}")
-            if config.records.save_adapter and self.world.main:
-                model.save_pretrained(attempt.run_dir / "adapter")
+            if saves:
+                save_adapter(model, attempt.run_dir / "adapter", initial=initial)
         finally:
             if model is not None:
                 loaded.base_model = detach_lora(model)

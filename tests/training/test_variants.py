@@ -127,7 +127,7 @@ def test_target_presets_and_trained_biases(base, tiny_model: Path) -> None:
 def test_variants_in_one_call_give_what_each_gives_alone(make_experiment) -> None:
     """The block mode: PiSSA (which changes the base model), then plain LoRA on the same evaluator (one model load
     per call, packed batches); plain LoRA alone gives the same loss, and the records hold the settings."""
-    experiment = load_experiment(str(make_experiment(space="variants", steps=2)))
+    experiment = load_experiment(str(make_experiment(space="variants", steps=2)), ["records.save_adapter=true"])
     pissa, plain = "2 2 -2 3 1", "2 2 -2 1 2"
     evaluator = Evaluator(experiment)
     records = [evaluator.evaluate_line(line) for line in (pissa, plain)]
@@ -146,6 +146,10 @@ def test_variants_in_one_call_give_what_each_gives_alone(make_experiment) -> Non
     assert records[1].hparams is not None and records[1].hparams["model.target_modules"] == "attention"
     # The point after PiSSA got the base model loaded again.
     assert "model_load_s" in records[1].timings
+    # PiSSA's adapter is saved converted: a plain LoRA adapter of rank 2r on the original base model.
+    saved = json.loads((Path(records[0].run_dir or "") / "adapter" / "adapter_config.json").read_text())
+    assert (saved["r"], saved["init_lora_weights"]) == (8, True)
+    assert not (Path(records[0].run_dir or "") / "adapter-initial").exists()
     assert all(math.isfinite(r.metrics["validation_loss"]) for r in records)
     # The records file holds the same settings, as JSON.
     lines = (experiment.records_dir / "records.jsonl").read_text().splitlines()
