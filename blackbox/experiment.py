@@ -326,7 +326,7 @@ class ModelConfig(_Section):
 TARGET_PRESETS: dict[str, tuple[str, ...] | str] = {
     "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
     "mlp": ("gate_proj", "up_proj", "down_proj"),
-    "all-linear": "all-linear",  # peft finds them: every linear layer but the output layer
+    "all-linear": "all-linear",  # as peft's: every linear layer but the output layer, named from the model
 }
 """``model.target_modules`` presets: the module names of the Llama family (Llama, Mistral, Qwen, SmolLM), or peft's
 ``all-linear``."""

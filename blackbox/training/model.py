@@ -169,11 +169,15 @@ def attach_lora(
     from peft import LoraConfig, get_peft_model
 
     init = lora.init_lora_weights
+    targets = lora_targets(config.target_modules)
+    if targets == "all-linear":
+        # Named here rather than by peft, which refuses "all-linear" together with layers_to_transform.
+        targets = _linear_layer_names(base_model)
     peft_config = LoraConfig(
         r=hparams.lora_r,
         lora_alpha=hparams.lora_alpha,  # type: ignore[arg-type]  # annotated int; any number works
         lora_dropout=hparams.lora_dropout,
-        target_modules=lora_targets(config.target_modules),
+        target_modules=targets,
         layers_to_transform=list(config.layers_to_transform) or None,
         bias=lora.bias,
         use_dora=lora.use_dora,
@@ -196,6 +200,17 @@ def attach_lora(
         # so that the next point starts from the plain base model.
         _strip_lora(base_model)
         raise
+
+
+def _linear_layer_names(model: Any) -> list[str]:
+    """The names of the model's linear layers but the output layer (peft's "all-linear"), e.g. q_proj ... down_proj."""
+    output = model.get_output_embeddings()
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not output  # bitsandbytes' layers are Linear too
+    }
+    return sorted(names)
 
 
 def _init_loftq(model: Any, config: ModelConfig) -> None:

@@ -103,6 +103,11 @@ def test_target_presets_and_trained_biases(base, tiny_model: Path) -> None:
         assert {name.rsplit(".", 1)[-1] for name in _adapted(model)} == expected, preset
         assert "lm_head" not in {name.rsplit(".", 1)[-1] for name in _adapted(model)}
         detach_lora(model)
+    # peft refuses its own "all-linear" with layers_to_transform; the preset names the layers instead.
+    config = ModelConfig(name_or_path=str(tiny_model), target_modules="all-linear", layers_to_transform=(1,))
+    model = attach_lora(base, HPARAMS, config)
+    assert {name.split(".layers.")[1].split(".")[0] for name in _adapted(model)} == {"1"} and len(_adapted(model)) == 7
+    detach_lora(model)
     # Llama has no biases; a model with attention biases trains them with bias = "all" or "lora_only".
     from transformers import LlamaConfig, LlamaForCausalLM
 
