@@ -1,4 +1,5 @@
-"""NOMAD, Optuna TPE and random search on the demo study at the same budget, several seeds each (issue 6).
+"""NOMAD, Optuna TPE and random search on the demo study at the same budget, several seeds each (issue 6); on
+``--experiment demo_variants``, which LoRA variant, target modules and epochs win (issue 15).
 
 Every evaluation is a ``lora-blackbox eval`` subprocess, for all three solvers: NOMAD (the library
 embedded in PyNomadBBO, through ``lora-blackbox study`` on a generated parameter file) calls it as its
@@ -7,9 +8,18 @@ space, the CPU-sized settings and the budget are the same for all. Then one repo
 the same axes, and a table gives each solver's best validation loss after 5, 10 and 20 evaluations
 (mean and range over the seeds).
 
-    python benchmarks/compare_solvers.py [--budget 20] [--seeds 0,1,2] [--work runs/compare-solvers]
-                                         [--out benchmarks/results/solvers] [--set KEY=VALUE ...]
-                                         [--threads 1] [--jobs 1]
+    python benchmarks/compare_solvers.py [--experiment demo] [--budget 20] [--seeds 0,1,2] [--solvers nomad,tpe,random]
+                                         [--work runs/compare-solvers] [--out benchmarks/results/solvers]
+                                         [--set KEY=VALUE ...] [--threads 1] [--jobs 1]
+
+The LoRA-variant study (NOMAD's integer indices against Optuna's categorical sampling of the same values):
+
+    python benchmarks/compare_solvers.py --experiment demo_variants --solvers nomad,tpe \
+        --work runs/compare-variants --out benchmarks/results/variants
+
+Besides the table of best values, ``settings.md`` (and ``comparison.json``) give, per solver and per value of
+each setting that is a variable (the variant, the target modules, the epochs): how many evaluations sampled it
+and the best validation loss it reached.
 
 Each run is resumable: the script skips nothing itself, but a finished NOMAD study or Optuna study
 evaluates nothing again, so an interrupted comparison continues where it stopped.
@@ -19,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -31,10 +42,13 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from blackbox.experiment import HPARAM_NAMES
 from blackbox.reports import write_report
+from blackbox.reports.load import Run, load_run
 
 # CPU-friendly settings of the demo study (10-20 s an evaluation on 2 idle cores, process start included):
-# 4 optimizer steps of 8 sequences instead of 16 of 16, and 32 validation rows instead of 128.
+# 4 optimizer steps of 8 sequences instead of 16 of 16, and 32 validation rows instead of 128. Other experiments
+# (demo_variants: CPU-sized already, and its epochs are a variable that max_steps would override) run as they are.
 CPU_SETTINGS = (
     "training.max_steps=4",
     "training.effective_batch_size=8",
@@ -50,19 +64,19 @@ def blackbox() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "blackbox.cli"]
 
 
-def run_nomad(work: Path, seed: int, budget: int, overrides: tuple[str, ...]) -> Path:
+def run_nomad(work: Path, experiment: str, seed: int, budget: int, overrides: tuple[str, ...]) -> Path:
     folder = work / f"nomad-s{seed}"
     param = work / f"nomad-s{seed}.txt"
     settings = (*overrides, f"study.budget={budget}", f"study.seed={seed}")
-    subprocess.run([*blackbox(), "-q", "params", "-e", "demo", *_sets(settings), "--out", str(param)], check=True)
+    subprocess.run([*blackbox(), "-q", "params", "-e", experiment, *_sets(settings), "--out", str(param)], check=True)
     with (work / f"nomad-s{seed}.stdout.txt").open("a") as display:
         subprocess.run([*blackbox(), "study", str(param), "--dir", str(folder)], stdout=display, check=True)
     return folder
 
 
-def run_optuna(work: Path, sampler: str, seed: int, budget: int, overrides: tuple[str, ...]) -> Path:
+def run_optuna(work: Path, experiment: str, sampler: str, seed: int, budget: int, overrides: tuple[str, ...]) -> Path:
     folder = work / f"{sampler}-s{seed}"
-    command = [*blackbox(), "optuna", "-e", "demo", *_sets(overrides), "--n-trials", str(budget)]
+    command = [*blackbox(), "optuna", "-e", experiment, *_sets(overrides), "--n-trials", str(budget)]
     command += ["--sampler", sampler, "--seed", str(seed), "--dir", str(folder)]
     with (work / f"{sampler}-s{seed}.stdout.json").open("w") as summary:
         subprocess.run(command, stdout=summary, check=True)
@@ -100,8 +114,41 @@ def table(summary: dict[str, Any], budget: int) -> tuple[list[dict[str, Any]], s
     return rows, "\n".join(lines) + "\n"
 
 
+def settings_table(runs: list[Run]) -> tuple[dict[str, Any], str]:
+    """Per solver, per setting that is a variable (an hparams key with a dot, or a section), per value: the number
+    of evaluations that sampled it and the best objective among them; and the settings of each solver's best point."""
+    names = sorted({k for r in runs for e in r.evaluations for k in e.hparams or {} if k not in HPARAM_NAMES})
+    table: dict[str, Any] = {}
+    lines = ["| solver | setting | value | evaluations | best |", "|---|---|---|---|---|"]
+    for label in SOLVERS.values():
+        evaluations = [e for r in runs if r.label == label for e in r.evaluations if e.hparams]
+        if not evaluations:
+            continue
+        table[label] = {}
+        for name in names:
+            by_value: dict[str, list[float]] = {}
+            for e in evaluations:
+                by_value.setdefault(json.dumps(e.hparams.get(name)), []).append(e.objective)  # type: ignore[union-attr]
+            table[label][name] = {}
+            for value, objectives in sorted(by_value.items()):
+                finite = [v for v in objectives if math.isfinite(v)]
+                best = min(finite, default=None)
+                table[label][name][value] = {"evaluations": len(objectives), "best": best}
+                lines.append(
+                    f"| {label} | {name} | `{value}` | {len(objectives)} | {'-' if best is None else f'{best:.4f}'} |"
+                )
+    best_points = {}
+    lines.append("\nBest point of each run:\n")
+    for run in runs:
+        if run.best is not None and run.best.hparams:
+            best_points[run.folder.name] = {"objective": run.best.objective, "hparams": run.best.hparams}
+            lines.append(f"- {run.label}, {run.folder.name}: {run.best.objective:.4f} {json.dumps(run.best.hparams)}")
+    return {"by_value": table, "best_points": best_points}, "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", default="demo", help="a shipped experiment or a file (demo, demo_variants)")
     parser.add_argument("--budget", type=int, default=20)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--solvers", default=",".join(SOLVERS))
@@ -123,16 +170,16 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every lora-blackbox eval
     seeds = [int(s) for s in args.seeds.split(",")]
     solvers = args.solvers.split(",")
-    overrides = (*CPU_SETTINGS, *args.overrides)
+    overrides = (*(CPU_SETTINGS if args.experiment == "demo" else ()), *args.overrides)
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
     def run(solver: str, seed: int) -> str:
         t0 = time.monotonic()
         if solver == "nomad":
-            folder = run_nomad(args.work, seed, args.budget, overrides)
+            folder = run_nomad(args.work, args.experiment, seed, args.budget, overrides)
         else:
-            folder = run_optuna(args.work, solver, seed, args.budget, overrides)
+            folder = run_optuna(args.work, args.experiment, solver, seed, args.budget, overrides)
         print(f"{SOLVERS[solver]} seed {seed}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
         return f"{SOLVERS[solver]}={folder}"
 
@@ -148,7 +195,7 @@ def main() -> None:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "versions": {p: version(p) for p in ("lora-blackbox", "torch", "transformers", "peft", "optuna", "PyNomadBBO")},
-        "experiment": "demo",
+        "experiment": args.experiment,
         "overrides": list(overrides),
         "budget": args.budget,
         "seeds": seeds,
@@ -157,9 +204,13 @@ def main() -> None:
         "wall_seconds": time.monotonic() - started,
         "table": rows,
     }
+    settings, settings_markdown = settings_table([load_run(spec) for spec in specs])
+    if settings["by_value"]:
+        comparison["settings"] = settings
+        (args.out / "settings.md").write_text(settings_markdown)
     (args.out / "comparison.json").write_text(json.dumps(comparison, indent=1) + "\n")
     (args.out / "comparison.md").write_text(markdown)
-    print(markdown)
+    print(markdown + ("\n" + settings_markdown if settings["by_value"] else ""))
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ class Result:
             (a valid, very bad point, as NOMAD reads it).
         extras: the other outputs of the line (``EXTRA_O``), by metric name; numbers as floats.
         constraints: the ``PB``/``EB`` outputs by constraint name (<= 0: satisfied; ``nan`` when failed).
-        hparams: the decoded hyperparameters (None for an invalid point).
+        hparams: the decoded hyperparameters and settings (None for an invalid point).
         point: the point in the optimizer's coordinates (None when it could not be parsed).
         metrics: everything measured (losses, tokens, seconds, memory).
         timings: seconds per phase (``train_s``, ``validation_s``, ``total_s``, ...).
@@ -64,7 +64,7 @@ class Result:
     objective: float
     extras: dict[str, float | str]
     constraints: dict[str, float]
-    hparams: dict[str, float] | None
+    hparams: dict[str, Any] | None
     point: tuple[float, ...] | None
     metrics: dict[str, Any]
     timings: dict[str, float]
@@ -156,25 +156,27 @@ class Blackbox:
         """Where every evaluation appends its record."""
         return self.experiment.records_dir.resolve() / RECORDS_FILE
 
-    def encode(self, hparams: Mapping[str, float] | HyperParams) -> tuple[float, ...]:
+    def encode(self, hparams: Mapping[str, Any] | HyperParams) -> tuple[float, ...]:
         """The point of the search space for these hyperparameters.
 
-        ``hparams`` names every tuned hyperparameter; fixed ones may be left out (or given their value).
+        ``hparams`` names every tuned hyperparameter and every setting that is a variable, by its dotted key
+        (``{"lora_r": 8, ..., "lora.use_dora": True}``); fixed hyperparameters may be left out (or given their value).
 
         Raises:
             PointError: an unknown or missing name, a fixed one with another value, or no point of the
                 space decodes to these values.
         """
         given = hparams.as_dict() if isinstance(hparams, HyperParams) else dict(hparams)
-        unknown = sorted(set(given) - set(HPARAM_NAMES))
+        settings = [v.name for v in self.space.variables if v.is_setting]
+        unknown = sorted(set(given) - set(HPARAM_NAMES) - set(settings))
         if unknown:
-            raise PointError(f"unknown hyperparameters {unknown}; known: {list(HPARAM_NAMES)}")
+            raise PointError(f"unknown hyperparameters {unknown}; known: {[*HPARAM_NAMES, *settings]}")
         values = dict(self.space.fixed)
         for name, value in given.items():
             if name in self.space.fixed and not math.isclose(value, self.space.fixed[name], rel_tol=1e-9):
                 raise PointError(f"{name} is fixed to {self.space.fixed[name]} in this experiment, got {value}")
             values[name] = value
-        missing = [name for name in HPARAM_NAMES if name not in values]
+        missing = [name for name in (*HPARAM_NAMES, *settings) if name not in values]
         if missing:
             raise PointError(f"missing hyperparameters {missing} (the search variables are {list(self.space.names)})")
         return self.space.encode(
@@ -183,10 +185,11 @@ class Blackbox:
                 lora_alpha=values["lora_alpha"],
                 lora_dropout=values["lora_dropout"],
                 learning_rate=values["learning_rate"],
+                settings={name: values[name] for name in settings},
             )
         )
 
-    def evaluate(self, hparams: Mapping[str, float] | HyperParams) -> Result:
+    def evaluate(self, hparams: Mapping[str, Any] | HyperParams) -> Result:
         """Train and validate with these hyperparameters (encoded as a point of the space, see :meth:`encode`).
 
         Raises:

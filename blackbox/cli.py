@@ -179,7 +179,7 @@ def _runner(
 @click.argument("point_file", type=click.Path(path_type=Path))
 @click.pass_context
 def decode_command(ctx: click.Context, experiment_ref: str, overrides: tuple[str, ...], point_file: Path) -> None:
-    """Print the hyperparameters of every point of POINT_FILE as one JSON object per line (no training).
+    """Print the hyperparameters and settings of every point of POINT_FILE, one JSON object per line (no training).
 
     An invalid point prints {"error": ...}, and the exit status is then 1.
     """

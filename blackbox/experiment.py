@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,7 +27,7 @@ from typing import Annotated, Any, Literal
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from blackbox.errors import ConfigError
+from blackbox.errors import ConfigError, PointError
 from blackbox.files import write_text_atomic
 from blackbox.folders import EXPERIMENTS_DIR
 
@@ -200,25 +201,48 @@ class ConstraintConfig(_Section):
 
 
 class VariableConfig(_Section):
-    """One search variable as NOMAD sees it, and how its value decodes into a hyperparameter.
+    """One search variable as NOMAD sees it, and how its value decodes.
+
+    ``name``: one of the four LoRA hyperparameters (``lora_r``, ``lora_alpha``, ``lora_dropout``,
+    ``learning_rate``), or a searchable setting of the experiment by its dotted key (``training.epochs``,
+    ``model.target_modules``, ``lora.use_dora``: see :data:`SEARCHABLE`), or a searchable section
+    (``lora``) whose ``choice`` values are tables of its keys (``{use_dora = true}``).
 
     ``decode``:
-    - ``plain``: the value itself;
-    - ``choice``: a 1-based index into ``values``;
+    - ``plain``: the value itself (an ``I`` variable gives an integer; a ``B`` variable a boolean);
+    - ``choice``: a 1-based index into ``values``, which may hold any TOML value (numbers, strings,
+      booleans, lists, tables);
     - ``power_of_two``: 2 ** value;
     - ``log10``: 10 ** value;
-    - ``multiple``: value times the decoded value of the hyperparameter named by ``of``.
+    - ``multiple``: value times the decoded value of the hyperparameter named by ``of``;
+    - ``sqrt_multiple``: value times the square root of it (``lora_alpha = k * sqrt(r)``: the scaling of
+      rsLoRA, alpha / sqrt(r), is then k at every rank).
     """
 
-    name: Literal["lora_r", "lora_alpha", "lora_dropout", "learning_rate"]
+    name: str
     type: Literal["I", "R", "B"]
     lower: float
     upper: float
     x0: float
-    decode: Literal["plain", "choice", "power_of_two", "log10", "multiple"] = "plain"
-    values: tuple[float, ...] = ()
+    decode: Literal["plain", "choice", "power_of_two", "log10", "multiple", "sqrt_multiple"] = "plain"
+    values: tuple[Any, ...] = ()
     of: Literal["lora_r", "lora_alpha", "lora_dropout", "learning_rate", ""] = ""
     granularity: float = Field(default=0.0, ge=0.0, description="R only: values are rounded to it")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_of_hyperparameters(cls, data: Any) -> Any:
+        """The choices of a LoRA hyperparameter are numbers, kept as floats (as before settings could be searched:
+        the experiment's fingerprint does not change)."""
+        if isinstance(data, dict) and data.get("name") in HPARAM_NAMES and isinstance(data.get("values"), list | tuple):
+            if all(isinstance(v, int | float) and not isinstance(v, bool) for v in data["values"]):
+                data = {**data, "values": [float(v) for v in data["values"]]}
+        return data
+
+    @property
+    def is_setting(self) -> bool:
+        """Whether the variable sets an experiment setting (a dotted key or a section), not a LoRA hyperparameter."""
+        return self.name not in HPARAM_NAMES
 
     @model_validator(mode="after")
     def _check(self) -> VariableConfig:
@@ -231,6 +255,8 @@ class VariableConfig(_Section):
                     problems.append(f"{label} of an integer variable must be integral, got {value}")
         if self.type == "B" and (self.lower < 0 or self.upper > 1):
             problems.append("a binary variable lies in [0, 1]")
+        if self.type == "B" and (self.decode != "plain" or not self.is_setting):
+            problems.append("a binary variable decodes (plain) to a boolean: a setting's, not a LoRA hyperparameter's")
         if self.decode == "choice":
             if self.type != "I":
                 problems.append("decode 'choice' needs type I (a 1-based index)")
@@ -241,17 +267,52 @@ class VariableConfig(_Section):
                     f"a 1-based index into {len(self.values)} values needs 1 <= lower and "
                     f"upper <= {len(self.values)}, got [{self.lower}, {self.upper}]"
                 )
+            if not self.is_setting and any(not isinstance(v, float) for v in self.values):
+                problems.append(f"the choices of {self.name} are numbers, got {list(self.values)}")
         elif self.values:
             problems.append(f"'values' is only read by decode 'choice', not {self.decode!r}")
-        if (self.decode == "multiple") != bool(self.of):
-            problems.append("decode 'multiple' needs 'of' (the hyperparameter it multiplies), and only it")
+        if (self.decode in ("multiple", "sqrt_multiple")) != bool(self.of):
+            problems.append(f"decode {self.decode!r} needs 'of' (the hyperparameter it multiplies), and only it")
+        if self.of and self.is_setting:
+            problems.append("decode 'multiple' and 'sqrt_multiple' apply to the LoRA hyperparameters only")
         if self.of == self.name:
             problems.append("a variable cannot be a multiple of itself")
         if self.granularity and self.type != "R":
             problems.append("granularity applies to R variables only")
+        if self.is_setting:
+            problems += searchable_problems(self.name, table=self.decode == "choice")
         if problems:
             raise ValueError(f"variable {self.name}: " + "; ".join(problems))
         return self
+
+    def decode_value(self, x: float) -> Any:
+        """The value of a checked coordinate, for every kind but the multiples (which need another variable's value).
+
+        Settings keep their type: an ``I`` variable gives an int, a ``B`` variable a bool, a choice the value as
+        written; the LoRA hyperparameters are numbers.
+        """
+        if self.decode == "choice":
+            return self.values[int(x) - 1]
+        if self.decode == "plain":
+            value: Any = x
+        elif self.decode == "power_of_two":
+            value = 2.0**x
+        elif self.decode == "log10":
+            value = 10.0**x
+        else:
+            raise ValueError(f"decode {self.decode!r} needs the value of {self.of}")
+        if self.is_setting and self.type == "B":
+            return bool(value)
+        if self.is_setting and self.type == "I" and float(value).is_integer():
+            return int(value)
+        return float(value)
+
+    def candidate_values(self) -> list[Any]:
+        """The decoded values a setting can take at least: every choice, both booleans, both bounds. Checked at load
+        time, so that a value the experiment refuses fails the experiment, not a point in the middle of a study."""
+        if self.decode == "choice":
+            return list(self.values[int(self.lower) - 1 : int(self.upper)])
+        return [self.decode_value(x) for x in sorted({self.lower, self.x0, self.upper})]
 
 
 class HyperparametersConfig(_Section):
@@ -270,12 +331,135 @@ class ModelConfig(_Section):
     revision: str = Field(default="", description="hub revision (branch, tag or commit); '' = default")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantization: Literal["none", "int8", "nf4", "fp4"] = "none"
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    # Module names, or a preset (TARGET_PRESETS): "attention", "mlp" (Llama-family names), "all-linear" (peft's:
+    # every linear layer but the output layer).
+    target_modules: tuple[str, ...] | Literal["attention", "mlp", "all-linear"] = ("q_proj", "v_proj")
     # peft's layers_to_transform: indices of the decoder layers that get LoRA; empty = every layer. Backward
     # passes stop at the lowest adapted layer, so adapting only the top layers makes training cheaper.
     layers_to_transform: tuple[Annotated[int, Field(ge=0)], ...] = ()
     # auto: "varlen" (padding-free flash attention, attention.py) for packed batches on CUDA, else "sdpa".
     attn_implementation: Literal["auto", "varlen", "sdpa", "eager", "flash_attention_2", "flex_attention"] = "auto"
+
+
+TARGET_PRESETS: dict[str, tuple[str, ...] | str] = {
+    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mlp": ("gate_proj", "up_proj", "down_proj"),
+    "all-linear": "all-linear",  # as peft's: every linear layer but the output layer, named from the model
+}
+"""``model.target_modules`` presets: the module names of the Llama family (Llama, Mistral, Qwen, SmolLM), or peft's
+``all-linear``."""
+
+
+def lora_targets(target_modules: tuple[str, ...] | str) -> list[str] | str:
+    """What peft's ``LoraConfig(target_modules=...)`` gets for a ``model.target_modules`` setting."""
+    if isinstance(target_modules, str):
+        preset = TARGET_PRESETS[target_modules]
+        return preset if isinstance(preset, str) else list(preset)
+    return list(target_modules)
+
+
+class LoraVariantConfig(_Section):
+    """Which LoRA (peft's ``LoraConfig``): DoRA, rsLoRA, the initialisation of the adapter, trained biases.
+
+    ``init_lora_weights``: ``default`` (peft's: Kaiming-uniform A, zero B), ``gaussian``, ``pissa`` (the principal
+    singular vectors of each weight; ``pissa_niter_N``: by N iterations of randomised SVD, faster), ``olora``
+    (QR decomposition of each weight), ``loftq`` (QLoRA only: an adapter that offsets the quantisation error of
+    ``model.quantization = "nf4"`` or ``"fp4"``). PiSSA and OLoRA move part of each adapted weight into the
+    adapter, and ``bias`` other than ``none`` trains the base model's biases: such a point changes the base model,
+    which is then loaded again before the next point of the call.
+    """
+
+    use_dora: bool = False
+    use_rslora: bool = Field(default=False, description="scale by alpha / sqrt(r) instead of alpha / r")
+    init_lora_weights: str = Field(
+        default="default", pattern=r"^(default|gaussian|pissa|pissa_niter_[1-9][0-9]*|olora|loftq)$"
+    )
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+    @property
+    def changes_base_model(self) -> bool:
+        """Whether attaching or training this adapter changes the weights of the base model it is attached to."""
+        return self.init_lora_weights.startswith("pissa") or self.init_lora_weights == "olora" or self.bias != "none"
+
+
+def lora_problems(model: ModelConfig, lora: LoraVariantConfig) -> list[str]:
+    """Combinations of the base model's loading and the LoRA variant that cannot work."""
+    problems = []
+    init = lora.init_lora_weights
+    if (init.startswith("pissa") or init == "olora") and model.quantization != "none":
+        problems.append(
+            f"lora.init_lora_weights = {init!r} decomposes full-precision weights: it needs model.quantization = "
+            f"'none' (got {model.quantization!r}); for a quantised model use 'loftq'"
+        )
+    if init == "loftq" and model.quantization not in ("nf4", "fp4"):
+        problems.append(
+            f"lora.init_lora_weights = 'loftq' offsets a 4-bit quantisation error: it needs model.quantization = "
+            f"'nf4' or 'fp4' (got {model.quantization!r})"
+        )
+    return problems
+
+
+SEARCHABLE: dict[str, tuple[str, ...]] = {
+    "training": (
+        "epochs",
+        "max_steps",
+        "effective_batch_size",
+        "micro_batch_size",
+        "lr_scheduler",
+        "warmup_ratio",
+        "weight_decay",
+        "max_grad_norm",
+    ),
+    "model": ("target_modules", "layers_to_transform"),
+    "lora": ("use_dora", "use_rslora", "init_lora_weights", "bias"),
+}
+"""The settings a search variable may set, by section: those that a fresh adapter of each point picks up. Every
+other setting is the same for all points of a study (:data:`_NOT_SEARCHABLE` says why)."""
+
+_LOADS_THE_MODEL = "it decides how the base model loads, once per call for all its points: run one study per value"
+_NOT_SEARCHABLE = {
+    "study": "it describes the study itself",
+    "space": "it is the search space itself",
+    "hyperparameters": "it holds fixed hyperparameters: make the hyperparameter itself (lora_r, ...) a variable",
+    "data": "the data are read and tokenised once per call, for all its points",
+    "validation": "it changes how the validation loss is computed, not the adapter",
+    "fidelity": "the study sets it for its low-fidelity evaluations",
+    "records": "it says where records go",
+    "objective": "it is what the study measures",
+    "constraints": "they are what the study measures",
+    "downstream": "it is scored after the study",
+    "model.name_or_path": "it is the base model, loaded once per call: run one study per model",
+    "model.revision": "it is the base model, loaded once per call: run one study per model",
+    "model.dtype": _LOADS_THE_MODEL,
+    "model.quantization": _LOADS_THE_MODEL,
+    "model.attn_implementation": _LOADS_THE_MODEL,
+    "training.packing": "it decides the attention implementation when the base model loads: run one study per value",
+    "training.gradient_checkpointing": _LOADS_THE_MODEL,
+    "training.fused_kernels": _LOADS_THE_MODEL,
+    "training.autocast": "it decides the precision once per call, for all its points",
+    "training.seed": "it is the same for every point, so that points differ by their settings only",
+    "training.device": "it says where a run trains, not what it trains",
+    "training.timeout_s": "it says how long a run may train, not what it trains",
+    "training.log_every_steps": "it says how a run logs, not what it trains",
+}
+
+
+def searchable_problems(name: str, *, table: bool = False) -> list[str]:
+    """Why ``name`` (a dotted key, or with ``table`` a section whose values are tables) cannot be a variable."""
+    section, _, key = name.partition(".")
+    searchable = ", ".join(f"{s}.{k}" for s, keys in SEARCHABLE.items() for k in keys)
+    why = _NOT_SEARCHABLE.get(name) or (_NOT_SEARCHABLE.get(section) if section not in SEARCHABLE else None)
+    if why:
+        return [f"{name} cannot be a search variable: {why}"]
+    if not key:
+        if section in SEARCHABLE and table:
+            return []
+        if section in SEARCHABLE:
+            return [f"the section {section} can be a variable of decode 'choice' only (values: tables of its keys)"]
+        return [f"{name!r} is neither a LoRA hyperparameter {HPARAM_NAMES} nor a dotted key; searchable: {searchable}"]
+    if section not in SEARCHABLE or key not in SEARCHABLE[section]:
+        return [f"{name!r} is not a searchable setting; searchable: {searchable}"]
+    return []
 
 
 class DataConfig(_Section):
@@ -371,6 +555,7 @@ class Experiment(_Section):
     space: tuple[VariableConfig, ...]
     hyperparameters: HyperparametersConfig = HyperparametersConfig()
     model: ModelConfig
+    lora: LoraVariantConfig = LoraVariantConfig()
     data: DataConfig
     training: TrainingConfig = TrainingConfig()
     validation: ValidationConfig = ValidationConfig()
@@ -431,13 +616,77 @@ class Experiment(_Section):
                 problems.append(f"{hp} is both a search variable and fixed in [hyperparameters]")
             if hp not in names and not fixed:
                 problems.append(f"{hp} is neither a search variable nor fixed in [hyperparameters]")
-        multiples = {v.name: v.of for v in self.space if v.decode == "multiple"}
+        multiples = {v.name: v.of for v in self.space if v.of}
         for name, of in multiples.items():
             if of in multiples:
                 problems.append(f"{name} is a multiple of {of}, which is itself a multiple: not supported")
+        if "training.epochs" in names and self.training.max_steps is not None and "training.max_steps" not in names:
+            problems.append(
+                "training.epochs is a variable, but training.max_steps (set) overrides it: remove max_steps"
+            )
+        for variable in self.space:
+            if variable.is_setting:
+                problems += self._setting_problems(variable)
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @model_validator(mode="after")
+    def _check_lora(self) -> Experiment:
+        problems = lora_problems(self.model, self.lora)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _setting_problems(self, variable: VariableConfig) -> list[str]:
+        """Values of a setting variable that its section refuses, found at load time (section by section: the whole
+        experiment is validated again for each point, see :meth:`with_settings`)."""
+        section, _, key = variable.name.partition(".")
+        current = getattr(self, section)
+        problems = []
+        for value in variable.candidate_values():
+            changes = {key: value} if key else value
+            if not isinstance(changes, dict):
+                problems.append(
+                    f"variable {variable.name}: the choices of a section are tables of its keys, got {value!r}"
+                )
+                continue
+            unknown = [k for k in changes if k not in SEARCHABLE[section]]
+            if unknown:
+                problems += [
+                    f"variable {variable.name}: {problem}"
+                    for k in unknown
+                    for problem in searchable_problems(f"{section}.{k}")
+                ]
+                continue
+            try:
+                changed = type(current).model_validate({**current.model_dump(), **changes})
+            except ValidationError as e:
+                problems += [f"variable {variable.name} = {value!r}: {_describe(err)}" for err in e.errors()]
+                continue
+            model = changed if isinstance(changed, ModelConfig) else self.model
+            lora = changed if isinstance(changed, LoraVariantConfig) else self.lora
+            problems += [f"variable {variable.name} = {value!r}: {p}" for p in lora_problems(model, lora)]
+        return problems
+
+    def with_settings(self, settings: Mapping[str, Any]) -> Experiment:
+        """This experiment with the decoded settings of a point (``{"training.epochs": 2, "lora": {...}}``), validated
+        again as a whole: the experiment that the point trains with.
+
+        Raises:
+            PointError: the settings make an invalid experiment (e.g. two settings that do not go together).
+        """
+        if not settings:
+            return self
+        raw = self.model_dump()
+        for name, value in settings.items():
+            section, _, key = name.partition(".")
+            raw[section] = {**raw[section], **({key: value} if key else value)}
+        try:
+            return Experiment.model_validate(raw)
+        except ValidationError as e:
+            problems = "; ".join(_describe(err) for err in e.errors())
+            raise PointError(f"the settings {dict(settings)} are not valid together: {problems}") from e
 
     @property
     def records_dir(self) -> Path:
@@ -446,7 +695,10 @@ class Experiment(_Section):
     def fingerprint(self) -> str:
         """A short hash of the settings that decide an evaluation's result (not where records go, nor what
         ``downstream`` scores afterwards)."""
-        return hashlib.sha256(self.model_dump_json(exclude={"records", "downstream"}).encode()).hexdigest()[:16]
+        # The LoRA variant counts only when it is not plain LoRA: experiments from before [lora] keep their fingerprint.
+        plain = {"lora"} if self.lora == LoraVariantConfig() else set()
+        exclude = {"records", "downstream", *plain}
+        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
 
 def write_snapshot(experiment: Experiment) -> Path:

@@ -46,7 +46,7 @@ class EvalRecord:
     error: str | None = None
     point_line: str | None = None
     point: tuple[float, ...] | None = None
-    hparams: dict[str, float] | None = None
+    hparams: dict[str, Any] | None = None  # the four LoRA hyperparameters and the settings that are variables
     metrics: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     memory: dict[str, float] = field(default_factory=dict)

@@ -1,7 +1,8 @@
-"""The search space: NOMAD's numbers on one side, LoRA hyperparameters on the other.
+"""The search space: NOMAD's numbers on one side, LoRA hyperparameters and settings on the other.
 
 NOMAD sees indices, exponents and multipliers; only :meth:`SearchSpace.decode` maps them to the
-values a training run uses, and :meth:`SearchSpace.encode` maps them back.
+values a training run uses (the four LoRA hyperparameters, and the settings of the experiment that are
+variables: ``training.epochs``, ``lora.use_dora``, ...), and :meth:`SearchSpace.encode` maps them back.
 
 Example (the paper's third study)::
 
@@ -12,12 +13,16 @@ Example (the paper's third study)::
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import asdict, dataclass
-from typing import Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from blackbox.errors import PointError
 from blackbox.experiment import HPARAM_NAMES, Experiment, VariableConfig
+
+Categorical = None | bool | int | float | str
 
 
 class Trial(Protocol):
@@ -27,31 +32,42 @@ class Trial(Protocol):
 
     def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None) -> float: ...
 
+    def suggest_categorical(self, name: str, choices: Sequence[Categorical]) -> Categorical: ...
+
 
 @dataclass(frozen=True)
 class HyperParams:
-    """The tuned hyperparameters of one evaluation."""
+    """The tuned hyperparameters of one evaluation: the four of LoRA, and ``settings``, the decoded values of the
+    variables that are experiment settings, by dotted key (``{"training.epochs": 2, "lora.use_dora": True}``).
+    The point trains with ``experiment.with_settings(hparams.settings)``."""
 
     lora_r: int
     lora_alpha: float
     lora_dropout: float
     learning_rate: float
+    settings: dict[str, Any] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+    def as_dict(self) -> dict[str, Any]:
+        """Every decoded value by name, the settings by their dotted keys: what records and ``decode`` show."""
+        values: dict[str, Any] = {name: getattr(self, name) for name in HPARAM_NAMES}
+        return {**values, **self.settings}
 
 
 @dataclass(frozen=True)
 class SearchSpace:
+    """The variables of an experiment, the fixed LoRA hyperparameters, and the experiment that the decoded settings
+    of a point must keep valid (None: settings are not checked)."""
+
     variables: tuple[VariableConfig, ...]
     fixed: dict[str, float]
+    experiment: Experiment | None = None
 
     @classmethod
     def from_experiment(cls, experiment: Experiment) -> SearchSpace:
         fixed = {
             name: value for name in HPARAM_NAMES if (value := getattr(experiment.hyperparameters, name)) is not None
         }
-        return cls(variables=experiment.space, fixed=fixed)
+        return cls(variables=experiment.space, fixed=fixed, experiment=experiment)
 
     @property
     def dimension(self) -> int:
@@ -90,20 +106,29 @@ class SearchSpace:
         return tuple(snapped)
 
     def decode(self, point: tuple[float, ...]) -> HyperParams:
-        """Map a checked point to hyperparameters.
+        """Map a checked point to hyperparameters and settings.
 
         Raises:
-            PointError: the point fails :meth:`check`, or decodes to an impossible value.
+            PointError: the point fails :meth:`check`, decodes to an impossible value, or its settings make the
+                experiment invalid.
         """
         point = self.check(point)
         values: dict[str, float] = dict(self.fixed)
+        settings: dict[str, Any] = {}
         for var, x in zip(self.variables, point, strict=True):
-            if var.decode != "multiple":
-                values[var.name] = _decode_one(var, x)
+            if var.is_setting:
+                settings[var.name] = var.decode_value(x)
+            elif not var.of:
+                values[var.name] = var.decode_value(x)
         for var, x in zip(self.variables, point, strict=True):
             if var.decode == "multiple":
                 values[var.name] = x * values[var.of]
-        return _hparams(values)
+            elif var.decode == "sqrt_multiple":
+                values[var.name] = x * math.sqrt(values[var.of])
+        hparams = _hparams(values, settings)
+        if settings and self.experiment is not None:
+            self.experiment.with_settings(settings)  # raises PointError
+        return hparams
 
     def encode(self, hparams: HyperParams) -> tuple[float, ...]:
         """The point that decodes to ``hparams`` (inverse of :meth:`decode`).
@@ -114,37 +139,45 @@ class SearchSpace:
         values = hparams.as_dict()
         point = []
         for var in self.variables:
+            if var.name not in values:
+                raise PointError(f"{var.name} is a variable of the space, but has no value")
             value = values[var.name]
-            if var.decode == "plain":
-                x = value
-            elif var.decode == "choice":
-                matches = [i for i, v in enumerate(var.values, start=1) if math.isclose(v, value)]
+            if var.decode == "choice":
+                matches = [i for i, v in enumerate(var.values, start=1) if _same(v, value)]
                 if not matches:
-                    raise PointError(f"{var.name}={value} is not one of {list(var.values)}")
+                    raise PointError(f"{var.name}={value!r} is not one of {list(var.values)}")
                 x = float(matches[0])
+            elif not isinstance(value, int | float):
+                raise PointError(f"{var.name}={value!r} is not a number")
+            elif var.decode == "plain":
+                x = float(value)
             elif var.decode == "power_of_two":
                 x = math.log2(value)
             elif var.decode == "log10":
                 x = math.log10(value)
-            else:
+            elif var.decode == "multiple":
                 x = value / values[var.of]
+            else:
+                x = value / math.sqrt(values[var.of])
             if var.type in ("I", "B"):
                 x = float(round(x))
             point.append(x)
         encoded = self.check(tuple(point))
         # Up to rounding: 10 ** log10(3e-4) is 3.0000000000000003e-4, and that is the same learning rate.
-        decoded, wanted = self.decode(encoded).as_dict(), _hparams(values).as_dict()
-        if any(not math.isclose(decoded[name], wanted[name], rel_tol=1e-9) for name in HPARAM_NAMES):
+        decoded = self.decode(encoded).as_dict()
+        if any(not _same(decoded[name], values[name]) for name in decoded):
             raise PointError(f"{hparams} is not in the search space")
         return encoded
 
     def suggest(self, trial: Trial) -> tuple[float, ...]:
-        """Ask an Optuna trial for a point, one parameter per variable in NOMAD's coordinates.
+        """Ask an Optuna trial for a point, one parameter per variable, and return it in NOMAD's coordinates.
 
-        ``I``/``B`` variables are ``suggest_int`` over their bounds (indices, exponents, multipliers),
-        ``R`` variables ``suggest_float``, with ``step`` set to a granularity: the numbers NOMAD would
-        see, so that records of both solvers are comparable. A log10 variable is uniform in the exponent,
-        as in NOMAD. Decode the point with :meth:`decode`.
+        A ``choice`` variable is ``suggest_categorical`` over its values (a value that is not a number, string,
+        boolean or None as its JSON text, e.g. ``'["q_proj", "v_proj"]'``): Optuna samples the values, not the
+        indices, and the point holds the index, as NOMAD's would. Other ``I``/``B`` variables are ``suggest_int``
+        over their bounds (exponents, multipliers), ``R`` variables ``suggest_float``, with ``step`` set to a
+        granularity: the numbers NOMAD would see, so that records of both solvers are comparable. A log10
+        variable is uniform in the exponent, as in NOMAD. Decode the point with :meth:`decode`.
 
         Example::
 
@@ -153,7 +186,12 @@ class SearchSpace:
         """
         values = []
         for var in self.variables:
-            if var.type in ("I", "B"):
+            if var.decode == "choice":
+                first = int(var.lower)
+                choices = [categorical(v) for v in var.values[first - 1 : int(var.upper)]]
+                picked = trial.suggest_categorical(var.name, choices)
+                values.append(float(first + choices.index(picked)))
+            elif var.type in ("I", "B"):
                 values.append(float(trial.suggest_int(var.name, int(var.lower), int(var.upper))))
             else:
                 step = var.granularity or None
@@ -161,19 +199,23 @@ class SearchSpace:
         return self.check(tuple(values))
 
 
-def _decode_one(var: VariableConfig, x: float) -> float:
-    if var.decode == "plain":
-        return x
-    if var.decode == "choice":
-        return float(var.values[int(x) - 1])
-    if var.decode == "power_of_two":
-        return float(2.0**x)
-    if var.decode == "log10":
-        return float(10.0**x)
-    raise AssertionError(f"unhandled decode {var.decode!r}")  # 'multiple' is decoded by the caller
+def categorical(value: Any) -> Categorical:
+    """A choice as Optuna's categorical distributions hold it: itself, or its JSON text (lists, tables)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return json.dumps(value, sort_keys=True)
 
 
-def _hparams(values: dict[str, float]) -> HyperParams:
+def _same(a: Any, b: Any) -> bool:
+    """Whether two decoded values are the same: numbers up to rounding, lists and tuples alike."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return bool(json.loads(json.dumps(a)) == json.loads(json.dumps(b)))
+
+
+def _hparams(values: dict[str, float], settings: dict[str, Any]) -> HyperParams:
     r, alpha, dropout, lr = (values[name] for name in HPARAM_NAMES)
     if not float(r).is_integer() or r < 1:
         raise PointError(f"lora_r must be a positive integer, decoded {r!r}")
@@ -185,4 +227,6 @@ def _hparams(values: dict[str, float]) -> HyperParams:
         raise PointError(f"learning_rate must be a positive number, decoded {lr!r}")
     # An integral alpha stays an int, so that it prints as 64, not 64.0.
     alpha = int(alpha) if float(alpha).is_integer() else float(alpha)
-    return HyperParams(lora_r=int(r), lora_alpha=alpha, lora_dropout=float(dropout), learning_rate=float(lr))
+    return HyperParams(
+        lora_r=int(r), lora_alpha=alpha, lora_dropout=float(dropout), learning_rate=float(lr), settings=settings
+    )

@@ -204,7 +204,8 @@ MakeStudy = Callable[..., Path]
 @pytest.fixture
 def make_study(tmp_path: Path, make_experiment: MakeExperiment) -> MakeStudy:
     """Write a study's NOMAD parameter file with ``lora-blackbox params`` and return it:
-    ``make_study(budget=4, steps=6, block_size=1, container=None, extra=["training.log_every_steps=1"])``."""
+    ``make_study(budget=4, steps=6, block_size=1, container=None, extra=["training.log_every_steps=1"],
+    space="rank_lr")``."""
 
     def make(
         *,
@@ -213,10 +214,11 @@ def make_study(tmp_path: Path, make_experiment: MakeExperiment) -> MakeStudy:
         block_size: int = 1,
         container: str | None = None,
         extra: Sequence[str] = (),
+        space: str = "rank_lr",
     ) -> Path:
         experiment = make_experiment(
             tmp_path / "study.toml",
-            space="rank_lr",
+            space=space,
             name="tiny-study",
             budget=budget,
             steps=steps,

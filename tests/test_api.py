@@ -44,6 +44,17 @@ def test_encode_hyperparameters_into_points_of_the_space() -> None:
         Blackbox(load_experiment("demo"), ["training.max_steps=2"])
 
 
+def test_encode_settings_by_their_dotted_keys() -> None:
+    bb = Blackbox("demo_variants")
+    given = {"lora_r": 8, "lora_alpha": 8 * math.sqrt(8), "learning_rate": 1e-3, "training.epochs": 1}
+    given |= {"lora": {"use_dora": True}, "model.target_modules": "attention"}
+    assert bb.encode(given) == (3.0, 8.0, -3.0, 2.0, 2.0, 1.0)
+    with pytest.raises(PointError, match=r"missing hyperparameters.*training\.epochs"):
+        bb.encode({k: v for k, v in given.items() if k != "training.epochs"})
+    with pytest.raises(PointError, match="is not one of"):
+        bb.encode({**given, "model.target_modules": "mlp"})
+
+
 @pytest.mark.slow
 def test_evaluate_in_process_and_in_a_subprocess(tiny_experiment: Path) -> None:
     bb = Blackbox(tiny_experiment)

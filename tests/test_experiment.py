@@ -191,3 +191,47 @@ def test_parse_value() -> None:
     assert parse_value("/a/b") == "/a/b"
     assert parse_value("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf"
     assert parse_value('"quoted"') == "quoted"
+
+
+_SPACE = '\n[[space]]\nname = "{name}"\ntype = "{type}"\nlower = {lower}\nupper = {upper}\nx0 = {lower}\n{more}\n'
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "bounds", "more", "message"),
+    [
+        ("data.max_length", "I", (32, 64), "", "the data are read and tokenised once per call"),
+        ("model.name_or_path", "I", (1, 1), 'decode = "choice"\nvalues = ["a"]', "is the base model"),
+        ("model.quantization", "I", (1, 2), 'decode = "choice"\nvalues = ["none", "nf4"]', "how the base model loads"),
+        ("records.dir", "I", (1, 1), 'decode = "choice"\nvalues = ["x"]', "where records go"),
+        ("study.budget", "I", (1, 2), "", "describes the study"),
+        ("training.packing", "B", (0, 1), "", "attention implementation"),
+        ("training.seed", "I", (1, 2), "", "same for every point"),
+        ("training.foo", "R", (0, 1), "", "not a searchable setting; searchable: training.epochs"),
+        ("lora", "I", (1, 1), 'decode = "choice"\nvalues = [{ seed = 3 }]', "'lora.seed' is not a searchable"),
+        ("lora", "B", (0, 1), "", "decode 'choice' only"),
+        ("lora.bias", "I", (1, 2), 'decode = "choice"\nvalues = ["none", "some"]', "lora.bias = 'some': bias: Input"),
+        ("lora.init_lora_weights", "I", (1, 1), 'decode = "choice"\nvalues = ["loftq"]', "needs model.quantization"),
+        ("training.warmup_ratio", "R", (0, 1), "", "warmup_ratio = 1.0"),
+        ("training.epochs", "I", (1, 2), "", "max_steps (set) overrides it"),
+        ("lora_dropout", "B", (0, 1), "", "a binary variable decodes"),
+        ("lora_r", "I", (1, 2), 'decode = "choice"\nvalues = [4, "8"]', "the choices of lora_r are numbers"),
+    ],
+)
+def test_variables_that_cannot_be_searched_are_refused_at_load_time(
+    tmp_path, name: str, kind: str, bounds: tuple[int, int], more: str, message: str
+) -> None:
+    base = resources.files("blackbox").joinpath("experiments", "demo.toml").read_text()
+    path = tmp_path / "x.toml"
+    path.write_text(base + _SPACE.format(name=name, type=kind, lower=bounds[0], upper=bounds[1], more=more))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_experiment(str(path))
+
+
+def test_the_lora_section_and_target_presets() -> None:
+    experiment = load_experiment("demo", ["lora.use_dora=true", "model.target_modules=all-linear"])
+    assert experiment.lora.use_dora and experiment.model.target_modules == "all-linear"
+    assert load_experiment("demo").fingerprint() != experiment.fingerprint()
+    with pytest.raises(ConfigError, match="target_modules"):
+        load_experiment("demo", ["model.target_modules=everything"])
+    with pytest.raises(ConfigError, match="init_lora_weights"):
+        load_experiment("demo", ["lora.init_lora_weights=pissa_niter_"])

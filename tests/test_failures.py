@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from blackbox.errors import SetupError
+from blackbox.experiment import load_experiment
 from blackbox.record import read_records
 
 pytestmark = pytest.mark.slow
@@ -199,9 +200,10 @@ def test_every_failure_through_optuna_and_the_isolated_api(
     kinds = ["ok", "diverged", "error", "oom", "killed"]
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(storage=storage, study_name="policy")
+    ranks = load_experiment(str(experiment)).space[0].values  # a choice: Optuna samples its values
     for kind in kinds:
         rank, lr, dropout = (float(v) for v in KINDS[kind][0].split())
-        study.enqueue_trial({"lora_r": int(rank), "learning_rate": lr, "lora_dropout": dropout})
+        study.enqueue_trial({"lora_r": ranks[int(rank) - 1], "learning_rate": lr, "lora_dropout": dropout})
     folder = tmp_path / "study"
     command = [*blackbox_cmd, "-q", "optuna", "-e", str(experiment), "--storage", storage, "--study-name", "policy"]
     command += ["--dir", str(folder), "--n-trials", str(len(kinds))]

@@ -31,7 +31,9 @@ def _arguments(path: Path) -> list[str]:
 
 
 def test_the_paper_studies_and_the_demo_are_committed() -> None:
-    assert {"demo", "paper_exp1", "paper_exp2", "paper_exp3"} <= {p.stem for p in COMMITTED}
+    assert {"demo", "paper_exp1", "paper_exp2", "paper_exp3", "lora_variants", "demo_variants"} <= {
+        p.stem for p in COMMITTED
+    }
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
@@ -52,7 +54,7 @@ def _value(text: str, name: str) -> str:
     return match.group(1)
 
 
-@pytest.mark.parametrize("name", ["demo", "paper_exp1", "paper_exp2", "paper_exp3"])
+@pytest.mark.parametrize("name", ["demo", "paper_exp1", "paper_exp2", "paper_exp3", "lora_variants", "demo_variants"])
 def test_the_space_in_the_file_is_the_experiments(name: str) -> None:
     experiment = load_experiment(name)
     space = SearchSpace.from_experiment(experiment)

@@ -65,7 +65,9 @@ def write_report(
         render_page(runs, objective=minimised, figures=figures, top_rows=rows, downstream=scores), encoding="utf-8"
     )
     files["summary"] = out_dir / "summary.json"
-    files["summary"].write_text(json.dumps(_summary(runs, rows, minimised, downstream), indent=1, allow_nan=False) + "\n")
+    files["summary"].write_text(
+        json.dumps(_summary(runs, rows, minimised, downstream), indent=1, allow_nan=False) + "\n"
+    )
     logger.info("report of %d run(s) written to %s", len(runs), out_dir)
     return files
 

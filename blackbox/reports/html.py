@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -169,9 +170,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, table_id: st
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'
 
 
-def _hparam(value: float | None) -> str:
+def _hparam(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool) or not isinstance(value, int | float):  # a setting: a string, list or table
+        return json.dumps(value)
     return str(int(value)) if float(value).is_integer() else f"{value:.6g}"
 
 

@@ -34,7 +34,7 @@ class Evaluation:
     best_so_far: float  # nan until the first defined objective
     hours: float  # wall-clock hours of this evaluation (process start, loading, training, validation)
     cumulative_hours: float
-    hparams: dict[str, float] | None
+    hparams: dict[str, Any] | None  # decoded: LoRA hyperparameters, and settings by dotted key
     point: tuple[float, ...] | None
     run_id: str
     device: str | None

@@ -2,13 +2,15 @@
 
 - Convergence: the best objective so far against evaluations and against accumulated hours, every run
   on the same axes; runs with the same label share a colour (e.g. three seeds of one solver).
-- Parallel coordinates: one line per evaluation across the decoded hyperparameters and the objective,
-  coloured by the objective; one panel per label. Failed evaluations are grey and dashed.
+- Parallel coordinates: one line per evaluation across the decoded hyperparameters and settings and the
+  objective, coloured by the objective; one panel per label. Failed evaluations are grey and dashed. A setting
+  whose values are not numbers (a variant, target modules) is a categorical axis labelled by its values.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -91,24 +93,28 @@ def parallel_coordinates_png(runs: Sequence[Run], *, objective: str) -> bytes:
     finite = [e.objective for es in evaluations.values() for e in es if math.isfinite(e.objective)]
     norm = colors.Normalize(min(finite, default=0.0), max(finite, default=1.0))
     cmap = plt.get_cmap("viridis_r")  # bright: low (good) objectives
-    columns = {name: [_value(e, name) for es in evaluations.values() for e in es] for name in axes_names}
+    columns = {name: [_value(e, name, objective) for es in evaluations.values() for e in es] for name in axes_names}
     scales = {name: _Scale(columns[name]) for name in axes_names}
     figure, panels = plt.subplots(len(labels), 1, figsize=(10, 3.6 * len(labels)), squeeze=False)
     for panel, label in zip(panels[:, 0], labels, strict=True):
         xs = list(range(len(axes_names)))
         # The best last, so that it is drawn on top.
         for e in sorted(evaluations[label], key=lambda e: -e.objective if math.isfinite(e.objective) else math.inf):
-            ys = [scales[name].position(_value(e, name)) for name in axes_names]
+            ys = [scales[name].position(_value(e, name, objective)) for name in axes_names]
             if math.isfinite(e.objective):
                 panel.plot(xs, ys, color=cmap(norm(e.objective)), alpha=0.8, linewidth=1.4)
             else:
                 panel.plot(xs, ys, color="0.6", linestyle="--", alpha=0.6, linewidth=1.0)
         for x, name in enumerate(axes_names):
             panel.axvline(x, color="0.3", linewidth=0.8)
-            low, high = scales[name].ticks()
-            panel.annotate(low, (x, -0.02), ha="center", va="top", fontsize=8)
-            panel.annotate(high, (x, 1.02), ha="center", va="bottom", fontsize=8)
-        panel.set_xticks(xs, [f"{n}{' (log)' if scales[n].log else ''}" for n in axes_names])
+            for position, text in scales[name].ticks():
+                if scales[name].levels is None:  # numbers: the range, below and above the axis
+                    panel.annotate(
+                        text, (x, position), ha="center", va="top" if position < 0.5 else "bottom", fontsize=8
+                    )
+                else:  # categories: each value beside its place on the axis
+                    panel.annotate(text, (x + 0.03, position), ha="left", va="center", fontsize=7)
+        panel.set_xticks(xs, [f"{n}{' (log)' if scales[n].log else ''}" for n in axes_names], fontsize=8, rotation=10)
         panel.set_yticks([])
         panel.set_ylim(-0.12, 1.12)
         panel.set_title(f"{label}: {len(evaluations[label])} evaluations (grey dashed: failed or diverged)")
@@ -124,37 +130,58 @@ def _varying_hparams(runs: Sequence[Run]) -> list[str]:
             for name in e.hparams or {}:
                 if name not in names:
                     names.append(name)
-    return [n for n in names if len({_value(e, n) for r in runs for e in r.evaluations if e.hparams}) > 1]
+    return [n for n in names if len({_key(_value(e, n, "")) for r in runs for e in r.evaluations if e.hparams}) > 1]
 
 
-def _value(evaluation: Any, name: str) -> float:
-    if name in (evaluation.hparams or {}):
-        return float(evaluation.hparams[name])
-    if name not in ("lora_r", "lora_alpha", "lora_dropout", "learning_rate"):
+def _value(evaluation: Any, name: str, objective: str) -> Any:
+    """The objective, or a decoded value (a number, or a setting's string, boolean, list or table; nan if none)."""
+    if name == objective:
         return float(evaluation.objective)
-    return math.nan
+    return (evaluation.hparams or {}).get(name, math.nan)
+
+
+def _key(value: Any) -> str:
+    """A value as one label: numbers as they print, settings as compact JSON (``["q_proj","v_proj"]``, ``{}``)."""
+    return f"{value:g}" if _is_number(value) else json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class _Scale:
-    """Maps an axis's values to [0, 1]; logarithmic when they are positive and span more than a decade.
-    Undefined values (failed points' objectives) are drawn at the top."""
+    """Maps an axis's values to [0, 1]. Numbers: linear, or logarithmic when they are positive and span more than
+    a decade; undefined values (failed points' objectives) are drawn at the top. Other values (a setting's strings,
+    booleans, lists, tables): categories, evenly spaced in the order of their labels, each labelled by its value."""
 
-    def __init__(self, values: Sequence[float]) -> None:
-        finite = [v for v in values if math.isfinite(v)]
+    def __init__(self, values: Sequence[Any]) -> None:
+        known = [v for v in values if not (_is_number(v) and math.isnan(v))]
+        self.levels: list[str] | None = None
+        if any(not _is_number(v) for v in known):
+            self.levels = sorted({_key(v) for v in known})
+            known = []
+        finite = [v for v in known if math.isfinite(v)]
         self.low, self.high = min(finite, default=0.0), max(finite, default=1.0)
         self.log = bool(finite) and self.low > 0 and self.high / self.low > 10
 
     def _t(self, v: float) -> float:
         return math.log10(v) if self.log else v
 
-    def position(self, value: float) -> float:
+    def position(self, value: Any) -> float:
+        if self.levels is not None:
+            if _is_number(value) and math.isnan(value):
+                return 1.08
+            return self.levels.index(_key(value)) / max(len(self.levels) - 1, 1)
         if not math.isfinite(value):
             return 1.08
         span = self._t(self.high) - self._t(self.low)
         return 0.5 if span == 0 else (self._t(value) - self._t(self.low)) / span
 
-    def ticks(self) -> tuple[str, str]:
-        return f"{self.low:.3g}", f"{self.high:.3g}"
+    def ticks(self) -> list[tuple[float, str]]:
+        """(position, label): the range of numbers just outside it, or every category at its place."""
+        if self.levels is not None:
+            return [(i / max(len(self.levels) - 1, 1), label) for i, label in enumerate(self.levels)]
+        return [(-0.02, f"{self.low:.3g}"), (1.02, f"{self.high:.3g}")]
 
 
 def downstream_png(scores: Sequence[BenchmarkScores]) -> bytes:

@@ -1,7 +1,8 @@
 """An Optuna study over an experiment's search space, evaluated through the same code path as NOMAD's.
 
-Each trial suggests every search variable in NOMAD's coordinates (:meth:`SearchSpace.suggest`: integer
-indices, exponents and multipliers, log10 learning rates as reals), and the point is evaluated by
+Each trial suggests every search variable (:meth:`SearchSpace.suggest`: a choice as a categorical over its
+values, exponents and multipliers as integers, log10 learning rates as reals), the point is kept in NOMAD's
+coordinates (a choice by its index), and it is evaluated by
 :class:`blackbox.api.Blackbox`: by default in a ``lora-blackbox eval`` subprocess, exactly as NOMAD's
 BB_EXE, so that a crash or an out-of-memory kill fails one trial, not the study. Records go to the
 study folder as for NOMAD. Optuna is imported only here.
@@ -95,7 +96,8 @@ def make_sampler(kind: Sampler, seed: int, blackbox: Blackbox) -> optuna.sampler
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "cmaes":
-        x0 = dict(zip(blackbox.space.names, blackbox.space.x0, strict=True))
+        # Categorical variables (choices) are sampled independently of CMA-ES: they have no starting value.
+        x0 = {v.name: v.x0 for v in blackbox.space.variables if v.decode != "choice"}
         return optuna.samplers.CmaEsSampler(x0=x0, seed=seed, warn_independent_sampling=False)
     raise SetupError(f"unknown sampler {kind!r}; known: {', '.join(SAMPLERS)}")
 
@@ -272,6 +274,10 @@ def _check_identity(study: optuna.Study, blackbox: Blackbox, sampler: Sampler, s
         "sampler": sampler,
         "seed": seed,
     }
+    choices = [v.name for v in blackbox.space.variables if v.decode == "choice"]
+    if choices:
+        # Sampled as categorical values: a study that sampled them as integer indices (older versions) differs.
+        identity["categorical"] = choices
     stored = study.user_attrs.get(_ATTR_IDENTITY)
     if stored is None:
         # Queued (WAITING) trials are welcome, e.g. known points enqueued with study.enqueue_trial.

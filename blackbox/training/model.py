@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from blackbox.errors import SetupError
-from blackbox.experiment import ModelConfig, TrainingConfig
+from blackbox.experiment import LoraVariantConfig, ModelConfig, TrainingConfig, lora_targets
 from blackbox.space import HyperParams
 from blackbox.training.precision import Precision
 
 logger = logging.getLogger(__name__)
+
+PLAIN_LORA = LoraVariantConfig()
 
 
 def resolve_device(setting: str, *, local_rank: int = 0) -> torch.device:
@@ -153,33 +157,89 @@ def _quantization_config(config: ModelConfig, precision: Precision) -> Any:
     )
 
 
-def attach_lora(base_model: Any, hparams: HyperParams, config: ModelConfig) -> Any:
-    """Wrap the base model with a fresh LoRA adapter (random A, zero B, as peft initialises it).
+def attach_lora(
+    base_model: Any, hparams: HyperParams, config: ModelConfig, lora: LoraVariantConfig = PLAIN_LORA
+) -> Any:
+    """Wrap the base model with a fresh LoRA adapter of the experiment's variant (peft's ``LoraConfig``): DoRA,
+    rsLoRA, its initialisation (peft's default: random A, zero B), trained biases, the target modules.
 
-    Seed the RNG before calling: the initialisation draws from it.
+    Seed the RNG before calling: the initialisation draws from it. When ``lora.changes_base_model`` (PiSSA, OLoRA,
+    trained biases), the base model is changed by the adapter: load it again before attaching another.
     """
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(
+    init = lora.init_lora_weights
+    targets = lora_targets(config.target_modules)
+    if targets == "all-linear":
+        # Named here rather than by peft, which refuses "all-linear" together with layers_to_transform.
+        targets = _linear_layer_names(base_model)
+    peft_config = LoraConfig(
         r=hparams.lora_r,
         lora_alpha=hparams.lora_alpha,  # type: ignore[arg-type]  # annotated int; any number works
         lora_dropout=hparams.lora_dropout,
-        target_modules=list(config.target_modules),
+        target_modules=targets,
         layers_to_transform=list(config.layers_to_transform) or None,
-        bias="none",
+        bias=lora.bias,
+        use_dora=lora.use_dora,
+        use_rslora=lora.use_rslora,
+        # LoftQ replaces the default initialisation once the quantised layers are wrapped (below).
+        init_lora_weights=True if init in ("default", "loftq") else init,  # type: ignore[arg-type]
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(base_model, lora)
+        model = get_peft_model(base_model, peft_config)
+        if init == "loftq":
+            _init_loftq(model, config)
+        return model
     except ValueError as e:
         _strip_lora(base_model)
         # peft names the modules it could not find: a configuration error of the whole experiment.
-        raise SetupError(f"cannot attach LoRA to {list(config.target_modules)}: {e}") from e
+        raise SetupError(f"cannot attach LoRA to {config.target_modules}: {e}") from e
     except BaseException:
         # E.g. out of memory for a huge rank, after some layers were already wrapped: put them back,
         # so that the next point starts from the plain base model.
         _strip_lora(base_model)
         raise
+
+
+def _linear_layer_names(model: Any) -> list[str]:
+    """The names of the model's linear layers but the output layer (peft's "all-linear"), e.g. q_proj ... down_proj."""
+    output = model.get_output_embeddings()
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not output  # bitsandbytes' layers are Linear too
+    }
+    return sorted(names)
+
+
+def _init_loftq(model: Any, config: ModelConfig) -> None:
+    """LoftQ on a 4-bit model: each adapter initialised so that it offsets the quantisation error of its layer,
+    from the full-precision weights in the model's safetensors files (a local folder, or the hub's cache)."""
+    from peft.utils.loftq_utils import replace_lora_weights_loftq
+
+    if not torch.cuda.is_available():
+        # peft 0.21 computes LoftQ's decomposition on CUDA (or XPU), whatever the model's device.
+        raise SetupError("lora.init_lora_weights = 'loftq' needs CUDA: peft computes LoftQ there")
+    location = model_location(config)
+    replace_lora_weights_loftq(model, model_path=location if Path(location).is_dir() else None)
+
+
+def save_initial_adapter(model: Any, lora: LoraVariantConfig, folder: Path) -> Path | None:
+    """Save a PiSSA or OLoRA adapter before training (None for other variants): such an adapter applies to the
+    residual weights left in the base model, and :func:`save_adapter` needs its initial state to convert it."""
+    if not lora.init_lora_weights.startswith(("pissa", "olora")):
+        return None
+    model.save_pretrained(folder)
+    return folder
+
+
+def save_adapter(model: Any, folder: Path, *, initial: Path | None = None) -> None:
+    """Save the trained adapter. With ``initial`` (PiSSA, OLoRA), peft converts it into a plain LoRA adapter of
+    twice the rank that applies to the original base model, as every saved adapter of a study does."""
+    model.save_pretrained(folder, path_initial_model_for_weight_conversion=str(initial) if initial else None)
+    if initial is not None:
+        shutil.rmtree(initial)
 
 
 def detach_lora(peft_model: Any) -> Any:

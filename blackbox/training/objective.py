@@ -50,6 +50,8 @@ from blackbox.training.model import (
     load_base_model,
     load_tokenizer,
     resolve_device,
+    save_adapter,
+    save_initial_adapter,
 )
 from blackbox.training.precision import Precision, resolve_precision
 from blackbox.training.train import train
@@ -66,7 +68,7 @@ class _Loaded:
 
     tokenizer: Any
     splits: Splits
-    base_model: Any
+    base_model: Any  # None after a point that changed it: loaded again for the next one
     device: torch.device
     precision: Precision
     pad_id: int
@@ -138,12 +140,17 @@ class Evaluator:
             return self._finish(attempt, Status.OK, None)
 
     def _train_and_validate(self, hparams: HyperParams, loaded: _Loaded, attempt: _Attempt) -> dict[str, Any]:
-        config = self.experiment
+        # The experiment this point trains with: its settings (training.epochs, lora.use_dora, ...) applied.
+        config = self.experiment.with_settings(hparams.settings)
         _seed_everything(config.training.seed)
-        model = attach_lora(loaded.base_model, hparams, config.model)
-        if self.world.size > 1:
-            torch.manual_seed(config.training.seed + self.world.rank)  # same adapter, own dropout per rank
+        model = None
         try:
+            model = attach_lora(loaded.base_model, hparams, config.model, config.lora)
+            if self.world.size > 1:
+                torch.manual_seed(config.training.seed + self.world.rank)  # same adapter, own dropout per rank
+            attention = getattr(model.config, "_attn_implementation", None)
+            saves = config.records.save_adapter and self.world.main
+            initial = save_initial_adapter(model, config.lora, attempt.run_dir / "adapter-initial") if saves else None
             trainable, _ = count_parameters(model)
             stats = train(
                 model=model,
@@ -172,12 +179,17 @@ class Evaluator:
             attempt.timings["validation_s"] = result.seconds
             if not math.isfinite(result.loss):
                 raise TrainingDiverged(f"validation loss is {result.loss}")
-            if config.records.save_adapter and self.world.main:
-                model.save_pretrained(attempt.run_dir / "adapter")
+            if saves:
+                save_adapter(model, attempt.run_dir / "adapter", initial=initial)
             scores = self._score_benchmarks(model, loaded, attempt) if loaded.scorer else {}
         finally:
-            loaded.base_model = detach_lora(model)
-            del model
+            if model is not None:
+                loaded.base_model = detach_lora(model)
+                model = None
+            if config.lora.changes_base_model:
+                # PiSSA and OLoRA moved part of the adapted weights into the adapter, trained biases changed: the
+                # next point of the call gets the base model loaded again (see _load).
+                loaded.base_model = None
             _release_memory(loaded.device)
         logger.info("validation loss %.6f (train loss %.4f)", result.loss, stats.train_loss)
         metrics = {
@@ -195,7 +207,7 @@ class Evaluator:
             "trainable_params": trainable,
             "micro_batch_size": stats.micro_batch_size,
             "precision": loaded.precision.describe(),
-            "attention": getattr(loaded.base_model.config, "_attn_implementation", None),
+            "attention": attention,
             "fidelity_train": config.fidelity.train,
             "fidelity_validation": config.fidelity.validation,
             **scores,
@@ -224,8 +236,11 @@ class Evaluator:
         return scores
 
     def _load(self, timings: dict[str, float]) -> _Loaded:
-        """Load the tokenizer, the data and the base model on the first call; reuse them afterwards."""
+        """Load the tokenizer, the data and the base model on the first call; reuse them afterwards (the base model
+        is loaded again after a point whose adapter changed it)."""
         if self._loaded is not None:
+            if self._loaded.base_model is None:
+                self._loaded.base_model = self._load_base_model(self._loaded.device, self._loaded.precision, timings)
             return self._loaded
         config = self.experiment
         if self.world.main:
@@ -240,10 +255,7 @@ class Evaluator:
         splits = prepare_splits(config.data, tokenizer)
         timings["data_prep_s"] = time.perf_counter() - started
         logger.info("data: %d train / %d validation examples", len(splits.train), len(splits.validation))
-        started = time.perf_counter()
-        base_model = load_base_model(config.model, config.training, device, precision)
-        timings["model_load_s"] = time.perf_counter() - started
-        logger.info("model %s loaded on %s in %.1f s", config.model.name_or_path, device, timings["model_load_s"])
+        base_model = self._load_base_model(device, precision, timings)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         scorer = None
         if config.benchmarks:
@@ -253,6 +265,14 @@ class Evaluator:
             scorer.check(config.benchmarks)  # an unknown task fails the call before any training
         self._loaded = _Loaded(tokenizer, splits, base_model, device, precision, pad_id, scorer)
         return self._loaded
+
+    def _load_base_model(self, device: torch.device, precision: Precision, timings: dict[str, float]) -> Any:
+        config = self.experiment
+        started = time.perf_counter()
+        base_model = load_base_model(config.model, config.training, device, precision)
+        timings["model_load_s"] = time.perf_counter() - started
+        logger.info("model %s loaded on %s in %.1f s", config.model.name_or_path, device, timings["model_load_s"])
+        return base_model
 
     def _finish(
         self, attempt: _Attempt, status: Status, error: str | None, traceback_text: str | None = None

@@ -221,3 +221,14 @@ def test_report_never_imports_torch(studies: dict, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
     assert (tmp_path / "report.html").exists()
+
+
+def test_settings_are_categorical_axes_labelled_by_value() -> None:
+    from blackbox.reports.plots import _Scale
+
+    targets = _Scale([["q_proj", "v_proj"], "attention", "all-linear", "attention", math.nan])
+    assert targets.ticks() == [(0.0, '"all-linear"'), (0.5, '"attention"'), (1.0, '["q_proj","v_proj"]')]
+    assert targets.position("attention") == 0.5 and targets.position(math.nan) == 1.08  # nan: a failed point
+    variants = _Scale([{}, {"use_dora": True}])
+    assert [label for _, label in variants.ticks()] == ['{"use_dora":true}', "{}"]  # in the order of their labels
+    assert _Scale([1, 2, 3]).ticks() == [(-0.02, "1"), (1.02, "3")]  # numbers: the range

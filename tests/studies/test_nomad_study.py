@@ -4,6 +4,7 @@ stops cleanly and resumes, a failed starting point ends the study with its error
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -153,3 +154,46 @@ def test_block_mode_end_to_end(tmp_path: Path, nomad_env, make_study, run_nomad,
         by_call.setdefault((r["pid"], r["point_file"]), []).append(r["block_index"])
     assert max(len(v) for v in by_call.values()) > 1  # several points in one blackbox call
     assert all(v == list(range(len(v))) for v in by_call.values())  # in order, one line each
+
+
+@pytest.mark.parametrize("nomad_env", ["binary"], indirect=True)
+def test_a_study_of_lora_variants(
+    tmp_path: Path, nomad_env, make_study, run_nomad, records_agree_with_nomad, ran_with_nomad
+) -> None:
+    """Categorical settings (the variant: a table of [lora] keys; the target modules: a list or a preset) are integer
+    indices for NOMAD, and alpha = k * sqrt(r) an integer k: records keep NOMAD's exact point and every decoded
+    setting, and the report draws them as categorical axes. (Both NOMADs read such a file: tests/test_params.py.)"""
+    from blackbox.experiment import load_experiment
+    from blackbox.reports import write_report
+    from blackbox.space import SearchSpace
+
+    param = make_study(budget=2, steps=2, space="variants")
+    text = param.read_text()
+    assert "BB_INPUT_TYPE ( I I R I I )\n" in text
+    assert '# lora: 1 = {}, 2 = {"use_dora": true}, 3 = {"init_lora_weights": "pissa"}\n' in text
+    assert '# model.target_modules: 1 = ["q_proj", "v_proj"], 2 = "attention"\n' in text
+    study_dir = tmp_path / "runs" / "study"
+    result = run_nomad(param, study_dir, nomad_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ran_with_nomad(result.stderr, nomad_env)
+    records, cache = records_agree_with_nomad(study_dir)
+    assert len(records) == len(cache) == 2
+    assert records[0]["point"] == [2, 2, -2, 1, 1]  # X0
+    assert records[0]["hparams"] == {
+        "lora_r": 4,
+        "lora_alpha": 4,
+        "lora_dropout": 0.0,
+        "learning_rate": 0.01,
+        "lora": {},
+        "model.target_modules": ["q_proj", "v_proj"],
+    }
+    space = SearchSpace.from_experiment(load_experiment(str(tmp_path / "study.toml")))
+    decoded = space.decode(tuple(records[1]["point"])).as_dict()
+    assert records[1]["hparams"] == json.loads(json.dumps(decoded))
+    files = write_report([str(study_dir)], tmp_path / "report")
+    top = json.loads(files["summary"].read_text())["top"]
+    assert {json.dumps(row["hparams"]["model.target_modules"]) for row in top} <= {
+        '["q_proj", "v_proj"]',
+        '"attention"',
+    }
+    assert files["parallel_coordinates"].stat().st_size > 0

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from blackbox.experiment import load_experiment
 from blackbox.record import read_records
-from blackbox.space import HyperParams, SearchSpace
+from blackbox.space import HyperParams, SearchSpace, categorical
 
 
 def test_a_trial_suggests_nomads_coordinates() -> None:
@@ -48,6 +48,56 @@ def test_a_granularity_becomes_a_step(tmp_path: Path) -> None:
     assert study.trials[0].distributions["learning_rate"].step == 0.25
 
 
+def test_choices_are_categorical_values_and_points_keep_nomads_indices() -> None:
+    """Optuna samples the values of a choice (JSON text for lists and tables), the point holds NOMAD's index."""
+    space = SearchSpace.from_experiment(load_experiment("demo_variants"))
+    params = {"lora_r": 3, "lora_alpha": 2, "learning_rate": -3.0, "lora": '{"use_dora": true}'}
+    params |= {"model.target_modules": "all-linear", "training.epochs": 1}
+    point = space.suggest(optuna.trial.FixedTrial(params))
+    assert point == (3.0, 2.0, -3.0, 2.0, 3.0, 1.0)
+    assert space.decode(point).settings == {
+        "lora": {"use_dora": True},
+        "model.target_modules": "all-linear",
+        "training.epochs": 1,
+    }
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(8):
+        trial = study.ask()
+        point = space.suggest(trial)
+        # The index in the point is the value Optuna sampled.
+        assert categorical(space.decode(point).settings["model.target_modules"]) == trial.params["model.target_modules"]
+        study.tell(trial, 1.0)
+    distributions = study.trials[0].distributions
+    assert distributions["model.target_modules"] == optuna.distributions.CategoricalDistribution(
+        ['["q_proj", "v_proj"]', "attention", "all-linear"]
+    )
+    assert distributions["lora"].choices == ("{}", '{"use_dora": true}', '{"use_rslora": true}')
+    assert distributions["training.epochs"] == optuna.distributions.IntDistribution(1, 3)
+    # A choice of numbers (the paper's ranks) is categorical too.
+    paper = SearchSpace.from_experiment(load_experiment("paper_exp1"))
+    trial = optuna.create_study().ask()
+    paper.suggest(trial)
+    assert trial.distributions["lora_r"] == optuna.distributions.CategoricalDistribution(
+        [4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
+    )
+
+
+def test_resuming_checks_that_choices_were_categorical(tmp_path: Path) -> None:
+    from blackbox.api import Blackbox
+    from blackbox.errors import SetupError
+    from blackbox.studies.optuna_study import _check_identity
+
+    blackbox = Blackbox("demo_variants", [f"records.dir={tmp_path}"])
+    study = optuna.create_study()
+    _check_identity(study, blackbox, "tpe", 0)
+    assert study.user_attrs["lora_blackbox"]["categorical"] == ["lora", "model.target_modules"]
+    _check_identity(study, blackbox, "tpe", 0)  # the same study resumes
+    older = {k: v for k, v in study.user_attrs["lora_blackbox"].items() if k != "categorical"}
+    study.set_user_attr("lora_blackbox", older)  # a study that sampled indices
+    with pytest.raises(SetupError, match="another categorical"):
+        _check_identity(study, blackbox, "tpe", 0)
+
+
 @pytest.fixture(scope="session")
 def run_optuna(blackbox_cmd: list[str]) -> Callable[..., subprocess.CompletedProcess[str]]:
     """``lora-blackbox optuna ARGS`` in ``cwd``, as a user runs it."""
@@ -68,7 +118,8 @@ def run_then_resumed(tmp_path_factory: pytest.TempPathFactory, write_tiny_experi
     folder = tmp / "study"
     storage = f"sqlite:///{tmp / 'optuna.db'}"
     args = ["-e", str(experiment), "--storage", storage, "--study-name", "tiny", "--dir", str(folder)]
-    args += ["--sampler", "random", "--seed", "3"]
+    # Seed 34: the first two trials neither draw the rank that cannot fit nor a diverging learning rate.
+    args += ["--sampler", "random", "--seed", "34"]
     first = run_optuna([*args, "--n-trials", "2"], tmp)
     first_trials = optuna.load_study(study_name="tiny", storage=storage).trials
     first_records = read_records(folder / "records.jsonl")
@@ -98,8 +149,11 @@ def test_trials_and_records_match(run_then_resumed: dict) -> None:
     for trial, record in zip(trials, records, strict=True):
         assert trial.value == record["metrics"]["validation_loss"]
         assert record["hparams"] == trial.user_attrs["hparams"]
-        # The records' points are the trial's parameters, in the variables' order.
-        assert record["point"] == [trial.params[n] for n in ("lora_r", "learning_rate", "lora_dropout")]
+        # The records' points are the trial's parameters in NOMAD's coordinates, in the variables' order: the rank
+        # (a choice, sampled as a categorical value) by its index among the values of tests/assets/spaces.
+        rank = [4, 8, 16, 16777216].index(trial.params["lora_r"]) + 1
+        assert record["point"] == [rank, trial.params["learning_rate"], trial.params["lora_dropout"]]
+        assert record["hparams"]["lora_r"] == trial.params["lora_r"]
     best = min(records, key=lambda r: r["metrics"]["validation_loss"])
     assert summary["best"]["run_id"] == best["run_id"]
     assert "2/2 evaluations done" in first.stderr
