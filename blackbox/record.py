@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from blackbox import __version__
 from blackbox.errors import PointError, RecordsError
 from blackbox.failures import Status
@@ -199,13 +201,16 @@ def check_records_writable(records_dir: Path) -> None:
         if free.f_bavail * free.f_frsize < _ROOM_BYTES:
             raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free.f_bavail * free.f_frsize} bytes free)")
         probe = records_dir / f".write-check-{os.getpid()}"
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            os.write(fd, bytes(_PROBE_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            probe.unlink()
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, bytes(_PROBE_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                probe.unlink()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror) from None  # the probe's name would only puzzle
 
 
 def append_json_line(path: Path, text: str) -> None:
@@ -318,15 +323,16 @@ def record_killed(records_dir: Path, *, alive: bool = True) -> list[dict[str, An
 
 
 def _running(pid: object) -> bool:
+    """Whether process ``pid`` of this machine runs (a zombie does not: a killed evaluation whose parent died
+    with it waits as one until something reaps it)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True
 
 
 def finished_records(records_file: Path, fingerprint: str) -> dict[tuple[float, ...], dict[str, Any]]:

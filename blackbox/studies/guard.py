@@ -40,7 +40,7 @@ from blackbox.errors import SetupError
 from blackbox.folders import LOCK_FILE
 
 # A driver killed with -9 leaves its watchdog a moment to kill the study's processes and let go of the lock:
-# a rerun started at once waits for it that long.
+# a rerun started at once waits for it that long (a study whose driver lives is refused at once).
 _LOCK_WAIT_S = 10.0
 _PR_SET_PDEATHSIG = 1
 
@@ -59,10 +59,10 @@ def lock_study(study_dir: Path) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             break
         except BlockingIOError:
-            if time.monotonic() < deadline:
-                time.sleep(0.2)
-                continue
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            if time.monotonic() < deadline and not _alive(holder):
+                time.sleep(0.2)  # its driver is gone: its watchdog is ending the study's processes
+                continue
             os.close(fd)
             raise SetupError(
                 f"another study is running in {study_dir} (driver pid {holder}): one study per folder; wait for it, "
@@ -112,6 +112,16 @@ class Unit:
             os.close(self._write_end)  # the watchdog kills the group and exits
             self._write_end = -1
             self._watchdog.wait()
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _die_with_parent() -> Callable[[], None] | None:

@@ -10,6 +10,11 @@ and hot-restart file); a second one also cuts the running evaluations (recorded 
 a third kills everything (NOMAD's cache of this run is then lost; the records are not). Running the
 same command again resumes: finished points are cache hits, the budget counts across restarts, and
 interrupted points are dropped from the cache so that NOMAD can evaluate them again.
+
+kill -9 of the driver, or any other end of it, takes NOMAD and the running evaluations with it, and a
+study folder runs one study at a time (``studies.guard``). A rerun after a kill, which left NOMAD no time to
+save its cache, records the evaluations the kill cut as KILLED and answers finished points from the records
+(``blackbox.resume``): nothing finished is trained twice, and the budget counts every finished evaluation.
 """
 
 from __future__ import annotations

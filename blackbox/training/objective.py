@@ -25,13 +25,14 @@ import psutil
 import torch
 
 from blackbox import __version__
-from blackbox.errors import PointError, TrainingDiverged
+from blackbox.errors import PointError, RecordsError, TrainingDiverged
 from blackbox.experiment import Experiment, write_snapshot
 from blackbox.failures import Call, Status, call_after, status_of
 from blackbox.files import write_text_atomic
 from blackbox.folders import RECORDS_FILE
 from blackbox.point import PointSource, parse_point, shorten
 from blackbox.record import (
+    RUNNING_FILE,
     EvalRecord,
     append_record,
     build_record,
@@ -261,11 +262,18 @@ class Evaluator:
             started_at=attempt.started_at,
         )
         if self.world.main:
-            with writing_records(self.records_dir):
-                if attempt.log_failure is not None:  # its eval.log could not be written: nor can the rest be
-                    raise attempt.log_failure
-                write_text_atomic(attempt.run_dir / "record.json", record.to_json())
-            append_record(self.records_file, record)
+            try:
+                with writing_records(self.records_dir):
+                    if attempt.log_failure is not None:  # its eval.log could not be written: nor can the rest be
+                        raise attempt.log_failure
+                    write_text_atomic(attempt.run_dir / "record.json", record.to_json())
+                append_record(self.records_file, record)
+            except RecordsError:
+                # Not killed: unrecorded because of the records folder (the call fails and says so). Removing a
+                # file needs no room, so the folder is not taken for a killed evaluation later.
+                with contextlib.suppress(OSError):
+                    (attempt.run_dir / RUNNING_FILE).unlink()
+                raise
         return record
 
     def _marker(self, attempt: _Attempt) -> EvalRecord:
