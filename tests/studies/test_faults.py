@@ -87,7 +87,9 @@ def test_kill_9_of_the_study_then_resume(
 
     result = run_nomad(param, study_dir, nomad_env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "1 evaluation(s) of an earlier run were killed before they could finish (recorded as KILLED)" in result.stderr
+    assert "1 evaluation(s) of an earlier run were killed before they could finish (recorded as KILLED)" in (
+        result.stderr
+    )
     assert result.stderr.count("answered from its record") == 2  # NOMAD asked again for both finished points
     records, _cache = records_agree_with_nomad(study_dir)
     counted = [r for r in records if Status(r["status"]).counted]
