@@ -50,7 +50,7 @@ def test_kill_9_of_the_study_then_resume(
     of the study is left (NOMAD, the evaluation); the evaluation is KILLED; the rerun answers the finished
     points from their records, trains the killed one again, and ends with exactly 4 finished evaluations."""
     budget = 4
-    param = make_study(budget=budget, steps=40, extra=["training.log_every_steps=1"])
+    param = make_study(budget=budget, steps=16, extra=["training.log_every_steps=1"])
     study_dir = (tmp_path / "runs" / "study").resolve()
     records_file = study_dir / "records.jsonl"
     process = subprocess.Popen(
