@@ -210,7 +210,8 @@ class Evaluator:
             return self._loaded
         config = self.experiment
         if self.world.main:
-            write_snapshot(config)
+            with writing_records(self.records_dir):
+                write_snapshot(config)
         device = resolve_device(config.training.device, local_rank=self.world.local_rank)
         distributed.start(self.world, device)
         precision = resolve_precision(config.model, config.training, device)
