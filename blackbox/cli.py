@@ -120,17 +120,27 @@ def eval_command(
     spread them over GPUs, processes or a Ray cluster.
     """
     from blackbox.point import read_point_lines
-    from blackbox.record import record_not_run
+    from blackbox.record import check_records_writable, record_not_run
+    from blackbox.resume import answer_finished, finished_answers
     from blackbox.stopping import STOPPING, stop_requested
 
     with _exit_codes(ctx), protocol_stdout() as emit:
         experiment = load_experiment(experiment_ref, overrides)
         lines = read_point_lines(point_file)
         point_file = point_file.resolve()
+        check_records_writable(experiment.records_dir.resolve())  # before anything is loaded or trained
         if stop_requested():  # before torch is imported: a stopping study is answered at once
             for output in record_not_run(experiment, lines, str(point_file), reason=STOPPING):
                 emit(output + "\n")
             return
+        # A resumed study's finished points are answered from their records (blackbox.resume); the others
+        # are evaluated, in their places.
+        answered = finished_answers(experiment, lines) if answer_finished() else {}
+        if all(i in answered for i, line in enumerate(lines) if line.strip()):
+            for index in sorted(answered):
+                emit(answered[index] + "\n")
+            return
+        lines_left = ["" if i in answered else line for i, line in enumerate(lines)]
 
         from blackbox.api import Blackbox
         from blackbox.runners import block
@@ -141,10 +151,14 @@ def eval_command(
         _install_signal_handlers()
         runner = _runner(experiment_ref, experiment, overrides, workers, gpus_per_eval, backend, ray_address)
         if runner is None:
-            outputs: Iterable[str] = block.evaluate_here(evaluator, lines, str(point_file))
+            outputs: Iterable[str] = block.evaluate_here(evaluator, lines_left, str(point_file))
         else:
-            outputs = block.evaluate_spread(evaluator, runner, lines, str(point_file))
-        for output in outputs:
+            outputs = block.evaluate_spread(evaluator, runner, lines_left, str(point_file))
+        evaluated = iter(outputs)
+        for index, line in enumerate(lines):
+            if not line.strip():
+                continue
+            output = answered[index] if index in answered else next(evaluated)
             if evaluator.world.main:  # under torchrun, rank 0 alone answers
                 emit(output + "\n")
         distributed.stop()
@@ -183,7 +197,7 @@ def decode_command(ctx: click.Context, experiment_ref: str, overrides: tuple[str
 
     An invalid point prints {"error": ...}, and the exit status is then 1.
     """
-    from blackbox.point import parse_point, read_point_lines
+    from blackbox.point import parse_point, read_point_lines, shorten
     from blackbox.space import SearchSpace
 
     with _exit_codes(ctx):
@@ -198,7 +212,7 @@ def decode_command(ctx: click.Context, experiment_ref: str, overrides: tuple[str
                 click.echo(json.dumps(space.decode(parse_point(line)).as_dict()))
             except PointError as e:
                 failed = True
-                logger.error("line %d (%r) is invalid: %s", index + 1, line.strip(), e)
+                logger.error("line %d (%s) is invalid: %s", index + 1, shorten(repr(line.strip())), e)
                 click.echo(json.dumps({"error": str(e)}))
         if failed:
             ctx.exit(1)

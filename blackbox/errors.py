@@ -2,14 +2,16 @@
 
 Which errors fail what:
 - ``ConfigError``: the experiment or an override is wrong. The whole call fails (exit status 2).
-- ``SetupError``: the call cannot proceed (unreadable point file, missing model or data).
-  The whole call fails (exit status 1).
+- ``SetupError``: the call cannot proceed (unreadable point file, missing model or data; ``RecordsError``:
+  the records folder cannot be written). The whole call fails (exit status 1).
 - ``PointError``: one line of a point file is not a valid point. Only that point fails (``nan`` line).
 Errors raised while one point trains or validates are turned into a record status in
 ``objective.evaluate_point``; they never end the call.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 class BlackboxError(Exception):
@@ -36,6 +38,19 @@ class ConfigError(BlackboxError):
 
 class SetupError(BlackboxError):
     """The call cannot proceed: a file, a model or a data set cannot be read."""
+
+
+class RecordsError(SetupError):
+    """The records folder cannot be written (full disk, read-only or missing permissions): a record, an
+    evaluation's log or its adapter. Every later point would fail the same way, so the call fails
+    (``blackbox.failures``): exit status 1 and one line, ``cannot write records in DIR: <reason>``."""
+
+    def __init__(self, records_dir: Path, error: OSError) -> None:
+        reason = error.strerror or str(error)
+        if error.filename and str(error.filename) != str(records_dir):
+            reason += f" ({error.filename})"
+        super().__init__(f"cannot write records in {records_dir}: {reason}")
+        self.records_dir = records_dir
 
 
 class PointError(BlackboxError):

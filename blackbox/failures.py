@@ -12,8 +12,15 @@ the functions below instead of deciding for itself.
 | any other exception while training or validating   | ERROR                 | nan, CNT 1      | goes on          |
 | an evaluation process ended without a record       | ERROR, written by the | nan, CNT 1      | goes on          |
 | (a signal, e.g. the out-of-memory killer; a crash) | process that started  |                 |                  |
+| an evaluation killed with its caller (kill -9 of    | KILLED, written from  | none (nobody    | gone with it     |
+| the study, a machine crash): its run folder holds  | the folder's marker   | is left to      |                  |
+| ``running.json`` and no record                     | by the study driver   | read it)        |                  |
 | the model or the data cannot be loaded (here, or   | NOT_RUN, for it and   | none            | fails: exit 1    |
 | in an evaluation process: its exit status 1 or 2)  | every later point     |                 |                  |
+| the records folder cannot be written (full disk,   | NOT_RUN where it can  | none            | fails: exit 1,   |
+| read-only, no permission): a record, eval.log, an  | still be written, for |                 | one line: cannot |
+| adapter, traceback.txt (``RecordsError``); checked | it and every later    |                 | write records in |
+| before the model loads, too                        | point                 |                 | DIR: <reason>    |
 | the experiment or an option is invalid             | none (nothing ran)    | none            | fails: exit 2    |
 | SIGINT or SIGTERM                                  | INTERRUPTED; later    | none            | interrupted: 130 |
 |                                                    | points NOT_RUN        |                 |                  |
@@ -27,7 +34,10 @@ A call that goes on prints one line per point and exits 0: NOMAD fails every poi
 non-zero, so a point's failure is its own line (``nan``), never an exit status. Every point a call was
 given gets exactly one record, whoever writes it: the evaluating process, or the process that started it
 when it died without one. ``CNT_EVAL`` is 1 for a finished evaluation (``Status.counted``): the budget
-counts it; an interrupted point or one never run is evaluated again when the study resumes.
+counts it; an interrupted, killed or never run point is evaluated again when the study resumes.
+
+A write error under ``records.dir`` fails the call, not the point: every later point would fail the same
+way, and a result that cannot be recorded is lost to a resumed study anyway.
 
 The paths: in this process (``training.objective``); a subprocess per point (``runners.isolated``: the
 Python API with ``isolate=True``, Optuna's trials); parallel processes or torchrun ranks per point
@@ -47,7 +57,8 @@ from blackbox.errors import PointError, SetupError, TrainingDiverged, TrainingTi
 
 class Status(str, enum.Enum):
     """How an evaluation ended. ``counted``: whether it is a finished evaluation (it spent the budget); an
-    interrupted one or one the call never reached is not, and a resumed study evaluates its point again."""
+    interrupted or killed one, or one the call never reached, is not, and a resumed study evaluates its point
+    again."""
 
     OK = "OK"
     DIVERGED = "DIVERGED"  # NaN/inf loss: objective printed as inf, a valid but very bad point
@@ -56,11 +67,12 @@ class Status(str, enum.Enum):
     INVALID_POINT = "INVALID_POINT"  # the point file line is not a point of the space
     ERROR = "ERROR"  # any other exception while training or validating; a process that died without a record
     INTERRUPTED = "INTERRUPTED"  # SIGINT/SIGTERM arrived during the evaluation
+    KILLED = "KILLED"  # killed before it could record anything, its caller with it (found from its run folder)
     NOT_RUN = "NOT_RUN"  # the call failed (e.g. the model could not be loaded) before this point ran
 
     @property
     def counted(self) -> bool:
-        return self not in (Status.INTERRUPTED, Status.NOT_RUN)
+        return self not in (Status.INTERRUPTED, Status.KILLED, Status.NOT_RUN)
 
 
 class Call(enum.Enum):

@@ -2,7 +2,10 @@
 
 One point per line, values separated and padded by any amount of whitespace; reals with 14
 decimals, integers in C++'s default 6-significant-digit format (``1.23457e+06``), ``-0``.
-A blank line is a point evaluated elsewhere: it gets no output line.
+A blank line is a point evaluated elsewhere: it gets no output line. Lines end at ``\n`` only, as NOMAD
+and every solver count them (a trailing ``\r`` of a CRLF file is dropped); other characters that Python
+takes as line breaks (``\v \f \x1c-\x1e \x85 U+2028 U+2029``) are part of their line: whitespace
+between its values, never a second point.
 """
 
 from __future__ import annotations
@@ -29,7 +32,23 @@ def read_point_lines(path: Path) -> list[str]:
     except OSError as e:
         raise SetupError(f"cannot read point file {path}: {e.strerror or e}") from e
     # Undecodable bytes fail their own line (as "not a number"), not the whole call.
-    return data.decode("utf-8", errors="replace").splitlines()
+    text = data.decode("utf-8", errors="replace")
+    if not text:
+        return []
+    lines = text.removesuffix("\n").split("\n")  # not str.splitlines(): see the module's docstring
+    return [line.removesuffix("\r") for line in lines]
+
+
+SHOWN_CHARS = 200
+"""How much of an invalid line messages and records show: NOMAD's lines are far shorter (a 1024-byte buffer)."""
+
+
+def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text``, or its first ``limit`` characters and its length when it is longer (a garbage line can be
+    megabytes long: it is neither echoed nor stored whole)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 def parse_point(line: str) -> tuple[float, ...]:
@@ -41,10 +60,10 @@ def parse_point(line: str) -> tuple[float, ...]:
     values = []
     for position, token in enumerate(line.split(), start=1):
         if not _NUMBER.fullmatch(token):
-            raise PointError(f"value {position} is not a number: {token!r}")
+            raise PointError(f"value {position} is not a number: {shorten(repr(token))}")
         value = float(token)
         if not math.isfinite(value):
-            raise PointError(f"value {position} is not finite: {token!r}")
+            raise PointError(f"value {position} is not finite: {shorten(repr(token))}")
         values.append(value)
     return tuple(values)
 

@@ -8,22 +8,29 @@ and readers skip lines that do not parse, so one torn record never hides the oth
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import platform
 import secrets
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from blackbox import __version__
-from blackbox.errors import PointError
+from blackbox.errors import PointError, RecordsError
 from blackbox.failures import Status
+from blackbox.files import write_text_atomic
 from blackbox.folders import RECORDS_FILE
 from blackbox.output import output_tokens
+from blackbox.point import shorten
 
 if TYPE_CHECKING:
     from blackbox.experiment import Experiment
@@ -113,7 +120,7 @@ def build_record(
         status=status,
         outputs=output_tokens(experiment.study.outputs, status, metrics),
         error=error,
-        point_line=source.line,
+        point_line=None if source.line is None else shorten(source.line),  # a garbage line is not stored whole
         point=source.values,
         point_file=source.file,
         block_index=source.block_index,
@@ -148,14 +155,62 @@ def record_not_run(
             experiment, Status.NOT_RUN, PointSource(line, values, point_file, block_index), error=reason
         )
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone records
-            append_record(records_file, record)
+            # Recorded where possible: when the call fails because the records folder cannot be written,
+            # its one error line says so, and these points are evaluated again anyway (not counted).
+            with contextlib.suppress(RecordsError):
+                append_record(records_file, record)
         outputs.append(record.output_line)
     return outputs
 
 
 def append_record(path: Path, record: EvalRecord) -> None:
-    """Append one record as one line, safely against concurrent writers and torn previous lines."""
-    append_json_line(path, record.to_json())
+    """Append one record as one line, safely against concurrent writers and torn previous lines.
+
+    Raises:
+        RecordsError: the records file cannot be written (full disk, read-only folder).
+    """
+    with writing_records(path.parent):
+        append_json_line(path, record.to_json())
+
+
+@contextlib.contextmanager
+def writing_records(records_dir: Path) -> Iterator[None]:
+    """Turn an ``OSError`` of the body (writing under ``records_dir``) into a :class:`RecordsError`: the call
+    fails with one line (``blackbox.failures``), not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        raise RecordsError(records_dir, e) from e
+
+
+# Room a call needs before it loads anything: a few records and logs (an adapter can need more; running
+# out while saving it still fails the call with one line, after the training).
+_ROOM_BYTES = 1024**2
+_PROBE_BYTES = 64 * 1024
+
+
+def check_records_writable(records_dir: Path) -> None:
+    """Check that ``records_dir`` can be created and written and has room for records, before any work.
+
+    Raises:
+        RecordsError: it cannot (read-only, no permission, full disk, a file size limit).
+    """
+    with writing_records(records_dir):
+        records_dir.mkdir(parents=True, exist_ok=True)
+        free = os.statvfs(records_dir)
+        if free.f_bavail * free.f_frsize < _ROOM_BYTES:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free.f_bavail * free.f_frsize} bytes free)")
+        probe = records_dir / f".write-check-{os.getpid()}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, bytes(_PROBE_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                probe.unlink()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror) from None  # the probe's name would only puzzle
 
 
 def append_json_line(path: Path, text: str) -> None:
@@ -204,3 +259,89 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             if isinstance(record, dict):
                 records.append(record)
     return records
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# An evaluation while it runs: its marker, and the evaluations that were killed before they could record.
+
+RUNNING_FILE = "running.json"
+"""Written into an evaluation's run folder when it starts; ``record.json`` joins it when it ends. A run folder
+with the one and not the other, whose process is gone, is an evaluation killed without a trace (SIGKILL,
+the out-of-memory killer, a machine crash): :func:`record_killed` records it as KILLED."""
+
+
+def write_running_marker(run_dir: Path, record: EvalRecord) -> None:
+    """Mark an evaluation as started: ``record`` is what is known of it so far (status KILLED: what it is
+    taken for should it never finish)."""
+    write_text_atomic(run_dir / RUNNING_FILE, record.to_json())
+
+
+def killed_evaluations(records_dir: Path, *, alive: bool = True) -> list[tuple[Path, dict[str, Any]]]:
+    """The evaluations under ``records_dir`` that started and never recorded their end, as KILLED records (not
+    written), with their run folders. ``alive``: leave out those whose process still runs on this machine
+    (False when none of the folder's evaluations can be running: a study's driver between two NOMAD runs)."""
+    evals = records_dir / "evals"
+    if not evals.is_dir():
+        return []
+    markers = sorted(p for p in evals.glob(f"*/{RUNNING_FILE}") if not (p.parent / "record.json").exists())
+    if not markers:
+        return []
+    records_file = records_dir / RECORDS_FILE
+    recorded = {r.get("run_id") for r in read_records(records_file)} if records_file.exists() else set()
+    killed = []
+    for marker in markers:
+        try:
+            record = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue  # unreadable: written by rename (files.write_text_atomic), so never torn
+        if not isinstance(record, dict) or record.get("run_id") in recorded:
+            continue  # its record was written by the process that started it (runners.settle)
+        if alive and record.get("host") == platform.node() and _running(record.get("pid")):
+            continue
+        record["error"] = "the evaluation was killed before it could record its end (its run folder holds its log)"
+        killed.append((marker.parent, record))
+    return killed
+
+
+def record_killed(records_dir: Path, *, alive: bool = True) -> list[dict[str, Any]]:
+    """Record, as KILLED, every evaluation under ``records_dir`` that started and never recorded its end
+    (:func:`killed_evaluations`): its marker becomes its ``record.json`` and a line of the records file.
+    Returns the records written.
+
+    Raises:
+        RecordsError: the records cannot be written.
+    """
+    written = []
+    for run_dir, record in killed_evaluations(records_dir, alive=alive):
+        record["finished_at"] = now()  # when it was found
+        text = json.dumps(record, allow_nan=True)
+        with writing_records(records_dir):
+            write_text_atomic(run_dir / "record.json", text)
+            append_json_line(records_dir / RECORDS_FILE, text)
+        written.append(record)
+    return written
+
+
+def _running(pid: object) -> bool:
+    """Whether process ``pid`` of this machine runs (a zombie does not: a killed evaluation whose parent died
+    with it waits as one until something reaps it)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def finished_records(records_file: Path, fingerprint: str) -> dict[tuple[float, ...], dict[str, Any]]:
+    """The finished evaluations (``Status.counted``) of a records file with this experiment fingerprint, by
+    point (the last one of a point wins)."""
+    if not records_file.exists():
+        return {}
+    return {
+        tuple(r["point"]): r
+        for r in read_records(records_file)
+        if r.get("point") and r.get("fingerprint") == fingerprint and Status(r["status"]).counted
+    }

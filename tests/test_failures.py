@@ -55,7 +55,8 @@ KINDS = {
     "killed": ("2 -2.9 0", "ERROR"),
 }
 # The kinds each path meets. An evaluation in the call's own process that is killed takes the call with it
-# (no process is left to record it): that is the in-process and the container paths' "killed" (issue 17).
+# (no process is left to record it): its run folder's running.json makes it KILLED for a study's next run and
+# for reports (tests/studies/test_faults.py); not a kind of these paths.
 # Ray workers do not inherit the test's memory limit, nor do containers: no "oom" there.
 PATHS = {
     # In one process the point after the failures must train as it does alone: a failure leaves nothing behind.

@@ -1,7 +1,7 @@
 import pytest
 
 from blackbox.errors import PointError
-from blackbox.point import parse_point, read_point_lines
+from blackbox.point import parse_point, read_point_lines, shorten
 
 
 @pytest.mark.parametrize(
@@ -31,3 +31,29 @@ def test_keeps_blank_lines_in_place(tmp_path) -> None:
     assert [bool(line.strip()) for line in lines] == [True, False, False, True, True]
     with pytest.raises(PointError):  # undecodable bytes fail their own line only
         parse_point(lines[4])
+
+
+@pytest.mark.parametrize("separator", ["\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\v", "\f"])
+def test_lines_end_at_newline_only(tmp_path, separator: str) -> None:
+    """NOMAD and every solver count lines by "\\n": a line holding another of Python's line breaks is one line,
+    one point (those characters are whitespace between its values), never two."""
+    path = tmp_path / "x.txt"
+    path.write_text(f"1{separator}2 3\n4 5\n", encoding="utf-8")
+    lines = read_point_lines(path)
+    assert lines == [f"1{separator}2 3", "4 5"]
+    assert parse_point(lines[0]) == (1.0, 2.0, 3.0)
+
+
+def test_crlf_and_a_missing_final_newline(tmp_path) -> None:
+    path = tmp_path / "x.txt"
+    path.write_bytes(b"1 2\r\n\r\n3 4")
+    assert read_point_lines(path) == ["1 2", "", "3 4"]
+    path.write_bytes(b"")
+    assert read_point_lines(path) == []
+
+
+def test_a_huge_token_is_shown_cut(tmp_path) -> None:
+    with pytest.raises(PointError) as error:
+        parse_point("x" * 10_000_000)
+    assert len(str(error.value)) < 300 and "(10000002 characters)" in str(error.value)
+    assert shorten("abc") == "abc" and shorten("a" * 201) == "a" * 200 + "... (201 characters)"

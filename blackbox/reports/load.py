@@ -3,8 +3,9 @@
 Never imports torch: a report is drawn on any machine from the files a study left.
 
 Which records count: evaluations at full fidelity, in the order they finished (the records file's
-order). Low-fidelity (surrogate) evaluations are kept apart, as in ``blackbox.studies.nomad_study``; INTERRUPTED and
-NOT_RUN records are listed as failures but not counted (a resumed study evaluates those points again).
+order). Low-fidelity (surrogate) evaluations are kept apart, as in ``blackbox.studies.nomad_study``; INTERRUPTED,
+KILLED and NOT_RUN records are listed as failures but not counted (a resumed study evaluates those points
+again). An evaluation that started and left no record (killed with its study) is read as KILLED.
 Failed evaluations count: they spent the budget.
 """
 
@@ -19,9 +20,9 @@ from typing import Any
 from blackbox.errors import ConfigError, SetupError
 from blackbox.folders import CACHE_FILE, DOWNSTREAM_FILE, OPTUNA_STORAGE_FILE, PARAM_COPY, RECORDS_FILE, STATS_FILE
 from blackbox.nomad import read_cache, read_outputs_and_budget
-from blackbox.record import read_records
+from blackbox.record import killed_evaluations, read_records
 
-NOT_COUNTED = ("INTERRUPTED", "NOT_RUN")
+NOT_COUNTED = ("INTERRUPTED", "KILLED", "NOT_RUN")
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ def load_run(spec: str, *, objective: str | None = None) -> Run:
     if not records_file.is_file():
         raise SetupError(f"no records in {path}: expected a {RECORDS_FILE} file or a study folder holding one")
     folder = records_file.parent
-    records = read_records(records_file)
+    # An evaluation killed with its study, not recorded yet (its driver records it when the study resumes).
+    records = read_records(records_file) + [record for _, record in killed_evaluations(folder)]
     full = [r for r in records if _full_fidelity(r)]
     evaluations = _evaluations([r for r in full if r["status"] not in NOT_COUNTED], objective)
     return Run(

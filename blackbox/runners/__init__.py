@@ -21,9 +21,10 @@ from typing import Any, Protocol
 from blackbox.errors import PointError
 from blackbox.experiment import Experiment
 from blackbox.failures import Call, Status, call_after, describe_exit, process_status
+from blackbox.files import write_text_atomic
 from blackbox.folders import RECORDS_FILE
-from blackbox.point import PointSource, parse_point
-from blackbox.record import append_record, build_record, find_record
+from blackbox.point import PointSource, parse_point, shorten
+from blackbox.record import append_record, build_record, find_record, killed_evaluations, writing_records
 from blackbox.space import SearchSpace
 from blackbox.stopping import stop_requested
 
@@ -92,7 +93,8 @@ def settle(
         lost: why the process's end is unknown (a lost Ray worker), for the record written instead.
         seconds: how long the process ran (in a missing record).
     """
-    records_file = experiment.records_dir.resolve() / RECORDS_FILE
+    records_dir = experiment.records_dir.resolve()
+    records_file = records_dir / RECORDS_FILE
     if records is None:
         found = find_record(records_file, point_file=point_file, block_index=block_index)
     else:
@@ -102,21 +104,34 @@ def settle(
         return Settled(found, call_after(status, stopping=stop_requested()))
     status = Status.ERROR if (launcher and returncode == 1) or lost else process_status(returncode, None)
     error = lost or f"the evaluation process {describe_exit(returncode)} and wrote no record"
-    logger.error("point %r: %s", line.strip(), error)
+    logger.error("point %s: %s", shorten(repr(line.strip())), error)
     values: tuple[float, ...] | None = None
     hparams = None
     with contextlib.suppress(PointError):  # an invalid point keeps only its line
         values = parse_point(line)
         hparams = SearchSpace.from_experiment(experiment).decode(values).as_dict()
+    # The evaluation's run folder, when it got as far as starting one: its record goes there too, so that the
+    # folder is not taken for an evaluation killed with its study (record.killed_evaluations).
+    started = [
+        (run_dir, marker)
+        for run_dir, marker in (killed_evaluations(records_dir, alive=False) if records is None else [])
+        if marker.get("point_file") == point_file and marker.get("block_index") == block_index
+    ]
+    run_dir = started[-1][0] if started else None
     record = build_record(
         experiment,
         status,
         PointSource(line, values, point_file, block_index),
+        run_id=run_dir.name if run_dir else None,
         error=error,
         hparams=hparams,
         metrics={"total_seconds": seconds},
         timings={"total_s": seconds},
+        run_dir=str(run_dir) if run_dir else None,
     )
+    if run_dir is not None:
+        with writing_records(records_dir):
+            write_text_atomic(run_dir / "record.json", record.to_json())
     append_record(records_file, record)
     return Settled(record.as_dict(), call_after(status, stopping=stop_requested()))
 

@@ -10,6 +10,11 @@ and hot-restart file); a second one also cuts the running evaluations (recorded 
 a third kills everything (NOMAD's cache of this run is then lost; the records are not). Running the
 same command again resumes: finished points are cache hits, the budget counts across restarts, and
 interrupted points are dropped from the cache so that NOMAD can evaluate them again.
+
+kill -9 of the driver, or any other end of it, takes NOMAD and the running evaluations with it, and a
+study folder runs one study at a time (``studies.guard``). A rerun after a kill, which left NOMAD no time to
+save its cache, records the evaluations the kill cut as KILLED and answers finished points from the records
+(``blackbox.resume``): nothing finished is trained twice, and the budget counts every finished evaluation.
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ from blackbox.failures import Status
 from blackbox.folders import CACHE_FILE, HOT_RESTART_FILE, PARAM_COPY, RECORDS_FILE, STATS_FILE, STOP_FILE
 from blackbox.nomad import drop_from_cache, is_crash_stub, read_cache, read_outputs_and_budget
 from blackbox.progress import format_duration
-from blackbox.record import read_records
+from blackbox.record import read_records, record_killed, writing_records
+from blackbox.resume import ENV_ANSWER_FINISHED
 from blackbox.stopping import ENV_STOP_FILE
+from blackbox.studies.guard import Unit, lock_study
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +107,16 @@ def repair_after_crash(study_dir: Path) -> bool:
 
 
 def prepare_resume(study_dir: Path) -> None:
-    """Before a rerun: keep the previous run's stats file, and let NOMAD re-evaluate interrupted points."""
+    """Before a rerun: keep the previous run's stats file, record the evaluations an earlier run lost to a
+    kill as KILLED, and let NOMAD re-evaluate interrupted and killed points."""
     if repair_after_crash(study_dir):  # left by a driver that was killed before it could repair
         logger.warning("removed the hot-restart file of a NOMAD that crashed in an earlier run of this study")
+    killed = record_killed(study_dir, alive=False)  # under the study's lock: none of its evaluations runs
+    if killed:
+        _say(
+            f"{len(killed)} evaluation(s) of an earlier run were killed before they could finish (recorded as "
+            "KILLED): they are evaluated again"
+        )
     stats = study_dir / STATS_FILE
     if stats.exists():
         run = 1
@@ -167,7 +181,16 @@ def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout, qu
     Raises:
         SetupError: bad parameter file or study folder, or no way to run NOMAD.
     """
-    copy = prepare_study_dir(param_file, study_dir)
+    with writing_records(study_dir):
+        copy = prepare_study_dir(param_file, study_dir)
+    lock = lock_study(study_dir)
+    try:
+        return _run_locked(copy, study_dir, lock, out=out, quiet=quiet)
+    finally:
+        os.close(lock)
+
+
+def _run_locked(copy: Path, study_dir: Path, lock: int, *, out: TextIO, quiet: bool) -> int:
     prepare_resume(study_dir)
     records_before = len(_records(study_dir))
     nomad = find_nomad()
@@ -178,21 +201,16 @@ def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout, qu
     stop_file = (study_dir / STOP_FILE).resolve()
     stop_file.unlink(missing_ok=True)
     env[ENV_STOP_FILE] = str(stop_file)
+    env[ENV_ANSWER_FINISHED] = "1"  # a point evaluated before a kill is answered from its record (blackbox.resume)
     if quiet:
         env["LORA_BLACKBOX_QUIET"] = "1"
     # Started first: nothing may fail between starting NOMAD and the try block that waits for it.
     watcher = None if quiet else _ProgressWatcher(study_dir, copy)
     if watcher:
         watcher.start()
-    process = subprocess.Popen(
-        command,
-        cwd=study_dir,
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-        bufsize=1,
-        start_new_session=True,  # a terminal's Ctrl-C reaches this driver only; it decides what to stop
-    )
+    # NOMAD and its evaluations are one process group that dies with this driver (studies.guard).
+    unit = Unit(command, lock, cwd=study_dir, env=env, stdout=subprocess.PIPE, text=True, bufsize=1)
+    process = unit.process
     interrupts = _Interrupts(process, stop_file)
     previous = signal.signal(signal.SIGINT, interrupts)
     try:
@@ -205,9 +223,13 @@ def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout, qu
         returncode = process.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
+        unit.close()  # whatever NOMAD left running is killed
         stop_file.unlink(missing_ok=True)
         if watcher:
             watcher.stop()
+    killed = record_killed(study_dir, alive=False)  # cut by the third Ctrl-C, or killed from outside
+    if killed:
+        _say(f"{len(killed)} evaluation(s) were killed before they could finish (recorded as KILLED)")
     crashed = repair_after_crash(study_dir)
     summary = read_summary(study_dir, copy)
     out.write(summary.text())
@@ -339,7 +361,7 @@ class _ProgressWatcher(threading.Thread):
         if not records_file.exists():
             return 0
         records = read_records(records_file)
-        return sum(_full_fidelity(r) and r["status"] not in ("INTERRUPTED", "NOT_RUN") for r in records)
+        return sum(_full_fidelity(r) and Status(r["status"]).counted for r in records)
 
     def poll(self) -> None:
         counted = self._count()

@@ -28,6 +28,7 @@ from blackbox.errors import SetupError
 from blackbox.experiment import BenchmarkConfig, DataConfig, Experiment
 from blackbox.files import folder_published_at, write_text_atomic
 from blackbox.folders import BASE_SCORES_FILE
+from blackbox.record import writing_records
 from blackbox.training.data import Row, prompt_formatter
 from blackbox.training.embedded import PREFIX, embedded_rows
 
@@ -223,7 +224,8 @@ def base_score(
     logger.info("base model's %s: %.4f", benchmark.key, score.value)
     known = json.loads(path.read_text()) if path.is_file() else {}  # another evaluation may have written one
     known[key] = {"benchmark": benchmark.key, "model": experiment.model.name_or_path, **score.as_dict()}
-    write_text_atomic(path, json.dumps(known, indent=1))
+    with writing_records(records_dir):
+        write_text_atomic(path, json.dumps(known, indent=1))
     return score.value
 
 

@@ -25,18 +25,21 @@ import psutil
 import torch
 
 from blackbox import __version__
-from blackbox.errors import PointError, SetupError, TrainingDiverged
+from blackbox.errors import PointError, RecordsError, SetupError, TrainingDiverged
 from blackbox.experiment import Experiment, write_snapshot
 from blackbox.failures import Call, Status, call_after, status_of
 from blackbox.files import write_text_atomic
 from blackbox.folders import RECORDS_FILE
-from blackbox.point import PointSource, parse_point
+from blackbox.point import PointSource, parse_point, shorten
 from blackbox.record import (
+    RUNNING_FILE,
     EvalRecord,
     append_record,
     build_record,
     new_run_id,
     now,
+    write_running_marker,
+    writing_records,
 )
 from blackbox.space import HyperParams, SearchSpace
 from blackbox.training import distributed
@@ -106,7 +109,7 @@ class Evaluator:
             values = parse_point(line)
             hparams = self.space.decode(values)
         except PointError as e:
-            logger.error("point %s (%r) is invalid: %s", source.label, line.strip(), e)
+            logger.error("point %s (%s) is invalid: %s", source.label, shorten(repr(line.strip())), e)
             record = self._record(Status.INVALID_POINT, source, error=str(e))
             if self.world.main:
                 append_record(self.records_file, record)
@@ -121,7 +124,10 @@ class Evaluator:
             KeyboardInterrupt: the call was interrupted (recorded as INTERRUPTED first).
         """
         attempt = _Attempt.start(self.records_dir, hparams, source or PointSource(), create=self.world.main)
-        with _log_to(attempt.run_dir / "eval.log") if self.world.main else contextlib.nullcontext():
+        if self.world.main:
+            with writing_records(self.records_dir):
+                write_running_marker(attempt.run_dir, self._marker(attempt))
+        with _log_to(attempt, self.records_dir) if self.world.main else contextlib.nullcontext():
             logger.info("evaluation %s: %s", attempt.run_id, hparams)
             try:
                 loaded = self._load(attempt.timings)
@@ -180,7 +186,8 @@ class Evaluator:
             if not math.isfinite(result.loss):
                 raise TrainingDiverged(f"validation loss is {result.loss}")
             if saves:
-                save_adapter(model, attempt.run_dir / "adapter", initial=initial)
+                with writing_records(self.records_dir):
+                    save_adapter(model, attempt.run_dir / "adapter", initial=initial)
             scores = self._score_benchmarks(model, loaded, attempt) if loaded.scorer else {}
         finally:
             if model is not None:
@@ -244,7 +251,8 @@ class Evaluator:
             return self._loaded
         config = self.experiment
         if self.world.main:
-            write_snapshot(config)
+            with writing_records(self.records_dir):
+                write_snapshot(config)
         device = resolve_device(config.training.device, local_rank=self.world.local_rank)
         distributed.start(self.world, device)
         precision = resolve_precision(config.model, config.training, device)
@@ -284,10 +292,11 @@ class Evaluator:
             # except clause ends; the allocator cache is emptied here, and again before the next point.
             _release_memory(device)
         if status in (Status.ERROR, Status.OOM) and traceback_text and self.world.main:
-            (attempt.run_dir / "traceback.txt").write_text(traceback_text)
+            with writing_records(self.records_dir):
+                (attempt.run_dir / "traceback.txt").write_text(traceback_text)
             if status is Status.ERROR:
                 logger.error("evaluation %s failed:\n%s", attempt.run_id, traceback_text.rstrip())
-        if status is not Status.OK:
+        if status not in (Status.OK, Status.NOT_RUN):  # NOT_RUN: the call fails, and its one error line says why
             logger.error("evaluation %s: %s: %s", attempt.run_id, status.value, error)
         attempt.timings["total_s"] = time.perf_counter() - attempt.started
         attempt.metrics["total_seconds"] = attempt.timings["total_s"]
@@ -306,9 +315,31 @@ class Evaluator:
             started_at=attempt.started_at,
         )
         if self.world.main:
-            write_text_atomic(attempt.run_dir / "record.json", record.to_json())
-            append_record(self.records_file, record)
+            try:
+                with writing_records(self.records_dir):
+                    if attempt.log_failure is not None:  # its eval.log could not be written: nor can the rest be
+                        raise attempt.log_failure
+                    write_text_atomic(attempt.run_dir / "record.json", record.to_json())
+                append_record(self.records_file, record)
+            except RecordsError:
+                # Not killed: unrecorded because of the records folder (the call fails and says so). Removing a
+                # file needs no room, so the folder is not taken for a killed evaluation later.
+                with contextlib.suppress(OSError):
+                    (attempt.run_dir / RUNNING_FILE).unlink()
+                raise
         return record
+
+    def _marker(self, attempt: _Attempt) -> EvalRecord:
+        """What an evaluation is taken for should it never record its end (``record.RUNNING_FILE``)."""
+        return build_record(
+            self.experiment,
+            Status.KILLED,
+            attempt.source,
+            run_id=attempt.run_id,
+            hparams=attempt.hparams.as_dict(),
+            run_dir=str(attempt.run_dir),
+            started_at=attempt.started_at,
+        )
 
     def _record(self, status: Status, source: PointSource, **fields: Any) -> EvalRecord:
         """The record of an evaluation by this process: what ``record.build_record`` needs, plus this process's
@@ -341,13 +372,15 @@ class _Attempt:
     started_at: str
     metrics: dict[str, Any]
     timings: dict[str, float]
+    log_failure: OSError | None = None  # the first error writing eval.log (full disk): it fails the call
 
     @classmethod
     def start(cls, records_dir: Path, hparams: HyperParams, source: PointSource, *, create: bool) -> _Attempt:
         run_id = new_run_id()
         run_dir = records_dir / "evals" / run_id
         if create:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            with writing_records(records_dir):
+                run_dir.mkdir(parents=True, exist_ok=True)
         return cls(run_id, run_dir, hparams, source, time.perf_counter(), now(), {"run_id": run_id}, {})
 
 
@@ -405,10 +438,27 @@ def _memory(device: torch.device | None) -> dict[str, float]:
     return memory
 
 
+class _RunLog(logging.FileHandler):
+    """An evaluation's eval.log. A write error (full disk) is kept for the attempt, which then fails the call
+    with one line (``RecordsError``), instead of logging's "--- Logging error ---" traceback per message."""
+
+    def __init__(self, attempt: _Attempt) -> None:
+        super().__init__(attempt.run_dir / "eval.log", encoding="utf-8")
+        self.attempt = attempt
+
+    def handleError(self, record: logging.LogRecord) -> None:  # logging's name
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            super().handleError(record)
+        elif self.attempt.log_failure is None:
+            self.attempt.log_failure = error
+
+
 @contextlib.contextmanager
-def _log_to(path: Path) -> Iterator[None]:
+def _log_to(attempt: _Attempt, records_dir: Path) -> Iterator[None]:
     """Copy this package's log records of one evaluation into its run folder."""
-    handler = logging.FileHandler(path, encoding="utf-8")
+    with writing_records(records_dir):
+        handler = _RunLog(attempt)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     package_logger = logging.getLogger("blackbox")
@@ -417,7 +467,8 @@ def _log_to(path: Path) -> Iterator[None]:
         yield
     finally:
         package_logger.removeHandler(handler)
-        handler.close()
+        with contextlib.suppress(OSError):  # a failed write is the attempt's log_failure already
+            handler.close()
 
 
 def _versions() -> dict[str, str]:

@@ -1,0 +1,172 @@
+"""Fault injection, run for real (issue 17): kill -9 of a study's process group while an evaluation trains, with
+both NOMADs, then the same command again; a second study on a busy folder; records folders that are read-only
+or full. Each case checks: no process of the study left, no finished point trained twice, the budget kept,
+records readable, one line per failure."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from blackbox.failures import Status
+from blackbox.record import read_records
+from blackbox.reports.load import load_run
+
+pytestmark = pytest.mark.slow
+
+
+def _study_processes(study_dir: Path) -> list[psutil.Process]:
+    """The processes of a study: NOMAD and its blackbox calls run in the study folder, or carry its stop file."""
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.pid == os.getpid() or process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            stop_file = process.environ().get("LORA_BLACKBOX_STOP_FILE", "")
+            if process.cwd() == str(study_dir) or stop_file.startswith(str(study_dir)):
+                found.append(process)
+    return found
+
+
+def test_kill_9_of_the_study_then_resume(
+    tmp_path: Path,
+    repo: Path,
+    nomad_env,
+    make_study,
+    run_nomad,
+    records_agree_with_nomad,
+    wait_for,
+    training_started,
+) -> None:
+    """kill -9 of run_nomad.sh's process group while the third of 4 evaluations trains: within 5 s no process
+    of the study is left (NOMAD, the evaluation); the evaluation is KILLED; the rerun answers the finished
+    points from their records, trains the killed one again, and ends with exactly 4 finished evaluations."""
+    budget = 4
+    param = make_study(budget=budget, steps=16, extra=["training.log_every_steps=1"])
+    study_dir = (tmp_path / "runs" / "study").resolve()
+    records_file = study_dir / "records.jsonl"
+    process = subprocess.Popen(
+        [str(repo / "run_nomad.sh"), str(param), str(study_dir)],
+        env=nomad_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: records_file.exists() and len(read_records(records_file)) >= 2, process, "2 evaluations")
+        # One study per folder: a second one is refused while this one runs.
+        second = run_nomad(param, study_dir, nomad_env)
+        assert second.returncode == 1, second.stderr[-3000:]
+        assert f"another study is running in {study_dir} (driver pid" in second.stderr
+        done = {p.name for p in (study_dir / "evals").glob("*")}
+        wait_for(lambda: training_started(study_dir, not_in=done), process, "the third evaluation to train")
+        assert _study_processes(study_dir)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        killed_at = time.monotonic()
+        while _study_processes(study_dir) and time.monotonic() - killed_at < 5:
+            time.sleep(0.1)
+        assert _study_processes(study_dir) == [], "a process of the study outlived it by 5 s"
+    finally:
+        for leftover in [*_study_processes(study_dir), psutil.Process(process.pid)] if process.poll() is None else []:
+            with contextlib.suppress(psutil.Error):
+                leftover.kill()
+    [killed_dir] = {p.name for p in (study_dir / "evals").glob("*")} - done
+    assert (study_dir / "evals" / killed_dir / "running.json").exists()
+    assert [r["status"] for r in load_run(str(study_dir)).not_counted] == ["KILLED"]  # report sees it at once
+    first = read_records(records_file)
+    assert [r["status"] for r in first] == ["OK", "OK"]
+
+    result = run_nomad(param, study_dir, nomad_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 evaluation(s) of an earlier run were killed before they could finish (recorded as KILLED)" in (
+        result.stderr
+    )
+    assert result.stderr.count("answered from its record") == 2  # NOMAD asked again for both finished points
+    records, _cache = records_agree_with_nomad(study_dir)
+    counted = [r for r in records if Status(r["status"]).counted]
+    assert len(counted) == budget
+    assert len({tuple(r["point"]) for r in counted}) == budget  # no finished point trained twice
+    assert {r["run_id"] for r in first} <= {r["run_id"] for r in counted}  # none lost
+    [killed] = [r for r in records if r["status"] == "KILLED"]
+    assert killed["run_id"] == killed_dir and "killed before it could record" in killed["error"]
+    assert tuple(killed["point"]) in {tuple(r["point"]) for r in counted}  # evaluated again
+    assert "1 KILLED" in result.stdout  # the summary
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs for a records folder (root only: CI runs as root; chmod would not stop root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    folder = tmp_path / "records"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _fill(folder: Path) -> Path:
+    """Fill the file system of ``folder``; returns the filler file (remove it to make room again)."""
+    filler = folder / "filler"
+    with filler.open("wb") as out, contextlib.suppress(OSError):
+        while True:
+            out.write(bytes(64 * 1024))
+            out.flush()
+    return filler
+
+
+def test_records_that_cannot_be_written_fail_the_call_with_one_line(
+    tmp_path: Path, small_tmpfs: Path, make_experiment, blackbox_cmd, wait_for, training_started
+) -> None:
+    """Read-only and full records folders: exit 1 and one line on stderr before anything is loaded; a disk that
+    fills while a point trains: the same, once the point ends (its eval.log cannot be written)."""
+    experiment = make_experiment(records=small_tmpfs, steps=20)
+    (tmp_path / "points.txt").write_text("2 -3.5 0\n3 -3 0\n")
+    command = [*blackbox_cmd, "-q", "eval", "-e", str(experiment), "--set", "training.log_every_steps=1", "points.txt"]
+
+    def call() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    read_only = call()
+    assert (read_only.returncode, read_only.stdout) == (1, "")
+    assert read_only.stderr == f"lora-blackbox ERROR: cannot write records in {small_tmpfs}: Read-only file system\n"
+
+    subprocess.run(["mount", "-o", "remount,rw", str(small_tmpfs)], check=True)
+    filler = _fill(small_tmpfs)
+    full = call()
+    assert (full.returncode, full.stdout) == (1, "")
+    assert full.stderr.startswith(f"lora-blackbox ERROR: cannot write records in {small_tmpfs}: No space left")
+    assert full.stderr.count("\n") == 1
+
+    filler.unlink()
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: training_started(small_tmpfs), process, "the first point to train")
+        _fill(small_tmpfs)
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert (process.returncode, stdout) == (1, ""), stderr[-3000:]
+    # (torch and transformers may warn on stderr of their own; the blackbox says one thing)
+    assert [line for line in stderr.splitlines() if line.startswith("lora-blackbox")] == [
+        f"lora-blackbox ERROR: cannot write records in {small_tmpfs}: No space left on device"
+    ]
+    assert "Traceback" not in stderr and "Logging error" not in stderr
+    [run_dir] = (small_tmpfs / "evals").iterdir()
+    assert not (run_dir / "running.json").exists()  # not taken for a killed evaluation
