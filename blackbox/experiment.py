@@ -346,6 +346,14 @@ class RecordsConfig(_Section):
     save_adapter: bool = False
 
 
+class TrackingConfig(_Section):
+    """Experiment tracking. ``mlflow``: track every evaluation in MLflow (``blackbox.tracking``), at
+    ``$MLFLOW_TRACKING_URI``, or without one in a SQLite store in the study folder. A set
+    ``$MLFLOW_TRACKING_URI`` turns tracking on without this."""
+
+    mlflow: bool = False
+
+
 class Experiment(_Section):
     """One study, validated as a whole. Build it with :func:`load_experiment`."""
 
@@ -358,6 +366,7 @@ class Experiment(_Section):
     validation: ValidationConfig = ValidationConfig()
     fidelity: FidelityConfig = FidelityConfig()
     records: RecordsConfig = RecordsConfig()
+    tracking: TrackingConfig = TrackingConfig()
     objective: ObjectiveConfig = ObjectiveConfig()
     constraints: tuple[ConstraintConfig, ...] = ()
     # What `lora-blackbox downstream` scores when no --tasks are given (it changes no evaluation).
@@ -426,9 +435,10 @@ class Experiment(_Section):
         return Path(self.records.dir or f"runs/{self.study.name}")
 
     def fingerprint(self) -> str:
-        """A short hash of the settings that decide an evaluation's result (not where records go, nor what
-        ``downstream`` scores afterwards)."""
-        return hashlib.sha256(self.model_dump_json(exclude={"records", "downstream"}).encode()).hexdigest()[:16]
+        """A short hash of the settings that decide an evaluation's result (not where records go, whether they
+        are tracked, nor what ``downstream`` scores afterwards)."""
+        excluded = {"records", "tracking", "downstream"}
+        return hashlib.sha256(self.model_dump_json(exclude=excluded).encode()).hexdigest()[:16]
 
 
 def write_snapshot(experiment: Experiment) -> Path:

@@ -32,12 +32,20 @@ from typing import Any, TextIO
 import psutil
 
 from blackbox.errors import SetupError
+from blackbox.experiment import load_experiment
 from blackbox.failures import Status
 from blackbox.folders import CACHE_FILE, HOT_RESTART_FILE, PARAM_COPY, RECORDS_FILE, STATS_FILE, STOP_FILE
-from blackbox.nomad import drop_from_cache, is_crash_stub, read_cache, read_outputs_and_budget
+from blackbox.nomad import (
+    drop_from_cache,
+    is_crash_stub,
+    read_bb_exe_experiment,
+    read_cache,
+    read_outputs_and_budget,
+)
 from blackbox.progress import format_duration
 from blackbox.record import read_records
 from blackbox.stopping import ENV_STOP_FILE
+from blackbox.tracking import ENV_TRACKING_URI, StudyTracking, start_study
 
 logger = logging.getLogger(__name__)
 
@@ -158,11 +166,20 @@ class _Interrupts:
                 _signal(process, signal.SIGKILL)
 
 
-def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout, quiet: bool = False) -> int:
+def run_study(
+    param_file: Path,
+    study_dir: Path,
+    *,
+    out: TextIO = sys.stdout,
+    quiet: bool = False,
+    mlflow_uri: str | None = None,
+) -> int:
     """Run (or resume) a study. Returns 0, 130 when interrupted, or NOMAD's non-zero exit status.
 
     Unless ``quiet``, stderr shows evaluations done / budget, the best objective and an ETA as records
-    arrive; ``quiet`` also makes the blackbox calls quiet (no training progress).
+    arrive; ``quiet`` also makes the blackbox calls quiet (no training progress). With tracking on
+    (``mlflow_uri``, ``$MLFLOW_TRACKING_URI`` or the experiment's ``[tracking]``), the study is a parent
+    run in MLflow and every evaluation a run nested in it (``blackbox.tracking``).
 
     Raises:
         SetupError: bad parameter file or study folder, or no way to run NOMAD.
@@ -180,6 +197,11 @@ def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout, qu
     env[ENV_STOP_FILE] = str(stop_file)
     if quiet:
         env["LORA_BLACKBOX_QUIET"] = "1"
+    if mlflow_uri:
+        env[ENV_TRACKING_URI] = mlflow_uri
+    tracking = _start_tracking(copy, study_dir, mlflow_uri, nomad)
+    if tracking is not None:
+        env.update(tracking.env)
     # Started first: nothing may fail between starting NOMAD and the try block that waits for it.
     watcher = None if quiet else _ProgressWatcher(study_dir, copy)
     if watcher:
@@ -208,6 +230,8 @@ def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout, qu
         stop_file.unlink(missing_ok=True)
         if watcher:
             watcher.stop()
+        if tracking is not None:
+            tracking.end(interrupted=interrupts.count > 0)
     crashed = repair_after_crash(study_dir)
     summary = read_summary(study_dir, copy)
     out.write(summary.text())
@@ -228,6 +252,21 @@ def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout, qu
         _say(f"NOMAD exited with status {returncode}: see {study_dir / 'nomad.log'}")
         return returncode
     return 0
+
+
+def _start_tracking(param_file: Path, study_dir: Path, uri: str | None, nomad: str | None) -> StudyTracking | None:
+    """The study's parent run in MLflow, when tracking is on and BB_EXE names the experiment it evaluates."""
+    found = read_bb_exe_experiment(param_file)
+    if found is None:  # another blackbox, or a container's: its calls track themselves, if they can
+        return None
+    reference, overrides = found
+    experiment = load_experiment(reference, (*overrides, f"records.dir={study_dir.resolve()}"))
+    _, budget = read_outputs_and_budget(param_file)
+    settings = {"nomad.budget": budget, "nomad": nomad or f"PyNomadBBO {_pynomad_version()}"}
+    tracking = start_study(experiment, study_dir, solver="nomad", settings=settings, uri=uri)
+    if tracking is not None:
+        tracking.log_file(param_file)
+    return tracking
 
 
 def _failed_start(study_dir: Path, records_before: int) -> str | None:
