@@ -178,16 +178,21 @@ def _study_runs(uri: str, experiment: str, study_dir: Path) -> tuple:
     return parent, [c for c in children if c.data.tags[PARENT] == parent.info.run_id]
 
 
+# The real NOMAD binary only: BB_EXE, and so what is tracked, is the same with PyNomadBBO (tests/studies run both).
+@pytest.mark.parametrize("nomad_env", ["binary"], indirect=True)
 def test_a_nomad_study_on_a_tracking_server(
     tmp_path: Path, mlflow_server: MlflowServer, nomad_env, make_study, run_nomad
 ) -> None:
-    """NOMAD (the binary and PyNomadBBO) calls ``lora-blackbox eval``; the driver made the parent run and handed
-    its id down; every evaluation is a run nested in it."""
+    """NOMAD calls ``lora-blackbox eval``; the driver made the parent run and handed its id down; every
+    evaluation is a run nested in it. The same command again (a resume) goes on in the same parent run."""
     param = make_study(budget=2, steps=2)
     study_dir = tmp_path / "runs" / "study"
-    result = run_nomad(param, study_dir, {**nomad_env, "MLFLOW_TRACKING_URI": mlflow_server.uri})
+    env = {**nomad_env, "MLFLOW_TRACKING_URI": mlflow_server.uri}
+    result = run_nomad(param, study_dir, env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert WARNING not in result.stderr
+    again = run_nomad(param, study_dir, env)  # complete: nothing is evaluated, the parent is found again
+    assert again.returncode == 0, again.stderr[-3000:]
     records = read_records(study_dir / "records.jsonl")
     assert len(records) == 2
     parent, children = _study_runs(mlflow_server.uri, "tiny-study", study_dir)
