@@ -128,23 +128,19 @@ def _check_evaluation_run(uri: str, run, record: dict, *, steps: int) -> None:
 
 
 def test_the_study_folders_own_store(tmp_path: Path, make_experiment, run_blackbox) -> None:
-    """``[tracking] mlflow = true`` without a tracking URI: a SQLite store in the study folder. Two calls (a
-    study resumed) share one parent run; stdout carries the result lines only; the adapter is an artifact."""
+    """``[tracking] mlflow = true`` without a tracking URI: a SQLite store in the study folder. A call started
+    without a driver (as by a hand-started NOMAD) makes the parent run and remembers it in the study folder;
+    stdout carries the result lines only; the adapter is an artifact."""
     experiment = make_experiment(budget=2, steps=2)
     with experiment.open("a") as f:
         f.write("\n[tracking]\nmlflow = true\n")
     env = {"MLFLOW_TRACKING_URI": "", "LORA_BLACKBOX_MLFLOW_PARENT_RUN_ID": ""}
     points = tmp_path / "points.txt"
-    points.write_text("2 -3 0.1\n")
-    args = ["eval", "-e", str(experiment), "--set", "records.save_adapter=true", str(points)]
-    first = run_blackbox(args, env=env)
-    assert first.returncode == 0, first.stderr.decode()[-3000:]
-    points.write_text("3 -2.5 0\n")
-    second = run_blackbox(args, env=env)
-    assert second.returncode == 0, second.stderr.decode()[-3000:]
-    for result in (first, second):
-        [line] = result.stdout.decode().splitlines()  # one result line, nothing of mlflow's
-        assert len(line.split()) == 3
+    points.write_text("2 -3 0.1\n3 -2.5 0\n")
+    result = run_blackbox(["eval", "-e", str(experiment), "--set", "records.save_adapter=true", str(points)], env=env)
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    lines = result.stdout.decode().splitlines()  # the result lines, nothing of mlflow's
+    assert len(lines) == 2 and all(len(line.split()) == 3 for line in lines)
     study_dir = tmp_path / "runs"
     uri = f"sqlite:///{study_dir / 'mlflow.db'}"
     records = read_records(study_dir / "records.jsonl")
