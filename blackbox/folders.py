@@ -3,7 +3,8 @@ the reports share.
 
 A study folder (``runs/<study>/`` by default, a NOMAD study's folder under ``run_nomad.sh``) holds the
 blackbox's records and one folder per evaluation; NOMAD's parameter file, cache, stats and hot-restart
-file; an Optuna study's storage; and the driver's stop request while a stopping study winds down.
+file; an Optuna study's storage; MLflow's parent run id (and a local store, when one is used); and the
+driver's stop request while a stopping study winds down.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ OPTUNA_STORAGE_FILE = "optuna.db"
 """An Optuna study's default SQLite storage."""
 LOCK_FILE = "study.lock"
 """Locked (``flock``) while a NOMAD study runs in the folder; names the driver's pid (``studies.guard``)."""
+MLFLOW_PARENT_FILE = "mlflow_parent.json"
+"""The study's MLflow parent run (tracking URI and run id), reused on resume (``blackbox.tracking``)."""
+MLFLOW_STORE_FILE = "mlflow.db"
+MLFLOW_ARTIFACTS_DIR = "mlartifacts"
+"""The study folder's own MLflow store (``[tracking] mlflow = true`` without a tracking URI) and its artifacts."""
 STOP_FILE = "stop-requested"
 """Present while a NOMAD study stops after a Ctrl-C (``blackbox.stopping``)."""
 EXPERIMENTS_DIR = "experiments"

@@ -240,6 +240,22 @@ def read_outputs_and_budget(param_file: Path) -> tuple[list[str], int | None]:
     return outputs, budget
 
 
+def read_bb_exe_experiment(param_file: Path) -> tuple[str, tuple[str, ...]] | None:
+    """The experiment and ``--set`` overrides that a parameter file's BB_EXE evaluates (as
+    :func:`bb_exe_words` writes them), or None when its BB_EXE is not a ``lora-blackbox`` command."""
+    for raw in param_file.read_text(encoding="utf-8", errors="replace").splitlines():
+        name, _, value = raw.strip().partition(" ")
+        if name.upper() != "BB_EXE":
+            continue
+        words = [w.removeprefix("$") for w in value.strip().strip('"').split()]
+        if not words or Path(words[0]).name != "lora-blackbox" or "--experiment" not in words:
+            return None
+        experiment = words[words.index("--experiment") + 1] if words[-1] != "--experiment" else None
+        overrides = tuple(words[i + 1] for i, w in enumerate(words[:-1]) if w == "--set")
+        return (experiment, overrides) if experiment else None
+    return None
+
+
 def is_crash_stub(path: Path) -> bool:
     """Whether a hot-restart file is the stub NOMAD 4.5/4.6 leave when they crash writing it.
 

@@ -68,6 +68,7 @@ class EvalRecord:
     slot: str | None = None  # the leased device(s) of a parallel run (LORA_BLACKBOX_SLOT)
     point_file: str | None = None
     block_index: int | None = None
+    mlflow_run_id: str | None = None  # the evaluation's MLflow run, when tracked (blackbox.tracking)
     schema_version: int = SCHEMA_VERSION
 
     @property

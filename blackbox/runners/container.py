@@ -61,6 +61,15 @@ PASSED_ENV = (
     "TOKENIZERS_PARALLELISM",
     "LORA_BLACKBOX_QUIET",
     "LORA_BLACKBOX_STOP_FILE",  # a study's stop request (blackbox.stopping): the file is in the records folder
+    # MLflow tracking (blackbox.tracking): the server (a 127.0.0.1 URI is the container's own), its credentials,
+    # and the study's parent run.
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_EXPERIMENT_NAME",
+    "LORA_BLACKBOX_MLFLOW_PARENT_RUN_ID",
+    "LORA_BLACKBOX_SOLVER",
 )
 """Host variables that reach the container when set (the caches are mounted and set separately)."""
 # A bind mount at or above these would hide the image's system or Python installation.

@@ -37,14 +37,22 @@ from typing import Any, TextIO
 import psutil
 
 from blackbox.errors import SetupError
+from blackbox.experiment import load_experiment
 from blackbox.failures import Status
 from blackbox.folders import CACHE_FILE, HOT_RESTART_FILE, PARAM_COPY, RECORDS_FILE, STATS_FILE, STOP_FILE
-from blackbox.nomad import drop_from_cache, is_crash_stub, read_cache, read_outputs_and_budget
+from blackbox.nomad import (
+    drop_from_cache,
+    is_crash_stub,
+    read_bb_exe_experiment,
+    read_cache,
+    read_outputs_and_budget,
+)
 from blackbox.progress import format_duration
 from blackbox.record import read_records, record_killed, writing_records
 from blackbox.resume import ENV_ANSWER_FINISHED
 from blackbox.stopping import ENV_STOP_FILE
 from blackbox.studies.guard import Unit, lock_study
+from blackbox.tracking import ENV_TRACKING_URI, StudyTracking, start_study
 
 logger = logging.getLogger(__name__)
 
@@ -172,11 +180,20 @@ class _Interrupts:
                 _signal(process, signal.SIGKILL)
 
 
-def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout, quiet: bool = False) -> int:
+def run_study(
+    param_file: Path,
+    study_dir: Path,
+    *,
+    out: TextIO = sys.stdout,
+    quiet: bool = False,
+    mlflow_uri: str | None = None,
+) -> int:
     """Run (or resume) a study. Returns 0, 130 when interrupted, or NOMAD's non-zero exit status.
 
     Unless ``quiet``, stderr shows evaluations done / budget, the best objective and an ETA as records
-    arrive; ``quiet`` also makes the blackbox calls quiet (no training progress).
+    arrive; ``quiet`` also makes the blackbox calls quiet (no training progress). With tracking on
+    (``mlflow_uri``, ``$MLFLOW_TRACKING_URI`` or the experiment's ``[tracking]``), the study is a parent
+    run in MLflow and every evaluation a run nested in it (``blackbox.tracking``).
 
     Raises:
         SetupError: bad parameter file or study folder, or no way to run NOMAD.
@@ -185,12 +202,12 @@ def run_study(param_file: Path, study_dir: Path, *, out: TextIO = sys.stdout, qu
         copy = prepare_study_dir(param_file, study_dir)
     lock = lock_study(study_dir)
     try:
-        return _run_locked(copy, study_dir, lock, out=out, quiet=quiet)
+        return _run_locked(copy, study_dir, lock, out=out, quiet=quiet, mlflow_uri=mlflow_uri)
     finally:
         os.close(lock)
 
 
-def _run_locked(copy: Path, study_dir: Path, lock: int, *, out: TextIO, quiet: bool) -> int:
+def _run_locked(copy: Path, study_dir: Path, lock: int, *, out: TextIO, quiet: bool, mlflow_uri: str | None) -> int:
     prepare_resume(study_dir)
     records_before = len(_records(study_dir))
     nomad = find_nomad()
@@ -204,6 +221,11 @@ def _run_locked(copy: Path, study_dir: Path, lock: int, *, out: TextIO, quiet: b
     env[ENV_ANSWER_FINISHED] = "1"  # a point evaluated before a kill is answered from its record (blackbox.resume)
     if quiet:
         env["LORA_BLACKBOX_QUIET"] = "1"
+    if mlflow_uri:
+        env[ENV_TRACKING_URI] = mlflow_uri
+    tracking = _start_tracking(copy, study_dir, mlflow_uri, nomad)
+    if tracking is not None:
+        env.update(tracking.env)
     # Started first: nothing may fail between starting NOMAD and the try block that waits for it.
     watcher = None if quiet else _ProgressWatcher(study_dir, copy)
     if watcher:
@@ -227,6 +249,8 @@ def _run_locked(copy: Path, study_dir: Path, lock: int, *, out: TextIO, quiet: b
         stop_file.unlink(missing_ok=True)
         if watcher:
             watcher.stop()
+        if tracking is not None:
+            tracking.end(interrupted=interrupts.count > 0)
     killed = record_killed(study_dir, alive=False)  # cut by the third Ctrl-C, or killed from outside
     if killed:
         _say(f"{len(killed)} evaluation(s) were killed before they could finish (recorded as KILLED)")
@@ -250,6 +274,21 @@ def _run_locked(copy: Path, study_dir: Path, lock: int, *, out: TextIO, quiet: b
         _say(f"NOMAD exited with status {returncode}: see {study_dir / 'nomad.log'}")
         return returncode
     return 0
+
+
+def _start_tracking(param_file: Path, study_dir: Path, uri: str | None, nomad: str | None) -> StudyTracking | None:
+    """The study's parent run in MLflow, when tracking is on and BB_EXE names the experiment it evaluates."""
+    found = read_bb_exe_experiment(param_file)
+    if found is None:  # another blackbox, or a container's: its calls track themselves, if they can
+        return None
+    reference, overrides = found
+    experiment = load_experiment(reference, (*overrides, f"records.dir={study_dir.resolve()}"))
+    _, budget = read_outputs_and_budget(param_file)
+    settings = {"nomad.budget": budget, "nomad": nomad or f"PyNomadBBO {_pynomad_version()}"}
+    tracking = start_study(experiment, study_dir, solver="nomad", settings=settings, uri=uri)
+    if tracking is not None:
+        tracking.log_file(param_file)
+    return tracking
 
 
 def _failed_start(study_dir: Path, records_before: int) -> str | None:

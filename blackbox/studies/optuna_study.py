@@ -21,6 +21,7 @@ not repeat the points it drew before (an uninterrupted study is reproducible fro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ from blackbox.experiment import RecordsConfig
 from blackbox.failures import Status, trial_state
 from blackbox.folders import OPTUNA_STORAGE_FILE
 from blackbox.progress import format_duration
+from blackbox.tracking import start_study
 
 if TYPE_CHECKING:
     import optuna
@@ -110,8 +112,13 @@ def run_optuna(
     seed: int,
     storage: str,
     study_name: str,
+    mlflow_uri: str | None = None,
 ) -> OptunaSummary:
     """Run or resume the study until it holds ``n_trials`` counted trials.
+
+    With tracking on (``mlflow_uri``, ``$MLFLOW_TRACKING_URI`` or the experiment's ``[tracking]``), the study
+    is a parent run in MLflow (one per study folder, reused on resume) and every trial's evaluation a run
+    nested in it, logged by the evaluation itself as in a NOMAD study (``blackbox.tracking``).
 
     Returns:
         Where the study stands; ``interrupted`` when Ctrl-C stopped it (the running trial was recorded,
@@ -131,6 +138,27 @@ def run_optuna(
     if done:
         logger.info("resuming study %r: %d of %d trials done", study_name, done, n_trials)
     progress = _Progress(n_trials, done)
+    interrupted = False
+    settings = {"optuna.sampler": sampler, "optuna.seed": seed, "optuna.study_name": study_name}
+    folder = blackbox.experiment.records_dir
+    tracking = start_study(blackbox.experiment, folder, solver=f"optuna-{sampler}", settings=settings, uri=mlflow_uri)
+    with tracking.environment() if tracking else contextlib.nullcontext():
+        try:
+            done, interrupted = _run_trials(study, blackbox, n_trials, done, progress)
+        finally:
+            if tracking is not None:
+                tracking.end(interrupted=interrupted or done < n_trials)
+    return summary_of(study, storage, blackbox, n_trials, interrupted=interrupted)
+
+
+def _run_trials(
+    study: optuna.Study, blackbox: Blackbox, n_trials: int, done: int, progress: _Progress
+) -> tuple[int, bool]:
+    """Ask, evaluate and tell trials until ``n_trials`` are counted; returns (counted, interrupted).
+
+    Raises:
+        SetupError: a trial could not run (the study stops; the trial is not counted).
+    """
     interrupted = False
     while done < n_trials:
         trial = study.ask()
@@ -152,7 +180,7 @@ def run_optuna(
         _tell(study, trial, result)
         done += 1
         progress.log(trial.number, result, _best_value(study))
-    return summary_of(study, storage, blackbox, n_trials, interrupted=interrupted)
+    return done, interrupted
 
 
 def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:

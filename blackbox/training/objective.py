@@ -42,6 +42,7 @@ from blackbox.record import (
     writing_records,
 )
 from blackbox.space import HyperParams, SearchSpace
+from blackbox.tracking import Tracker
 from blackbox.training import distributed
 from blackbox.training.benchmarks import Scorer, base_score
 from blackbox.training.data import Splits, prepare_splits
@@ -96,6 +97,7 @@ class Evaluator:
         self._loaded: _Loaded | None = None
         # Under torchrun every rank evaluates the same points together; rank 0 alone records and prints.
         self.world = world_from_env()
+        self.tracker = Tracker.for_experiment(experiment) if self.world.main else None  # None: tracking is off
         self._startup_s: float | None = time.time() - psutil.Process().create_time()
 
     def evaluate_line(self, line: str, *, point_file: str | None = None, block_index: int | None = None) -> EvalRecord:
@@ -127,9 +129,20 @@ class Evaluator:
         if self.world.main:
             with writing_records(self.records_dir):
                 write_running_marker(attempt.run_dir, self._marker(attempt))
+        try:
+            return self._evaluate(hparams, attempt)
+        finally:
+            if self.tracker is not None and attempt.record is not None:  # after eval.log is complete
+                self.tracker.finish_evaluation(attempt.record, step_losses=attempt.step_losses)
+
+    def _evaluate(self, hparams: HyperParams, attempt: _Attempt) -> EvalRecord:
         with _log_to(attempt, self.records_dir) if self.world.main else contextlib.nullcontext():
             logger.info("evaluation %s: %s", attempt.run_id, hparams)
             try:
+                if self.tracker is not None:  # its MLflow run (None when tracking fails: a warning, no failure)
+                    attempt.mlflow_run_id = self.tracker.start_evaluation(
+                        attempt.run_id, hparams.as_dict(), point_line=attempt.source.line
+                    )
                 loaded = self._load(attempt.timings)
                 _reset_peak_memory(loaded.device)
                 attempt.metrics.update(self._train_and_validate(hparams, loaded, attempt))
@@ -170,6 +183,7 @@ class Evaluator:
                 world=self.world,
             )
             attempt.timings["train_s"] = stats.seconds
+            attempt.step_losses = stats.losses
             validation = loaded.splits.validation
             validation = validation.head(math.ceil(len(validation) * config.fidelity.validation))
             result = validate(
@@ -313,7 +327,9 @@ class Evaluator:
             memory=memory,
             run_dir=str(attempt.run_dir),
             started_at=attempt.started_at,
+            mlflow_run_id=attempt.mlflow_run_id,
         )
+        attempt.record = record
         if self.world.main:
             try:
                 with writing_records(self.records_dir):
@@ -373,6 +389,9 @@ class _Attempt:
     metrics: dict[str, Any]
     timings: dict[str, float]
     log_failure: OSError | None = None  # the first error writing eval.log (full disk): it fails the call
+    mlflow_run_id: str | None = None  # its MLflow run, when tracked
+    step_losses: tuple[float, ...] = ()
+    record: EvalRecord | None = None  # once written
 
     @classmethod
     def start(cls, records_dir: Path, hparams: HyperParams, source: PointSource, *, create: bool) -> _Attempt:

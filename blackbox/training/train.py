@@ -36,6 +36,7 @@ class TrainStats:
     padded_tokens: int  # tokens computed, padding included
     seconds: float
     micro_batch_size: int  # sequences per forward pass, as configured or as found by the auto search
+    losses: tuple[float, ...] = ()  # the loss of every step (MLflow's loss curve; records keep the summary)
 
 
 def total_steps(num_examples: int, config: TrainingConfig, fidelity: float = 1.0) -> int:
@@ -88,7 +89,7 @@ def train(
     micro = config.micro_batch_size or (config.effective_batch_size if device.type == "cuda" else CPU_MICRO_BATCH)
     model.train()
     started = time.perf_counter()
-    losses_total = 0.0
+    losses: list[float] = []
     step_loss = math.nan
     target_tokens = real_tokens = padded_tokens = 0
     for step in range(1, steps + 1):
@@ -122,7 +123,7 @@ def train(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        losses_total += step_loss
+        losses.append(step_loss)
         target_tokens += step_targets
         real_tokens += sum(b.real_tokens for b in batches)
         padded_tokens += sum(b.input_ids.numel() for b in batches)
@@ -142,13 +143,14 @@ def train(
             raise TrainingTimeout(f"training passed timeout_s={config.timeout_s:g} at step {step}/{steps}")
     return TrainStats(
         steps=steps,
-        train_loss=losses_total / steps,
+        train_loss=sum(losses) / steps,
         last_loss=step_loss,
         target_tokens=target_tokens,
         real_tokens=real_tokens,
         padded_tokens=padded_tokens,
         seconds=time.perf_counter() - started,
         micro_batch_size=micro,
+        losses=tuple(losses),
     )
 
 
