@@ -541,6 +541,141 @@ def report_command(ctx: click.Context, runs: tuple[str, ...], out: Path | None, 
         click.echo(str(files["html"]))
 
 
+def selection_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The models an assessment compares beside the base model: a study's evaluations by rank or run id, adapter
+    folders, and whether evaluations without a saved adapter are retrained."""
+    options = [
+        click.option("--best", is_flag=True, help="The study's best evaluation."),
+        click.option("--worst", is_flag=True, help="The study's worst finished evaluation."),
+        click.option("--top", type=click.IntRange(min=0), default=0, metavar="K", help="The study's K best evaluations."),
+        click.option("--run-id", "run_ids", multiple=True, metavar="ID", help="An evaluation by run id (repeatable)."),
+        click.option(
+            "--adapter",
+            "adapters",
+            multiple=True,
+            type=click.Path(path_type=Path, file_okay=False),
+            metavar="DIR",
+            help="A saved adapter folder (repeatable), labelled by its folder name.",
+        ),
+        click.option(
+            "--retrain",
+            is_flag=True,
+            help="Retrain chosen evaluations that saved no adapter (their recorded hyperparameters and seed).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _candidates(
+    study_dir: Path | None,
+    *,
+    base: bool,
+    best: bool,
+    worst: bool,
+    top: int,
+    run_ids: tuple[str, ...],
+    adapters: tuple[Path, ...],
+    retrain: bool,
+) -> list[Any]:
+    """The base model (``base``), then the chosen evaluations of ``study_dir`` and the adapter folders."""
+    from blackbox.assessment.answers import base_candidate, with_adapters
+    from blackbox.assessment.selection import adapter_folders, select_from_study
+
+    if (best or worst or top or run_ids or retrain) and study_dir is None:
+        raise click.UsageError("--best, --worst, --top, --run-id and --retrain pick from a study: give STUDY_DIR")
+    chosen = [base_candidate()] if base else []
+    if study_dir is not None:
+        picked = select_from_study(study_dir, top=top, best=best, worst=worst, run_ids=run_ids)
+        chosen += with_adapters(picked, study_dir, retrain=retrain)
+    chosen += adapter_folders(adapters)
+    if not chosen:
+        raise click.UsageError("no model to ask: keep --base, or choose evaluations or adapters")
+    return chosen
+
+
+@main.command("answers")
+@click.argument("study_dir", required=False, type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--questions",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help='Question file: JSON Lines ({"id": ..., "question": ...}) or plain text, one question a line.',
+)
+@selection_options
+@click.option("--base/--no-base", default=True, show_default=True, help="Include the base model (the reference).")
+@click.option(
+    "-e",
+    "--experiment",
+    "experiment_ref",
+    metavar="EXP",
+    help="Experiment whose model and prompt template answer (default: the one the study's evaluations ran).",
+)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key of that experiment.")
+@click.option(
+    "--out", type=click.Path(path_type=Path, dir_okay=False), help="Answers file (default: STUDY_DIR/answers.jsonl)."
+)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.9, show_default=True)
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=0.9, show_default=True)
+@click.option("--greedy", is_flag=True, help="Greedy decoding instead of sampling (temperature and top-p unused).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same answers.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Questions per batch.")
+@click.pass_context
+def answers_command(
+    ctx: click.Context,
+    study_dir: Path | None,
+    questions: Path,
+    best: bool,
+    worst: bool,
+    top: int,
+    run_ids: tuple[str, ...],
+    adapters: tuple[Path, ...],
+    retrain: bool,
+    base: bool,
+    experiment_ref: str | None,
+    overrides: tuple[str, ...],
+    out: Path | None,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    greedy: bool,
+    seed: int,
+    batch_size: int,
+) -> None:
+    """Answers of the base model and of chosen adapters to the questions of a file, for compare. Prints the
+    answers file's path.
+
+    Every model answers in the experiment's prompt template with the same sampling settings and seed (the same
+    command gives the same answers); the base model is loaded once. Models already answered in the file with the
+    same settings are kept, so an interrupted call resumes. Example:
+
+        lora-blackbox answers runs/demo --best --worst --questions examples/demo_questions.jsonl
+    """
+    from blackbox.assessment.answers import experiment_of, generate_answers, read_questions
+    from blackbox.folders import ANSWERS_FILE
+    from blackbox.training.generation import Sampling
+
+    with _exit_codes(ctx):
+        chosen = _candidates(
+            study_dir,
+            base=base,
+            best=best,
+            worst=worst,
+            top=top,
+            run_ids=run_ids,
+            adapters=adapters,
+            retrain=retrain,
+        )
+        given = load_experiment(experiment_ref, overrides) if experiment_ref else None
+        experiment = experiment_of(chosen, given)
+        out = out or (study_dir or Path()) / ANSWERS_FILE
+        sampling = Sampling(max_new_tokens, temperature, top_p, greedy, batch_size)
+        generate_answers(chosen, experiment, read_questions(questions), out, sampling=sampling, seed=seed)
+        click.echo(str(out))
+
+
 @contextlib.contextmanager
 def protocol_stdout() -> Iterator[Callable[[str | bytes], None]]:
     """Keep stdout for result lines only.
