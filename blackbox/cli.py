@@ -547,7 +547,9 @@ def selection_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--best", is_flag=True, help="The study's best evaluation."),
         click.option("--worst", is_flag=True, help="The study's worst finished evaluation."),
-        click.option("--top", type=click.IntRange(min=0), default=0, metavar="K", help="The study's K best evaluations."),
+        click.option(
+            "--top", type=click.IntRange(min=0), default=0, metavar="K", help="The study's K best evaluations."
+        ),
         click.option("--run-id", "run_ids", multiple=True, metavar="ID", help="An evaluation by run id (repeatable)."),
         click.option(
             "--adapter",
@@ -674,6 +676,105 @@ def answers_command(
         sampling = Sampling(max_new_tokens, temperature, top_p, greedy, batch_size)
         generate_answers(chosen, experiment, read_questions(questions), out, sampling=sampling, seed=seed)
         click.echo(str(out))
+
+
+@main.command("compare")
+@click.argument("answers_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--db",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Votes file (SQLite; default: votes.sqlite beside ANSWERS_FILE). The same file resumes.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: for a team).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free port.")
+@click.option("--results", is_flag=True, help="Print the results tables on stdout instead of serving the page.")
+@click.option(
+    "--csv", "csv_file", type=click.Path(path_type=Path, dir_okay=False), help="Write every vote to this CSV file."
+)
+@click.option(
+    "--judge",
+    "judge_model",
+    metavar="MODEL",
+    help="Rate every pair with this judge model (hub id or folder; transformers), then print the results.",
+)
+@click.option("--judge-max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--judge-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="The judge's device: auto, cpu, cuda or cuda:N.")
+@click.pass_context
+def compare_command(
+    ctx: click.Context,
+    answers_file: Path,
+    db: Path | None,
+    host: str,
+    port: int,
+    results: bool,
+    csv_file: Path | None,
+    judge_model: str | None,
+    judge_max_new_tokens: int,
+    judge_batch_size: int,
+    device: str,
+) -> None:
+    """Blind pairwise rating of the answers of ANSWERS_FILE (lora-blackbox answers): a web page for people, or
+    a judge model.
+
+    The page (http://127.0.0.1:8000/ by default; its address is printed on stderr) shows one question and two
+    answers of different models at a time, in random order and unlabelled; each rater, by name, picks A, B, tie
+    or both bad, and never sees a pair twice. Every vote is saved at once: the same command resumes. --results
+    prints win rates with 95% confidence intervals, Bradley-Terry strengths, votes per rater and the raters'
+    agreement; --csv exports the votes. --judge MODEL asks a judge model about every pair in both orders
+    (MT-Bench's pairwise prompt); its votes count as rater judge:MODEL.
+    """
+    from blackbox.assessment.answers import read_answers
+    from blackbox.assessment.compare.pairs import index_answers
+    from blackbox.folders import VOTES_FILE
+    from blackbox.reports.preferences import group_preferences, results_text, votes_csv
+    from blackbox.votes import fetch_votes, votes_db
+
+    with _exit_codes(ctx):
+        answers = index_answers(read_answers(answers_file))
+        db = db or answers_file.parent / VOTES_FILE
+        if judge_model:
+            from blackbox.assessment.compare.judge import SYSTEM_PROMPT, judge_pairs
+            from blackbox.training.judge import ask, load_judge
+
+            judge = load_judge(judge_model, device=device)
+            logger.info("judge %s loaded in %.1f s", judge_model, judge.load_seconds)
+            added = judge_pairs(
+                answers,
+                db,
+                model=judge_model,
+                ask=lambda prompts: ask(
+                    judge,
+                    prompts,
+                    system=SYSTEM_PROMPT,
+                    max_new_tokens=judge_max_new_tokens,
+                    batch_size=judge_batch_size,
+                ),
+            )
+            logger.info("judge %s: %d new votes in %s", judge_model, added, db)
+        if judge_model or results or csv_file:
+            with votes_db(db) as connection:
+                votes = fetch_votes(connection)
+            if csv_file:
+                csv_file.write_text(votes_csv(votes), encoding="utf-8")
+                logger.info("%d votes written to %s", len(votes), csv_file)
+            if judge_model or results:
+                click.echo(results_text(group_preferences(votes)), nl=False)
+            return
+        from blackbox.assessment.compare.app import build_app, serve
+
+        def ready(url: str) -> None:
+            click.echo(
+                f"lora-blackbox: rating page at {url} ({len(answers.pairs)} pairs; votes in {db}; Ctrl-C stops)",
+                err=True,
+            )
+
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            logger.warning("listening on %s: anyone who reaches it can rate (the page has no login)", host)
+        try:
+            serve(build_app(answers, db), host=host, port=port, ready=ready)
+        except OSError as e:
+            raise SetupError(f"cannot listen on {host}:{port}: {e}") from e
 
 
 @contextlib.contextmanager

@@ -167,7 +167,11 @@ def generate_answers(
     labels = [c.label for c in candidates]
     if len(set(labels)) < len(labels):
         raise ConfigError(f"each model needs its own label, got {labels}")
-    settings = {**sampling.as_dict(), "template": experiment.data.template, "system_prompt": experiment.data.system_prompt}
+    settings = {
+        **sampling.as_dict(),
+        "template": experiment.data.template,
+        "system_prompt": experiment.data.system_prompt,
+    }
     existing = read_answers(out) if out.exists() else []
     kept = _complete_answers(existing, candidates, questions, settings, seed)
     todo = [c for c in candidates if c.label not in kept]
@@ -186,7 +190,9 @@ def generate_answers(
         experiment = experiment.model_copy(update={"model": model})
     inference = load_for_inference(experiment)
     logger.info("base model %s loaded in %.1f s", experiment.model.name_or_path, inference.load_seconds)
-    format_prompt = prompt_formatter(experiment.data.template, inference.tokenizer, system_prompt=experiment.data.system_prompt)
+    format_prompt = prompt_formatter(
+        experiment.data.template, inference.tokenizer, system_prompt=experiment.data.system_prompt
+    )
     prompts = [format_prompt(Row(q.text, "", "")) for q in questions]
     out.parent.mkdir(parents=True, exist_ok=True)
     for candidate in todo:

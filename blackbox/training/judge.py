@@ -31,7 +31,9 @@ def load_judge(name_or_path: str, *, device: str = "auto") -> InferenceModel:
     return InferenceModel(model, tokenizer, target, precision, time.perf_counter() - started)
 
 
-def ask(judge: InferenceModel, questions: Sequence[str], *, system: str, max_new_tokens: int, batch_size: int) -> list[str]:
+def ask(
+    judge: InferenceModel, questions: Sequence[str], *, system: str, max_new_tokens: int, batch_size: int
+) -> list[str]:
     """The judge's greedy reply to each question (a one-turn chat with ``system`` as its system message)."""
     prompts = [chat_prompt(judge.tokenizer, question, system=system) for question in questions]
     add_special = prompts[0][1] if prompts else True

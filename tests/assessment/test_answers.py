@@ -38,7 +38,9 @@ def _answers(tmp_path: Path, experiment: Path, adapter: Path, out: Path, *extra:
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-def test_answers_of_base_and_adapter_are_reproducible(tiny_experiment: Path, tiny_adapter: Path, tmp_path: Path) -> None:
+def test_answers_of_base_and_adapter_are_reproducible(
+    tiny_experiment: Path, tiny_adapter: Path, tmp_path: Path
+) -> None:
     first = _answers(tmp_path, tiny_experiment, tiny_adapter, tmp_path / "a.jsonl")
     second = _answers(tmp_path, tiny_experiment, tiny_adapter, tmp_path / "b.jsonl")
     assert [(a["question_id"], a["model"]) for a in first] == [
