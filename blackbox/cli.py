@@ -775,6 +775,8 @@ def compare_command(
             serve(build_app(answers, db), host=host, port=port, ready=ready)
         except OSError as e:
             raise SetupError(f"cannot listen on {host}:{port}: {e}") from e
+        except KeyboardInterrupt:  # uvicorn stops cleanly on Ctrl-C, then raises it again: the page's normal end
+            logger.info("stopped; the votes are in %s (the same command resumes)", db)
 
 
 @contextlib.contextmanager
