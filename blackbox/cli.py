@@ -522,8 +522,15 @@ def optuna_command(
 )
 @click.option("--objective", default="validation_loss", show_default=True, help="The metric that was minimised.")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows of the top-points table.")
+@click.option(
+    "--votes",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Votes of lora-blackbox compare to add (default: the first run folder's votes.sqlite, if any).",
+)
 @click.pass_context
-def report_command(ctx: click.Context, runs: tuple[str, ...], out: Path | None, objective: str, top: int) -> None:
+def report_command(
+    ctx: click.Context, runs: tuple[str, ...], out: Path | None, objective: str, top: int, votes: Path | None
+) -> None:
     """Write a report of one or more studies: convergence and parallel-coordinates plots (PNG), the top
     points, failures, and one self-contained HTML page. Prints the HTML file's path.
 
@@ -537,7 +544,7 @@ def report_command(ctx: click.Context, runs: tuple[str, ...], out: Path | None, 
         if out is None:
             first = Path(runs[0].partition("=")[2] if "=" in runs[0] else runs[0])
             out = (first if first.is_dir() else first.parent) / "report" if len(runs) == 1 else Path("report")
-        files = write_report(runs, out, objective=objective, top=top)
+        files = write_report(runs, out, objective=objective, top=top, votes=votes)
         click.echo(str(files["html"]))
 
 

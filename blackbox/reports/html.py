@@ -28,7 +28,10 @@ def render_page(
     figures: dict[str, bytes],
     top_rows: Sequence[dict[str, Any]],
     title: str = "lora-blackbox report",
+    sections: Sequence[tuple[str, str]] = (),
 ) -> str:
+    """The page; ``sections``: more (title, HTML) sections before the failures, their HTML escaped by their
+    writer."""
     checkpoints = [c for c in CHECKPOINTS if any(len(r.evaluations) >= c for r in runs)]
     parts = [
         "<!DOCTYPE html>",
@@ -81,6 +84,8 @@ def render_page(
             table_id="top",
         )
     )
+    for heading, body in sections:
+        parts += [f"<h2>{_e(heading)}</h2>", body]
     parts += ["<h2>Failures</h2>", _failures(runs), "</body></html>"]
     return "\n".join(parts) + "\n"
 

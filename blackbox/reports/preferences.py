@@ -20,6 +20,7 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -191,6 +192,45 @@ def group_preferences(votes: Sequence[Vote]) -> list[Preferences]:
         if rater.startswith(JUDGE_PREFIX):
             groups.append(preferences([v for v in votes if v.rater == rater], rater))
     return groups
+
+
+def preferences_summary(prefs: Preferences) -> dict[str, Any]:
+    """A group's results as JSON-ready values (the report's summary.json); undefined numbers as None."""
+
+    def finite(value: float) -> float | None:
+        return value if math.isfinite(value) else None
+
+    def pair(result: PairResult) -> dict[str, Any]:
+        low, high = result.interval
+        return {
+            "model": result.first,
+            "against": result.second,
+            "votes": result.votes,
+            "wins": result.wins,
+            "losses": result.losses,
+            "ties": result.ties,
+            "both_bad": result.both_bad,
+            "win_rate": finite(result.win_rate),
+            "ci95": [low, high],
+        }
+
+    a = prefs.agreement
+    return {
+        "group": prefs.group,
+        "votes": prefs.votes,
+        "strengths": prefs.strengths,
+        "models": [pair(prefs.overall[m]) for m in prefs.models],
+        "pairs": [pair(p) for p in prefs.pairs],
+        "votes_per_rater": prefs.per_rater,
+        "agreement": None
+        if a is None
+        else {
+            "items": a.items,
+            "rater_pairs": a.rater_pairs,
+            "share": finite(a.share),
+            "fleiss_kappa": finite(a.kappa),
+        },
+    }
 
 
 def votes_csv(votes: Sequence[Vote]) -> str:

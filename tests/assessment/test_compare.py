@@ -208,3 +208,48 @@ def test_people_rate_in_a_browser_and_lose_nothing_when_the_server_dies(
     assert re.search(r"^ann\s+4$", result.stdout, re.M) and re.search(r"^bob\s+2$", result.stdout, re.M)
     assert "Agreement: 2 pairs rated by two or more people" in result.stdout
 
+
+def test_judge_asks_both_orders_and_keeps_only_consistent_verdicts(answers_file: Path, tmp_path: Path) -> None:
+    from blackbox.assessment.answers import read_answers
+    from blackbox.assessment.compare.judge import combine, judge_pairs, parse_verdict
+    from blackbox.assessment.compare.pairs import index_answers
+
+    assert parse_verdict("A is fine. [[B]] no, final: [[A]]") == "A" and parse_verdict("no verdict") is None
+    assert (combine("A", "B"), combine("B", "A"), combine("A", "A"), combine("C", "C"), combine(None, "B")) == (
+        "a", "b", "tie", "tie", "tie",
+    )  # fmt: skip
+    answers = index_answers(read_answers(answers_file))
+    asked: list[str] = []
+
+    def prefers_best(prompts: Any) -> list[str]:
+        # A judge that likes the model "best", wherever it is shown, and else says A (position bias)
+        asked.extend(prompts)
+        replies = []
+        for prompt in prompts:
+            first = prompt.split("[The Start of Assistant B's Answer]")[0]
+            second = prompt.split("[The Start of Assistant B's Answer]")[1]
+            replies.append("[[A]]" if "best answers" in first else "[[B]]" if "best answers" in second else "[[A]]")
+        return replies
+
+    db = tmp_path / "judge.sqlite"
+    assert judge_pairs(answers, db, model="fake", ask=prefers_best, chunk=4) == 6
+    assert len(asked) == 12  # two orders of each of the 6 pairs
+    votes = read_votes(db)
+    assert {v.rater for v in votes} == {"judge:fake"}
+    for v in votes:
+        expected = "a" if v.model_a == "best" else "b" if v.model_b == "best" else "tie"  # base/worst: A, A: a tie
+        assert v.verdict == expected, v
+    assert judge_pairs(answers, db, model="fake", ask=prefers_best) == 0  # nothing left: resumes, asks nothing
+    assert len(asked) == 12
+
+
+def test_judge_with_the_tiny_model(answers_file: Path, tiny_model: Path, tmp_path: Path) -> None:
+    db = tmp_path / "votes.sqlite"
+    args = ["compare", str(answers_file), "--db", str(db), "--judge", str(tiny_model), "--judge-max-new-tokens", "6"]
+    result = CliRunner().invoke(main, [*args, "--csv", str(tmp_path / "votes.csv")])
+    assert result.exit_code == 0, result.output
+    votes = read_votes(db)
+    assert len(votes) == 6 and {v.rater for v in votes} == {f"judge:{tiny_model}"}
+    assert all(re.fullmatch(r"a_first=(A|B|C|none) b_first=(A|B|C|none)", v.detail) for v in votes)
+    assert f"== judge:{tiny_model}: 6 votes" in result.stdout and "Bradley-Terry" in result.stdout
+    assert len((tmp_path / "votes.csv").read_text().splitlines()) == 7

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +66,26 @@ def test_groups_win_rates_and_agreement() -> None:
     assert agreement is not None and (agreement.items, agreement.rater_pairs, agreement.share) == (2, 2, 0.5)
     assert math.isclose(judge.overall["best"].win_rate, 0.5)
     assert votes_csv(votes).splitlines()[1].startswith("ann,q1,base,best,b,best,1,")
+
+
+def test_report_adds_the_comparison_of_the_study_folder(tmp_path: Path) -> None:
+    from blackbox.reports import write_report
+    from blackbox.votes import add_vote, votes_db
+
+    records = [
+        {"status": "OK", "run_id": f"r{i}", "metrics": {"validation_loss": loss}, "hparams": {"lora_r": 2 * i}}
+        for i, loss in enumerate((1.5, 1.2), start=1)
+    ]
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with votes_db(tmp_path / "votes.sqlite") as connection:
+        add_vote(connection, Vote("ann", "q1", "base", "best", "b", True))
+        add_vote(connection, Vote("ann", "q2", "base", "best", "b", False))
+        add_vote(connection, Vote("judge:m", "q1", "<b>x</b>", "base", "b", True))
+    files = write_report([str(tmp_path)], tmp_path / "report")
+    page = files["html"].read_text()
+    assert "<h2>Blind comparison (" in page and "<h3>people: 2 votes</h3>" in page
+    assert "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page  # labels are escaped too
+    summary = json.loads(files["summary"].read_text())["preferences"]
+    people = summary["groups"][0]
+    assert people["models"][0]["model"] == "best" and people["models"][0]["win_rate"] == 1.0
+    assert summary["groups"][1]["group"] == "judge:m"
