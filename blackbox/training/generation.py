@@ -60,8 +60,8 @@ def generate(
     Raises:
         SetupError: the tokenizer has neither a padding nor an end-of-sequence token.
     """
-    eos_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    eos_ids = _end_tokens(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids), None)
     if pad_id is None:
         raise SetupError("the tokenizer has no padding and no end-of-sequence token: answers could not be batched")
     encoded = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
@@ -84,17 +84,26 @@ def generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
                 pad_token_id=pad_id,
-                eos_token_id=eos_id,
+                eos_token_id=sorted(eos_ids) or None,
                 use_cache=True,
                 **options,
             )
         seconds = (time.perf_counter() - started) / len(batch)
         for new in output[:, width:].tolist():
-            if eos_id is not None and eos_id in new:
-                new = new[: new.index(eos_id)]
+            ends = [i for i, token in enumerate(new) if token in eos_ids]
+            new = new[: ends[0]] if ends else new
             text = tokenizer.decode(new, skip_special_tokens=True).strip()
             answers.append(Generated(text, len(new), seconds))
     return answers
+
+
+def _end_tokens(model: Any, tokenizer: Any) -> set[int]:
+    """The tokens that end an answer: the tokenizer's end of sequence and the model's generation config's (a chat
+    model's end of turn)."""
+    ends = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ends |= set(configured) if isinstance(configured, list | tuple) else {configured}
+    return {int(token) for token in ends if token is not None}
 
 
 def _batch_seed(seed: int, index: int) -> int:
