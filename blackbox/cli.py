@@ -660,6 +660,7 @@ def answers_command(
     command gives the same answers); the base model is loaded once. Models already answered in the file with the
     same settings are kept, so an interrupted call resumes. Example:
 
+    \b
         lora-blackbox answers runs/demo --best --worst --questions examples/demo_questions.jsonl
     """
     from blackbox.assessment.answers import experiment_of, generate_answers, read_questions
