@@ -253,3 +253,14 @@ def test_judge_with_the_tiny_model(answers_file: Path, tiny_model: Path, tmp_pat
     assert all(re.fullmatch(r"a_first=(A|B|C|none) b_first=(A|B|C|none)", v.detail) for v in votes)
     assert f"== judge:{tiny_model}: 6 votes" in result.stdout and "Bradley-Terry" in result.stdout
     assert len((tmp_path / "votes.csv").read_text().splitlines()) == 7
+
+
+def test_compare_and_answers_refuse_what_they_cannot_do(tmp_path: Path) -> None:
+    one_model = tmp_path / "answers.jsonl"
+    one_model.write_text(json.dumps({"question_id": "q1", "question": "?", "model": "base", "answer": "!"}) + "\n")
+    result = CliRunner().invoke(main, ["compare", str(one_model), "--results"])
+    assert result.exit_code == 1 and "two models or more" in result.output
+    questions = tmp_path / "q.txt"
+    questions.write_text("Why?\n")
+    result = CliRunner().invoke(main, ["answers", "--best", "--questions", str(questions)])
+    assert result.exit_code == 2 and "give STUDY_DIR" in result.output
