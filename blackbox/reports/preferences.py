@@ -2,12 +2,7 @@
 win rates of each model against each other with 95% confidence intervals, Bradley-Terry strengths, votes per
 rater, and how often raters agree.
 
-Conventions: a tie and "both bad" count half a win for each model (as Chatbot Arena counts ties); win rates carry
-Wilson score intervals over the votes of the pair; Bradley-Terry strengths are fitted with Hunter's MM algorithm
-(2004), ties as half wins, with one virtual tie per pair of models as a prior (so that a model that never won
-keeps a finite strength), scaled so that the base model's strength is 1 (else their geometric mean).
-Agreement is computed on the pairs (question, two models) that two or more people rated, with the verdict read
-as one of three choices (model_a, model_b, neither): the share of rater pairs that agree and Fleiss' kappa.
+How they are counted: :data:`CONVENTIONS`.
 """
 
 from __future__ import annotations
@@ -26,6 +21,14 @@ import numpy as np
 
 from blackbox.votes import JUDGE_PREFIX, Vote, raters
 
+CONVENTIONS = (
+    'A tie and "both bad" count half a win for each model (as Chatbot Arena counts ties). Win rates carry Wilson '
+    "95% score intervals over the votes of the pair. Bradley-Terry strengths are fitted with Hunter's MM algorithm "
+    "(2004), ties as half wins, with one virtual tie per pair of models as a prior (a model that never won keeps a "
+    "finite strength), scaled so that the base model's strength is 1 (without one: their geometric mean). "
+    "Agreement counts the pairs (question, two models) that two or more people rated, the verdict read as one of "
+    "three choices (one model, the other, neither): the share of rater pairs that agree, and Fleiss' kappa."
+)
 Z95 = 1.959963984540054
 BASE = "base"
 
@@ -316,7 +319,7 @@ def results_html(groups: Sequence[Preferences]) -> str:
     """The results as HTML tables (the report's section and the rating page's results), all text escaped."""
     if not groups:
         return "<p>No votes yet.</p>"
-    parts = [f"<p>{html.escape(__doc__.split(chr(10) + chr(10))[1].replace(chr(10), ' '))}</p>"] if __doc__ else []
+    parts = [f"<p>{html.escape(CONVENTIONS)}</p>"]
     for prefs in groups:
         parts.append(f"<h3>{html.escape(prefs.group)}: {prefs.votes} votes</h3>")
         for name, rows in results_rows(prefs).items():
