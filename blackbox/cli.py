@@ -636,9 +636,19 @@ def downstream_command(
 )
 @click.option("--objective", help="The metric that was minimised (default: what the solver saw).")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows of the top-points table.")
+@click.option(
+    "--votes",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Votes of lora-blackbox compare to add (default: the first run folder's votes.sqlite, if any).",
+)
 @click.pass_context
 def report_command(
-    ctx: click.Context, runs: tuple[str, ...], out: Path | None, objective: str | None, top: int
+    ctx: click.Context,
+    runs: tuple[str, ...],
+    out: Path | None,
+    objective: str | None,
+    top: int,
+    votes: Path | None,
 ) -> None:
     """Write a report of one or more studies: convergence and parallel-coordinates plots (PNG), the top
     points, failures, and one self-contained HTML page. Prints the HTML file's path.
@@ -653,8 +663,247 @@ def report_command(
         if out is None:
             first = Path(runs[0].partition("=")[2] if "=" in runs[0] else runs[0])
             out = (first if first.is_dir() else first.parent) / "report" if len(runs) == 1 else Path("report")
-        files = write_report(runs, out, objective=objective, top=top)
+        files = write_report(runs, out, objective=objective, top=top, votes=votes)
         click.echo(str(files["html"]))
+
+
+def selection_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The models an assessment compares beside the base model: a study's evaluations by rank or run id, adapter
+    folders, and whether evaluations without a saved adapter are retrained."""
+    options = [
+        click.option("--best", is_flag=True, help="The study's best evaluation."),
+        click.option("--worst", is_flag=True, help="The study's worst finished evaluation."),
+        click.option(
+            "--top", type=click.IntRange(min=0), default=0, metavar="K", help="The study's K best evaluations."
+        ),
+        click.option("--run-id", "run_ids", multiple=True, metavar="ID", help="An evaluation by run id (repeatable)."),
+        click.option(
+            "--adapter",
+            "adapters",
+            multiple=True,
+            type=click.Path(path_type=Path, file_okay=False),
+            metavar="DIR",
+            help="A saved adapter folder (repeatable), labelled by its folder name.",
+        ),
+        click.option(
+            "--retrain",
+            is_flag=True,
+            help="Retrain chosen evaluations that saved no adapter (their recorded hyperparameters and seed).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _candidates(
+    study_dir: Path | None,
+    *,
+    base: bool,
+    best: bool,
+    worst: bool,
+    top: int,
+    run_ids: tuple[str, ...],
+    adapters: tuple[Path, ...],
+    retrain: bool,
+) -> list[Any]:
+    """The base model (``base``), then the chosen evaluations of ``study_dir`` and the adapter folders."""
+    from blackbox.assessment.answers import base_candidate, with_adapters
+    from blackbox.assessment.selection import adapter_folders, select_from_study
+
+    if (best or worst or top or run_ids or retrain) and study_dir is None:
+        raise click.UsageError("--best, --worst, --top, --run-id and --retrain pick from a study: give STUDY_DIR")
+    chosen = [base_candidate()] if base else []
+    if study_dir is not None:
+        picked = select_from_study(study_dir, top=top, best=best, worst=worst, run_ids=run_ids)
+        chosen += with_adapters(picked, study_dir, retrain=retrain)
+    chosen += adapter_folders(adapters)
+    if not chosen:
+        raise click.UsageError("no model to ask: keep --base, or choose evaluations or adapters")
+    return chosen
+
+
+@main.command("answers")
+@click.argument("study_dir", required=False, type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--questions",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help='Question file: JSON Lines ({"id": ..., "question": ...}) or plain text, one question a line.',
+)
+@selection_options
+@click.option("--base/--no-base", default=True, show_default=True, help="Include the base model (the reference).")
+@click.option(
+    "-e",
+    "--experiment",
+    "experiment_ref",
+    metavar="EXP",
+    help="Experiment whose model and prompt template answer (default: the one the study's evaluations ran).",
+)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key of that experiment.")
+@click.option(
+    "--out", type=click.Path(path_type=Path, dir_okay=False), help="Answers file (default: STUDY_DIR/answers.jsonl)."
+)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.9, show_default=True)
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=0.9, show_default=True)
+@click.option("--greedy", is_flag=True, help="Greedy decoding instead of sampling (temperature and top-p unused).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same answers.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Questions per batch.")
+@click.pass_context
+def answers_command(
+    ctx: click.Context,
+    study_dir: Path | None,
+    questions: Path,
+    best: bool,
+    worst: bool,
+    top: int,
+    run_ids: tuple[str, ...],
+    adapters: tuple[Path, ...],
+    retrain: bool,
+    base: bool,
+    experiment_ref: str | None,
+    overrides: tuple[str, ...],
+    out: Path | None,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    greedy: bool,
+    seed: int,
+    batch_size: int,
+) -> None:
+    """Answers of the base model and of chosen adapters to the questions of a file, for compare. Prints the
+    answers file's path.
+
+    Every model answers in the experiment's prompt template with the same sampling settings and seed (the same
+    command gives the same answers); the base model is loaded once. Models already answered in the file with the
+    same settings are kept, so an interrupted call resumes. Example:
+
+    \b
+        lora-blackbox answers runs/demo --best --worst --questions examples/demo_questions.jsonl
+    """
+    from blackbox.assessment.answers import experiment_of, generate_answers, read_questions
+    from blackbox.folders import ANSWERS_FILE
+    from blackbox.training.generation import Sampling
+
+    with _exit_codes(ctx):
+        chosen = _candidates(
+            study_dir,
+            base=base,
+            best=best,
+            worst=worst,
+            top=top,
+            run_ids=run_ids,
+            adapters=adapters,
+            retrain=retrain,
+        )
+        given = load_experiment(experiment_ref, overrides) if experiment_ref else None
+        experiment = experiment_of(chosen, given)
+        out = out or (study_dir or Path()) / ANSWERS_FILE
+        sampling = Sampling(max_new_tokens, temperature, top_p, greedy, batch_size)
+        generate_answers(chosen, experiment, read_questions(questions), out, sampling=sampling, seed=seed)
+        click.echo(str(out))
+
+
+@main.command("compare")
+@click.argument("answers_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--db",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Votes file (SQLite; default: votes.sqlite beside ANSWERS_FILE). The same file resumes.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: for a team).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free port.")
+@click.option("--results", is_flag=True, help="Print the results tables on stdout instead of serving the page.")
+@click.option(
+    "--csv", "csv_file", type=click.Path(path_type=Path, dir_okay=False), help="Write every vote to this CSV file."
+)
+@click.option(
+    "--judge",
+    "judge_model",
+    metavar="MODEL",
+    help="Rate every pair with this judge model (hub id or folder; transformers), then print the results.",
+)
+@click.option("--judge-max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--judge-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="The judge's device: auto, cpu, cuda or cuda:N.")
+@click.pass_context
+def compare_command(
+    ctx: click.Context,
+    answers_file: Path,
+    db: Path | None,
+    host: str,
+    port: int,
+    results: bool,
+    csv_file: Path | None,
+    judge_model: str | None,
+    judge_max_new_tokens: int,
+    judge_batch_size: int,
+    device: str,
+) -> None:
+    """Blind pairwise rating of the answers of ANSWERS_FILE (lora-blackbox answers): a web page for people, or
+    a judge model.
+
+    The page (http://127.0.0.1:8000/ by default; its address is printed on stderr) shows one question and two
+    answers of different models at a time, in random order and unlabelled; each rater, by name, picks A, B, tie
+    or both bad, and never sees a pair twice. Every vote is saved at once: the same command resumes. --results
+    prints win rates with 95% confidence intervals, Bradley-Terry strengths, votes per rater and the raters'
+    agreement; --csv exports the votes. --judge MODEL asks a judge model about every pair in both orders
+    (MT-Bench's pairwise prompt); its votes count as rater judge:MODEL.
+    """
+    from blackbox.assessment.answers import read_answers
+    from blackbox.assessment.compare.pairs import index_answers
+    from blackbox.folders import VOTES_FILE
+    from blackbox.reports.preferences import group_preferences, results_text, votes_csv
+    from blackbox.votes import fetch_votes, votes_db
+
+    with _exit_codes(ctx):
+        answers = index_answers(read_answers(answers_file))
+        db = db or answers_file.parent / VOTES_FILE
+        if judge_model:
+            from blackbox.assessment.compare.judge import SYSTEM_PROMPT, judge_pairs
+            from blackbox.training.judge import ask, load_judge
+
+            judge = load_judge(judge_model, device=device)
+            logger.info("judge %s loaded in %.1f s", judge_model, judge.load_seconds)
+            added = judge_pairs(
+                answers,
+                db,
+                model=judge_model,
+                ask=lambda prompts: ask(
+                    judge,
+                    prompts,
+                    system=SYSTEM_PROMPT,
+                    max_new_tokens=judge_max_new_tokens,
+                    batch_size=judge_batch_size,
+                ),
+            )
+            logger.info("judge %s: %d new votes in %s", judge_model, added, db)
+        if judge_model or results or csv_file:
+            with votes_db(db) as connection:
+                votes = fetch_votes(connection)
+            if csv_file:
+                csv_file.write_text(votes_csv(votes), encoding="utf-8")
+                logger.info("%d votes written to %s", len(votes), csv_file)
+            if judge_model or results:
+                click.echo(results_text(group_preferences(votes)), nl=False)
+            return
+        from blackbox.assessment.compare.app import build_app, serve
+
+        def ready(url: str) -> None:
+            click.echo(
+                f"lora-blackbox: rating page at {url} ({len(answers.pairs)} pairs; votes in {db}; Ctrl-C stops)",
+                err=True,
+            )
+
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            logger.warning("listening on %s: anyone who reaches it can rate (the page has no login)", host)
+        try:
+            serve(build_app(answers, db), host=host, port=port, ready=ready)
+        except OSError as e:
+            raise SetupError(f"cannot listen on {host}:{port}: {e}") from e
+        except KeyboardInterrupt:  # uvicorn stops cleanly on Ctrl-C, then raises it again: the page's normal end
+            logger.info("stopped; the votes are in %s (the same command resumes)", db)
 
 
 @contextlib.contextmanager

@@ -38,3 +38,8 @@ BASE_SCORES_FILE = "base_scores.json"
 """The base model's scores of a study's benchmark constraints, computed once and shared by its evaluations."""
 RETRAINED_DIR = "retrained"
 """Evaluations retrained with their recorded hyperparameters and seed to get their adapter back (``--retrain``)."""
+ANSWERS_FILE = "answers.jsonl"
+"""Answers of the base model and of adapters to a question file (``lora-blackbox answers``), one JSON line each."""
+VOTES_FILE = "votes.sqlite"
+"""Blind pairwise ratings of those answers by people and judge models (``lora-blackbox compare``), beside the
+answers file; ``lora-blackbox report`` adds their results when the study folder holds one."""

@@ -19,10 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from blackbox.folders import VOTES_FILE
 from blackbox.reports.downstream import BenchmarkScores, benchmark_scores
 from blackbox.reports.html import CHECKPOINTS, render_page
 from blackbox.reports.load import Run, load_run
 from blackbox.reports.plots import convergence_png, downstream_png, parallel_coordinates_png
+from blackbox.reports.preferences import group_preferences, preferences_summary, results_html
+from blackbox.votes import read_votes
 
 __all__ = ["load_run", "top_points", "write_report"]
 
@@ -30,22 +33,34 @@ logger = logging.getLogger(__name__)
 
 
 def write_report(
-    specs: Sequence[str], out_dir: Path, *, objective: str | None = None, top: int = 10
+    specs: Sequence[str],
+    out_dir: Path,
+    *,
+    objective: str | None = None,
+    top: int = 10,
+    votes: Path | None = None,
 ) -> dict[str, Path]:
     """Read the runs (``[LABEL=]PATH``: a records.jsonl file or a study folder) and write the report.
+
+    Args:
+        votes: a votes file of ``lora-blackbox compare``; default: the first run folder's ``votes.sqlite``, if any.
 
     Returns:
         The files written: ``convergence`` and ``parallel_coordinates`` (PNG), ``html`` (the page, with
         the PNGs embedded), ``summary`` (JSON: per run, counts, best point and best after 1, 5, 10, 20,
-        50, 100 evaluations; the top points), and ``downstream`` (PNG) when a run has benchmark scores.
-        ``objective``: the metric that was minimised; by default what the solver saw (``load_run``).
+        50, 100 evaluations; the top points; the blind comparison's results when there are votes), and
+        ``downstream`` (PNG) when a run has benchmark scores. ``objective``: the metric that was minimised; by
+        default what the solver saw (``load_run``).
 
     Raises:
-        SetupError: a path holds no records.
+        SetupError: a path holds no records, or ``votes`` is not a votes file.
         ConfigError: the objective is not a metric of the records.
     """
     runs = [load_run(spec, objective=objective) for spec in specs]
     minimised = objective or _objective_name(runs)
+    if votes is None:
+        votes = next((run.folder / VOTES_FILE for run in runs if (run.folder / VOTES_FILE).is_file()), None)
+    groups = group_preferences(read_votes(votes)) if votes is not None else None
     rows = top_points(runs, top)
     downstream = {run.label: benchmark_scores(run) for run in runs}
     figures = {
@@ -61,13 +76,14 @@ def write_report(
         files[name] = out_dir / f"{name}.png"
         files[name].write_bytes(png)
     files["html"] = out_dir / "report.html"
-    files["html"].write_text(
-        render_page(runs, objective=minimised, figures=figures, top_rows=rows, downstream=scores), encoding="utf-8"
-    )
+    sections = [] if groups is None else [(f"Blind comparison ({votes})", results_html(groups))]
+    page = render_page(runs, objective=minimised, figures=figures, top_rows=rows, downstream=scores, sections=sections)
+    files["html"].write_text(page, encoding="utf-8")
+    summary = _summary(runs, rows, minimised, downstream)
+    if groups is not None:
+        summary["preferences"] = {"votes_file": str(votes), "groups": [preferences_summary(g) for g in groups]}
     files["summary"] = out_dir / "summary.json"
-    files["summary"].write_text(
-        json.dumps(_summary(runs, rows, minimised, downstream), indent=1, allow_nan=False) + "\n"
-    )
+    files["summary"].write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
     logger.info("report of %d run(s) written to %s", len(runs), out_dir)
     return files
 

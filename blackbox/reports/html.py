@@ -31,7 +31,10 @@ def render_page(
     top_rows: Sequence[dict[str, Any]],
     downstream: Sequence[BenchmarkScores] = (),
     title: str = "lora-blackbox report",
+    sections: Sequence[tuple[str, str]] = (),
 ) -> str:
+    """The page; ``sections``: more (title, HTML) sections before the failures, their HTML escaped by their
+    writer."""
     checkpoints = [c for c in CHECKPOINTS if any(len(r.evaluations) >= c for r in runs)]
     parts = [
         "<!DOCTYPE html>",
@@ -87,6 +90,8 @@ def render_page(
             table_id="top",
         )
     )
+    for heading, body in sections:
+        parts += [f"<h2>{_e(heading)}</h2>", body]
     parts += ["<h2>Failures</h2>", _failures(runs), "</body></html>"]
     return "\n".join(parts) + "\n"
 

@@ -325,6 +325,12 @@ def prompt_formatter(template: str, tokenizer: Any, *, system_prompt: str | None
     raise SetupError(f"unknown template {template!r}")
 
 
+def adds_special_tokens(template: str) -> bool:
+    """Whether the tokenizer adds its special tokens to a prompt of ``template``: the Alpaca prompt is plain text
+    (the tokenizer adds BOS), a chat template writes its own markers."""
+    return template == "alpaca"
+
+
 def tokenize_rows(
     rows: Sequence[Row], tokenizer: Any, *, template: str, max_length: int, system_prompt: str | None = None
 ) -> TokenizedSplit:
@@ -337,8 +343,7 @@ def tokenize_rows(
     if tokenizer.eos_token_id is None:
         raise SetupError("the tokenizer has no EOS token: responses could not end")
     format_prompt = prompt_formatter(template, tokenizer, system_prompt=system_prompt)
-    # The Alpaca prompt is plain text: the tokenizer adds BOS. A chat template writes its own markers.
-    add_special = template == "alpaca"
+    add_special = adds_special_tokens(template)
     ids_list, prompt_lengths = [], []
     chunk = 2048
     for start in range(0, len(rows), chunk):
