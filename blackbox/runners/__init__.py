@@ -53,9 +53,7 @@ class Runner(Protocol):
     def run(self, lines: Sequence[str]) -> list[Settled]: ...
 
 
-def eval_argv(
-    experiment_ref: str, overrides: Sequence[str], point_file: str, *, gpus_per_eval: int = 1
-) -> list[str]:
+def eval_argv(experiment_ref: str, overrides: Sequence[str], point_file: str, *, gpus_per_eval: int = 1) -> list[str]:
     """The command that evaluates a point file in a process of its own, as NOMAD's BB_EXE would.
 
     With ``gpus_per_eval`` > 1 the evaluation is data-parallel: torchrun starts that many ranks (one per GPU,

@@ -87,9 +87,7 @@ class LocalRunner:
                 **self.slots.child_env(leased, workers=self.workers),
                 "LORA_BLACKBOX_SLOT": ",".join(leased),
             }
-            command = eval_argv(
-                self.experiment_ref, self.overrides, str(point_file), gpus_per_eval=self.gpus_per_eval
-            )
+            command = eval_argv(self.experiment_ref, self.overrides, str(point_file), gpus_per_eval=self.gpus_per_eval)
             logger.info("point %r on %s", line.strip(), ",".join(leased))
             started = time.perf_counter()
             # stderr passes through: the child's progress and errors stay visible.
