@@ -610,7 +610,7 @@ def downstream_command(
             num_fewshot=num_fewshot,
             limit=limit,
             batch_size=batch_size,
-            defaults=experiment.downstream,
+            defaults=experiment.downstream_defaults,
         )
         out_file = out or (study / DOWNSTREAM_FILE if study else Path(DOWNSTREAM_FILE))
         rows = score_models(

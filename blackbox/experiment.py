@@ -603,6 +603,13 @@ class Experiment(_Section):
         return self
 
     @property
+    def downstream_defaults(self) -> tuple[BenchmarkConfig, ...]:
+        """What ``lora-blackbox downstream`` scores without ``--tasks``: the objective's benchmark and its held-out
+        test part, then ``[[downstream]]``."""
+        found = [b for b in (self.objective.benchmark, self.objective.test) if b is not None] + list(self.downstream)
+        return tuple({b.key: b for b in found}.values())
+
+    @property
     def benchmarks(self) -> tuple[BenchmarkConfig, ...]:
         """The benchmarks every evaluation scores: the objective's and the constraints' (not ``downstream``)."""
         found = ([self.objective.benchmark] if self.objective.benchmark else []) + [

@@ -18,6 +18,9 @@ def test_the_held_out_variant_tests_on_the_subjects_it_does_not_optimise() -> No
     assert optimised and tested and not optimised & tested
     assert optimised | tested == {"mmlu_stem", "mmlu_other", "mmlu_humanities", "mmlu_social_sciences"}
     assert exp.fingerprint() != load_experiment("paper_exp1").fingerprint()
+    # downstream scores both parts by default, then the paper's other benchmarks
+    labels = [b.label or b.task for b in exp.downstream_defaults]
+    assert labels == ["mmlu-stem-other", "mmlu-humanities-social", "bbh", "drop", "humaneval"]
 
 
 BENCHMARK = {"task": "tiny_mc", "metric": "acc"}
