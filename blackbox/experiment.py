@@ -581,7 +581,7 @@ class Experiment(_Section):
         constraints = {c.name: c for c in self.constraints}
         if len(constraints) < len(self.constraints):
             problems.append("constraints named twice")
-        known = set(METRIC_NAMES) | {"objective", *constraints} | {b.key for b in self.benchmarks}
+        known = set(METRIC_NAMES) | {c.metric for c in self.constraints} | {b.key for b in self.benchmarks}
         printed = set()
         for spec in self.study.outputs:
             kind, _, name = spec.partition(":")

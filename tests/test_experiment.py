@@ -59,6 +59,11 @@ def _benchmark_study(outputs: list[str], **sections: object) -> dict[str, object
             "at_least or at_most",
         ),
         (["OBJ:objective", "EXTRA_O:benchmark:mmlu:acc"], {}, "is not a metric"),
+        (
+            ["OBJ:objective", "PB:guard", "EXTRA_O:guard"],
+            {"constraints": [{"name": "guard", "benchmark": BENCHMARK, "at_least": 0.5}]},
+            "'guard' is not a metric",
+        ),
         (["OBJ:objective"], {"objective": {"direction": "maximize"}}, "validation loss is minimised"),
     ],
 )
