@@ -546,14 +546,68 @@ def optuna_command(
         ctx.exit(130)
 
 
+def selection_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The models an assessment compares beside the base model: a study's evaluations by rank or run id, adapter
+    folders, and whether evaluations without a saved adapter are retrained."""
+    options = [
+        click.option("--best", is_flag=True, help="The study's best evaluation."),
+        click.option("--worst", is_flag=True, help="The study's worst finished evaluation."),
+        click.option(
+            "--top", type=click.IntRange(min=0), default=0, metavar="K", help="The study's K best evaluations."
+        ),
+        click.option("--run-id", "run_ids", multiple=True, metavar="ID", help="An evaluation by run id (repeatable)."),
+        click.option(
+            "--adapter",
+            "adapters",
+            multiple=True,
+            type=click.Path(path_type=Path, file_okay=False),
+            metavar="DIR",
+            help="A saved adapter folder (repeatable), labelled by its folder name.",
+        ),
+        click.option(
+            "--retrain",
+            is_flag=True,
+            help="Retrain chosen evaluations that saved no adapter (their recorded hyperparameters and seed).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _candidates(
+    study_dir: Path | None,
+    *,
+    base: bool,
+    best: bool,
+    worst: bool,
+    top: int,
+    run_ids: tuple[str, ...],
+    adapters: tuple[Path, ...],
+    retrain: bool,
+    allow_none: bool = False,
+) -> list[Any]:
+    """The base model (``base``), then the chosen evaluations of ``study_dir`` and the adapter folders, each with
+    its adapter (retrained with ``retrain``); none chosen is an error unless ``allow_none``."""
+    from blackbox.assessment.answers import base_candidate
+    from blackbox.assessment.retrain import with_adapters
+    from blackbox.assessment.selection import adapter_folders, select_from_study
+
+    if (best or worst or top or run_ids or retrain) and study_dir is None:
+        raise click.UsageError("--best, --worst, --top, --run-id and --retrain pick from a study: give STUDY_DIR")
+    chosen = [base_candidate()] if base else []
+    if study_dir is not None:
+        picked = select_from_study(study_dir, top=top, best=best, worst=worst, run_ids=run_ids)
+        chosen += with_adapters(picked, study_dir, retrain_missing=retrain)
+    chosen += adapter_folders(adapters)
+    if not chosen and not allow_none:
+        raise click.UsageError("no model to ask: keep --base, or choose evaluations or adapters")
+    return chosen
+
+
 @main.command("downstream")
 @click.argument("study", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--adapter", "adapters", multiple=True, type=click.Path(path_type=Path), help="A saved adapter folder.")
-@click.option("--top", type=click.IntRange(min=0), default=0, help="The K best evaluations of STUDY.")
-@click.option("--best", is_flag=True, help="The best evaluation of STUDY.")
-@click.option("--worst", is_flag=True, help="The worst finished evaluation of STUDY.")
-@click.option("--run-id", "run_ids", multiple=True, metavar="ID", help="An evaluation of STUDY by run id.")
-@click.option("--retrain", is_flag=True, help="Retrain evaluations that saved no adapter (recorded point and seed).")
+@selection_options
 @click.option("--tasks", metavar="T[:METRIC],...", help="lm-eval tasks or groups (default: [[downstream]]).")
 @click.option("--include-path", default="", metavar="DIR", help="A folder of lm-eval task YAMLs of your own.")
 @click.option("--num-fewshot", type=click.IntRange(min=0), help="Few-shot examples (default: each task's).")
@@ -567,11 +621,11 @@ def optuna_command(
 def downstream_command(
     ctx: click.Context,
     study: Path | None,
-    adapters: tuple[Path, ...],
-    top: int,
     best: bool,
     worst: bool,
+    top: int,
     run_ids: tuple[str, ...],
+    adapters: tuple[Path, ...],
     retrain: bool,
     tasks: str | None,
     include_path: str,
@@ -590,14 +644,21 @@ def downstream_command(
     appended to downstream.jsonl (one line per model and benchmark) and shown as a table on stdout.
     """
     from blackbox.assessment.downstream import benchmarks_from_options, format_table, score_models
-    from blackbox.assessment.selection import adapter_folders, select_from_study, study_experiment
+    from blackbox.assessment.selection import study_experiment
     from blackbox.folders import DOWNSTREAM_FILE
 
     with _exit_codes(ctx):
-        if study is None and (top or best or worst or run_ids or retrain):
-            raise ConfigError("--top, --best, --worst, --run-id and --retrain pick evaluations of a STUDY: give one")
-        candidates = select_from_study(study, top=top, best=best, worst=worst, run_ids=run_ids) if study else []
-        candidates += adapter_folders(adapters)
+        candidates = _candidates(
+            study,
+            base=False,
+            best=best,
+            worst=worst,
+            top=top,
+            run_ids=run_ids,
+            adapters=adapters,
+            retrain=retrain,
+            allow_none=True,
+        )
         if experiment_ref:
             experiment = load_experiment(experiment_ref, overrides)
         elif study is not None:
@@ -618,8 +679,6 @@ def downstream_command(
             candidates,
             benchmarks,
             out_file=out_file,
-            study_dir=study,
-            retrain_missing=retrain,
             allow_code_execution=allow_code_execution,
             on_row=lambda row: logger.info("%s: %s = %.4f", row["label"], row["key"], row["value"]),
         )
@@ -665,62 +724,6 @@ def report_command(
             out = (first if first.is_dir() else first.parent) / "report" if len(runs) == 1 else Path("report")
         files = write_report(runs, out, objective=objective, top=top, votes=votes)
         click.echo(str(files["html"]))
-
-
-def selection_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The models an assessment compares beside the base model: a study's evaluations by rank or run id, adapter
-    folders, and whether evaluations without a saved adapter are retrained."""
-    options = [
-        click.option("--best", is_flag=True, help="The study's best evaluation."),
-        click.option("--worst", is_flag=True, help="The study's worst finished evaluation."),
-        click.option(
-            "--top", type=click.IntRange(min=0), default=0, metavar="K", help="The study's K best evaluations."
-        ),
-        click.option("--run-id", "run_ids", multiple=True, metavar="ID", help="An evaluation by run id (repeatable)."),
-        click.option(
-            "--adapter",
-            "adapters",
-            multiple=True,
-            type=click.Path(path_type=Path, file_okay=False),
-            metavar="DIR",
-            help="A saved adapter folder (repeatable), labelled by its folder name.",
-        ),
-        click.option(
-            "--retrain",
-            is_flag=True,
-            help="Retrain chosen evaluations that saved no adapter (their recorded hyperparameters and seed).",
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def _candidates(
-    study_dir: Path | None,
-    *,
-    base: bool,
-    best: bool,
-    worst: bool,
-    top: int,
-    run_ids: tuple[str, ...],
-    adapters: tuple[Path, ...],
-    retrain: bool,
-) -> list[Any]:
-    """The base model (``base``), then the chosen evaluations of ``study_dir`` and the adapter folders."""
-    from blackbox.assessment.answers import base_candidate, with_adapters
-    from blackbox.assessment.selection import adapter_folders, select_from_study
-
-    if (best or worst or top or run_ids or retrain) and study_dir is None:
-        raise click.UsageError("--best, --worst, --top, --run-id and --retrain pick from a study: give STUDY_DIR")
-    chosen = [base_candidate()] if base else []
-    if study_dir is not None:
-        picked = select_from_study(study_dir, top=top, best=best, worst=worst, run_ids=run_ids)
-        chosen += with_adapters(picked, study_dir, retrain=retrain)
-    chosen += adapter_folders(adapters)
-    if not chosen:
-        raise click.UsageError("no model to ask: keep --base, or choose evaluations or adapters")
-    return chosen
 
 
 @main.command("answers")

@@ -103,28 +103,6 @@ def read_answers(path: Path) -> list[dict[str, Any]]:
     return answers
 
 
-def with_adapters(candidates: Sequence[Candidate], study_dir: Path | None, *, retrain: bool) -> list[Candidate]:
-    """The candidates, each evaluation that saved no adapter retrained to get it (``retrain``).
-
-    Raises:
-        ConfigError: an evaluation has no adapter and ``retrain`` is off.
-    """
-    missing = [c for c in candidates if c.adapter is None and c.evaluation is not None]
-    if missing and not retrain:
-        listed = ", ".join(c.describe() for c in missing)
-        raise ConfigError(
-            f"no saved adapter for {listed} (the study ran with records.save_adapter = false): "
-            "add --retrain to train these points again and save their adapters"
-        )
-    if not missing:
-        return list(candidates)
-    from blackbox.assessment.retrain import retrain as retrain_candidates
-
-    assert study_dir is not None  # evaluations come from a study folder
-    retrained = {r.candidate.label: r.candidate for r in retrain_candidates(missing, study_dir)}
-    return [retrained.get(c.label, c) if c in missing else c for c in candidates]
-
-
 def experiment_of(candidates: Sequence[Candidate], given: Experiment | None) -> Experiment:
     """The experiment whose model, prompt template and device the answers use: ``given``, else the one the
     study's evaluations ran (they must agree on the model and the template).

@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from blackbox.assessment.retrain import Retrained, retrain
 from blackbox.assessment.selection import BASE, Candidate
 from blackbox.errors import ConfigError
 from blackbox.experiment import BenchmarkConfig, Experiment
@@ -64,16 +63,14 @@ def score_models(
     benchmarks: Sequence[BenchmarkConfig],
     *,
     out_file: Path,
-    study_dir: Path | None,
-    retrain_missing: bool = False,
     allow_code_execution: bool = False,
     on_row: Callable[[dict[str, Any]], None] = lambda row: None,
 ) -> list[dict[str, Any]]:
-    """Score the base model of ``experiment`` and every candidate on every benchmark; append each score to
-    ``out_file`` and return the rows.
+    """Score the base model of ``experiment`` and every candidate (each with its adapter:
+    ``retrain.with_adapters``) on every benchmark; append each score to ``out_file`` and return the rows.
 
     Raises:
-        ConfigError: a candidate of another base model, or without adapter and ``retrain_missing`` off.
+        ConfigError: a candidate of another base model, or without adapter.
         SetupError: the model cannot be loaded, or a benchmark is unknown.
     """
     from blackbox.training.adapters import adapter_applied, load_for_inference
@@ -85,17 +82,9 @@ def score_models(
                 f"{candidate.describe()} adapts {candidate.experiment.model.name_or_path}, not "
                 f"{experiment.model.name_or_path}: score adapters of different base models in separate calls"
             )
-    missing = [c for c in candidates if c.adapter is None]
-    if missing and not retrain_missing:
-        raise ConfigError(
-            "no saved adapter for " + ", ".join(c.describe() for c in missing) + ": give --retrain to train them "
-            "again with their recorded hyperparameters and seed (or set records.save_adapter in the experiment)"
-        )
-    retrained: dict[str, Retrained] = {}
-    if missing:
-        assert study_dir is not None  # only evaluations of a study lack an adapter
-        retrained = {r.candidate.label: r for r in retrain(missing, study_dir)}
-    models = [Candidate(BASE, None), *(retrained[c.label].candidate if c.label in retrained else c for c in candidates)]
+        if candidate.adapter is None:
+            raise ConfigError(f"{candidate.describe()} has no adapter to score")
+    models = [Candidate(BASE, None), *candidates]
 
     loaded = load_for_inference(experiment)
     scorer = Scorer(loaded.tokenizer, experiment.data, allow_code_execution=allow_code_execution)
@@ -107,7 +96,7 @@ def score_models(
             load_s = time.perf_counter() - started
             for benchmark in benchmarks:
                 score = scorer.score(model, benchmark)
-                row = _row(candidate, score.as_dict(), benchmark, retrained.get(candidate.label), load_s)
+                row = _row(candidate, score.as_dict(), benchmark, load_s)
                 append_json_line(out_file, json.dumps(row))
                 on_row(row)
                 rows.append(row)
@@ -115,11 +104,7 @@ def score_models(
 
 
 def _row(
-    candidate: Candidate,
-    score: dict[str, Any],
-    benchmark: BenchmarkConfig,
-    retrained: Retrained | None,
-    adapter_load_s: float,
+    candidate: Candidate, score: dict[str, Any], benchmark: BenchmarkConfig, adapter_load_s: float
 ) -> dict[str, Any]:
     evaluation = candidate.evaluation
     metrics = evaluation.metrics if evaluation else {}
@@ -132,8 +117,8 @@ def _row(
         "objective": candidate.objective if candidate.objective is None or math.isfinite(candidate.objective) else None,
         "validation_loss": metrics.get("validation_loss"),
         "hparams": candidate.hparams,
-        "retrained": retrained is not None,
-        "retrained_validation_loss": retrained.retrained_loss if retrained else None,
+        "retrained": candidate.retrained_loss is not None,
+        "retrained_validation_loss": candidate.retrained_loss,
         "adapter_load_s": adapter_load_s,
         "scored_at": now(),
     }

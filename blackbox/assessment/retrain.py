@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from blackbox.assessment.selection import Candidate
@@ -63,10 +64,28 @@ def retrain(candidates: list[Candidate], study_dir: Path) -> list[Retrained]:
             raise ConfigError(f"retraining {candidate.describe()} failed: {record.status.value}: {record.error}")
         recorded = float(evaluation.metrics["validation_loss"])
         retrained = float(record.metrics["validation_loss"])
-        result = Retrained(
-            dataclasses.replace(candidate, adapter=Path(record.run_dir) / "adapter"), recorded, retrained
-        )
+        rerun = dataclasses.replace(candidate, adapter=Path(record.run_dir) / "adapter", retrained_loss=retrained)
+        result = Retrained(rerun, recorded, retrained)
         log = logger.info if result.reproduced else logger.warning
         log("retrained %s: validation loss %.6f (recorded %.6f)", candidate.label, retrained, recorded)
         results.append(result)
     return results
+
+
+def with_adapters(candidates: Sequence[Candidate], study_dir: Path | None, *, retrain_missing: bool) -> list[Candidate]:
+    """The candidates, each evaluation that saved no adapter retrained to get it (``retrain_missing``).
+
+    Raises:
+        ConfigError: an evaluation has no adapter and ``retrain_missing`` is off.
+    """
+    missing = [c for c in candidates if c.adapter is None and c.evaluation is not None]
+    if missing and not retrain_missing:
+        raise ConfigError(
+            "no saved adapter for " + ", ".join(c.describe() for c in missing) + " (the study ran with "
+            "records.save_adapter = false): add --retrain to train these points again and save their adapters"
+        )
+    if not missing:
+        return list(candidates)
+    assert study_dir is not None  # evaluations come from a study folder
+    retrained = {r.candidate.label: r.candidate for r in retrain(missing, study_dir)}
+    return [retrained.get(c.label, c) if c in missing else c for c in candidates]

@@ -31,6 +31,7 @@ class Candidate:
     adapter: Path | None  # the saved adapter; None for the base model, or an evaluation that saved none
     evaluation: Evaluation | None = None  # the study's evaluation it comes from
     experiment: Experiment | None = None  # the experiment that evaluation ran
+    retrained_loss: float | None = None  # the validation loss of its retraining, when --retrain made its adapter
 
     @property
     def run_id(self) -> str | None:
