@@ -190,30 +190,40 @@ def _runner(
 
 @main.command("decode")
 @experiment_options
-@click.argument("point_file", type=click.Path(path_type=Path))
+@click.argument("point_file", type=click.Path(path_type=Path), required=False)
 @click.pass_context
-def decode_command(ctx: click.Context, experiment_ref: str, overrides: tuple[str, ...], point_file: Path) -> None:
+def decode_command(
+    ctx: click.Context, experiment_ref: str, overrides: tuple[str, ...], point_file: Path | None
+) -> None:
     """Print the hyperparameters and settings of every point of POINT_FILE, one JSON object per line (no training).
 
+    Without POINT_FILE: of X0, of the lower bounds and of the upper bounds (named on stderr).
     An invalid point prints {"error": ...}, and the exit status is then 1.
     """
-    from blackbox.point import parse_point, read_point_lines, shorten
+    from blackbox.point import format_point, parse_point, read_point_lines, shorten
     from blackbox.space import SearchSpace
 
     with _exit_codes(ctx):
         experiment = load_experiment(experiment_ref, overrides)
         space = SearchSpace.from_experiment(experiment)
         logger.info("objective: %s", experiment.objective.describe())
+        if point_file is None:
+            landmarks = {"X0": space.x0, "lower bounds": space.lower, "upper bounds": space.upper}
+            lines = [(f"{name} ({format_point(point)})", format_point(point)) for name, point in landmarks.items()]
+        else:
+            lines = [(f"line {i + 1}", line) for i, line in enumerate(read_point_lines(point_file)) if line.strip()]
         failed = False
-        for index, line in enumerate(read_point_lines(point_file)):
-            if not line.strip():
-                continue
+        for label, line in lines:
             try:
-                click.echo(json.dumps(space.decode(parse_point(line)).as_dict()))
+                hparams = space.decode(parse_point(line))
             except PointError as e:
                 failed = True
-                logger.error("line %d (%s) is invalid: %s", index + 1, shorten(repr(line.strip())), e)
+                logger.error("%s (%s) is invalid: %s", label, shorten(repr(line.strip())), e)
                 click.echo(json.dumps({"error": str(e)}))
+            else:
+                if point_file is None:
+                    logger.info("%s:", label)
+                click.echo(json.dumps(hparams.as_dict()))
         if failed:
             ctx.exit(1)
 

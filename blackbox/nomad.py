@@ -19,6 +19,7 @@ from blackbox.errors import ConfigError
 from blackbox.experiment import Experiment
 from blackbox.files import write_text_atomic
 from blackbox.folders import CACHE_FILE, HOT_RESTART_FILE, STATS_FILE
+from blackbox.point import format_number, format_point
 from blackbox.space import SearchSpace
 
 # PyNomadBBO 4.6.0 aborts on a failed evaluation when these are set; the records replace the history.
@@ -110,12 +111,12 @@ def render_params(
         "",
         f"DIMENSION {space.dimension}",
         f"BB_INPUT_TYPE ( {' '.join(v.type for v in space.variables)} )",
-        f"LOWER_BOUND ( {' '.join(_number(v.lower) for v in space.variables)} )",
-        f"UPPER_BOUND ( {' '.join(_number(v.upper) for v in space.variables)} )",
-        f"X0 ( {' '.join(_number(v.x0) for v in space.variables)} )",
+        f"LOWER_BOUND ( {format_point(space.lower)} )",
+        f"UPPER_BOUND ( {format_point(space.upper)} )",
+        f"X0 ( {format_point(space.x0)} )",
     ]
     if any(v.granularity for v in space.variables):
-        lines.append(f"GRANULARITY ( {' '.join(_number(v.granularity) for v in space.variables)} )")
+        lines.append(f"GRANULARITY ( {' '.join(format_number(v.granularity) for v in space.variables)} )")
     lines += [
         "",
         f"BB_OUTPUT_TYPE {' '.join(spec.partition(':')[0] for spec in study.outputs)}",
@@ -167,12 +168,10 @@ def render_params(
 
 def _choices(values: tuple[Any, ...]) -> str:
     """``1 = 4, 2 = "all-linear", 3 = ["q_proj", "v_proj"]``: what each index of a choice variable decodes to."""
-    shown = [_number(v) if isinstance(v, int | float) and not isinstance(v, bool) else json.dumps(v) for v in values]
+    shown = [
+        format_number(v) if isinstance(v, int | float) and not isinstance(v, bool) else json.dumps(v) for v in values
+    ]
     return ", ".join(f"{i} = {text}" for i, text in enumerate(shown, start=1))
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 @dataclass(frozen=True)

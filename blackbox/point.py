@@ -39,6 +39,16 @@ def read_point_lines(path: Path) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
+def format_number(value: float) -> str:
+    """A coordinate as parameter files and messages show it: ``2``, not ``2.0``; reals exactly (``repr``)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def format_point(point: tuple[float, ...] | list[float]) -> str:
+    """A point as one line of a point file."""
+    return " ".join(format_number(v) for v in point)
+
+
 SHOWN_CHARS = 200
 """How much of an invalid line messages and records show: NOMAD's lines are far shorter (a 1024-byte buffer)."""
 

@@ -81,6 +81,14 @@ class SearchSpace:
     def x0(self) -> tuple[float, ...]:
         return tuple(v.x0 for v in self.variables)
 
+    @property
+    def lower(self) -> tuple[float, ...]:
+        return tuple(v.lower for v in self.variables)
+
+    @property
+    def upper(self) -> tuple[float, ...]:
+        return tuple(v.upper for v in self.variables)
+
     def check(self, point: tuple[float, ...]) -> tuple[float, ...]:
         """Check a point against types and bounds; return it with integers and granularity snapped.
 

@@ -281,3 +281,19 @@ def test_a_stopping_study_gets_every_point_declined_at_once(tmp_path, tiny_exper
         ("NOT_RUN", 2, None),
     ]
     assert all("the study is stopping" in r["error"] for r in records)
+
+
+def test_decode_without_a_point_file_shows_x0_and_the_bounds(run_blackbox) -> None:
+    """Every decoded setting of X0 and of both corners of the box, settings of any TOML type included."""
+    from blackbox.experiment import load_experiment
+    from blackbox.space import SearchSpace
+
+    result = run_blackbox(["decode", "-e", "lora_variants"])
+    assert result.returncode == 0, result.stderr.decode()
+    space = SearchSpace.from_experiment(load_experiment("lora_variants"))
+    expected = [space.decode(point).as_dict() for point in (space.x0, space.lower, space.upper)]
+    assert [json.loads(line) for line in result.stdout.splitlines()] == json.loads(json.dumps(expected))
+    upper = json.loads(result.stdout.splitlines()[2])
+    assert (upper["lora"], upper["model.target_modules"], upper["lora_r"]) == ({"use_rslora": True}, "all-linear", 128)
+    stderr = result.stderr.decode()
+    assert "X0 (3 6 3 -4 1 1 3):" in stderr and "upper bounds (7 32 4 -3 3 3 3):" in stderr

@@ -47,6 +47,7 @@ from blackbox.nomad import (
     read_cache,
     read_outputs_and_budget,
 )
+from blackbox.point import format_point
 from blackbox.progress import format_duration
 from blackbox.record import read_records, record_killed, writing_records
 from blackbox.resume import ENV_ANSWER_FINISHED
@@ -305,7 +306,7 @@ def _failed_start(study_dir: Path, records_before: int) -> str | None:
     if not new:
         return f"the starting point was not evaluated: the blackbox call failed first (see the errors above); {hint}"
     first = new[0]
-    point = " ".join((first.get("point_line") or "").split()) or " ".join(_number(v) for v in first.get("point") or [])
+    point = " ".join((first.get("point_line") or "").split()) or format_point(first.get("point") or [])
     where = f"{first['run_dir']}/eval.log" if first.get("run_dir") else f"run {first['run_id']}"
     return (
         f"the starting point failed, so NOMAD stopped before its first iteration: X0 ({point}) -> "
@@ -341,7 +342,7 @@ class StudySummary:
             best = self.best
             objective = best["outputs"][self.objective_index]
             lines.append(f"best objective: {objective}  (run {best['run_id']})")
-            lines.append("best point: " + " ".join(_number(v) for v in best["point"]))
+            lines.append("best point: " + format_point(best["point"]))
             lines.append("hyperparameters: " + ", ".join(f"{k}={v}" for k, v in best["hparams"].items()))
             if self.nomad_best is not None and float(objective) != self.nomad_best:
                 lines.append(f"note: NOMAD's cache holds a different best objective ({self.nomad_best})")
@@ -438,10 +439,6 @@ def _pynomad_version() -> str:
     from importlib.metadata import version
 
     return version("PyNomadBBO")
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(value)
 
 
 def _say(message: str) -> None:
