@@ -14,12 +14,13 @@ the same axes, and a table gives each solver's best validation loss after 5, 10 
 
 The LoRA-variant study (NOMAD's integer indices against Optuna's categorical sampling of the same values):
 
-    python benchmarks/compare_solvers.py --experiment demo_variants --solvers nomad,tpe \
-        --work runs/compare-variants --out benchmarks/results/variants
+    python benchmarks/compare_solvers.py --experiment demo_variants --solvers nomad,tpe --jobs 2 \
+        --work runs/compare-variants --out benchmarks/results/variants --recheck-top 5
 
 Besides the table of best values, ``settings.md`` (and ``comparison.json``) give, per solver and per value of
 each setting that is a variable (the variant, the target modules, the epochs): how many evaluations sampled it
-and the best validation loss it reached.
+and the best validation loss it reached. ``--recheck-top N`` then evaluates the N best distinct points again with
+other training seeds (``recheck.md``): whether the winners' gaps exceed what the seed alone moves.
 
 Each run is resumable: the script skips nothing itself, but a finished NOMAD study or Optuna study
 evaluates nothing again, so an interrupted comparison continues where it stopped.
@@ -31,20 +32,22 @@ import argparse
 import json
 import math
 import os
-import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from blackbox.experiment import HPARAM_NAMES
+from machine import describe
+
+from blackbox.experiment import HPARAM_NAMES, load_experiment
+from blackbox.point import format_point
 from blackbox.reports import write_report
-from blackbox.reports.load import Run, load_run
+from blackbox.reports.load import Evaluation, Run, load_run
 
 # CPU-friendly settings of the demo study (10-20 s an evaluation on 2 idle cores, process start included):
 # 4 optimizer steps of 8 sequences instead of 16 of 16, and 32 validation rows instead of 128. Other experiments
@@ -146,6 +149,64 @@ def settings_table(runs: list[Run]) -> tuple[dict[str, Any], str]:
     return {"by_value": table, "best_points": best_points}, "\n".join(lines) + "\n"
 
 
+def recheck(
+    runs: list[Run],
+    experiment: str,
+    overrides: tuple[str, ...],
+    seeds: list[int],
+    top: int,
+    work: Path,
+    jobs: int,
+) -> tuple[dict[str, Any], str]:
+    """The ``top`` best distinct points of all runs, evaluated again with other training seeds (``training.seed``:
+    the adapter's initialisation and the order of the examples): whether the gaps between the winners are larger
+    than what the seed alone moves. One ``lora-blackbox eval`` call per seed evaluates all the points (a block:
+    one model load, a fresh adapter per point); ``jobs`` calls at once."""
+    best: dict[str, Evaluation] = {}
+    for run in runs:
+        for e in run.evaluations:
+            if e.point is not None and math.isfinite(e.objective):
+                key = format_point(e.point)
+                if key not in best or e.objective < best[key].objective:
+                    best[key] = e
+    chosen = sorted(best.items(), key=lambda item: item[1].objective)[:top]
+    points = work / "recheck-points.txt"
+    points.write_text("".join(f"{key}\n" for key, _ in chosen))
+
+    def evaluate(seed: int) -> dict[str, float]:
+        folder = work / f"recheck-seed{seed}"
+        done = load_run(str(folder)) if (folder / "records.jsonl").is_file() else None
+        if done is None or {format_point(e.point or ()) for e in done.evaluations} != {key for key, _ in chosen}:
+            shutil.rmtree(folder, ignore_errors=True)
+            settings = (*overrides, f"training.seed={seed}", f"records.dir={folder.resolve()}")
+            subprocess.run([*blackbox(), "eval", "-e", experiment, *_sets(settings), str(points)], check=True)
+            done = load_run(str(folder))
+        return {format_point(e.point or ()): e.objective for e in done.evaluations}
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        by_seed = dict(zip(seeds, pool.map(evaluate, seeds), strict=True))
+    study_seed = load_experiment(experiment, overrides).training.seed
+    rows = []
+    lines = [
+        "| point | decoded | study (seed " + ", ".join(map(str, [study_seed, *seeds])) + ") | mean | spread |",
+        "|---|---|---|---|---|",
+    ]
+    for key, e in chosen:
+        values = [e.objective, *(by_seed[seed][key] for seed in seeds)]
+        rows.append({"point": key, "hparams": e.hparams, "objectives": values, "mean": statistics.fmean(values)})
+        lines.append(
+            f"| `{key}` | `{json.dumps(_rounded(e.hparams))}` | "
+            + ", ".join(f"{v:.4f}" for v in values)
+            + f" | {statistics.fmean(values):.4f} | {max(values) - min(values):.4f} |"
+        )
+    return {"training_seeds": [study_seed, *seeds], "points": rows}, "\n".join(lines) + "\n"
+
+
+def _rounded(hparams: dict[str, Any] | None) -> dict[str, Any]:
+    """The decoded values of a point, reals rounded for a table."""
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in (hparams or {}).items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default="demo", help="a shipped experiment or a file (demo, demo_variants)")
@@ -166,6 +227,13 @@ def main() -> None:
         "fighting other jobs trained 6x slower; one count for all runs keeps objectives comparable, since "
         "the thread count changes the order of floating-point sums.",
     )
+    parser.add_argument(
+        "--recheck-top",
+        type=int,
+        default=0,
+        help="then evaluate the best N distinct points of all runs again with the training seeds of --recheck-seeds",
+    )
+    parser.add_argument("--recheck-seeds", default="1,2", help="training seeds (training.seed) of the recheck")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every lora-blackbox eval
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -193,8 +261,7 @@ def main() -> None:
     comparison = {
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "versions": {p: version(p) for p in ("lora-blackbox", "torch", "transformers", "peft", "optuna", "PyNomadBBO")},
+        "machine": describe(("lora-blackbox", "torch", "transformers", "peft", "optuna", "PyNomadBBO")),
         "experiment": args.experiment,
         "overrides": list(overrides),
         "budget": args.budget,
@@ -204,10 +271,18 @@ def main() -> None:
         "wall_seconds": time.monotonic() - started,
         "table": rows,
     }
-    settings, settings_markdown = settings_table([load_run(spec) for spec in specs])
+    runs = [load_run(spec) for spec in specs]
+    settings, settings_markdown = settings_table(runs)
     if settings["by_value"]:
         comparison["settings"] = settings
         (args.out / "settings.md").write_text(settings_markdown)
+    if args.recheck_top:
+        recheck_seeds = [int(s) for s in args.recheck_seeds.split(",")]
+        comparison["recheck"], recheck_markdown = recheck(
+            runs, args.experiment, overrides, recheck_seeds, args.recheck_top, args.work, args.jobs
+        )
+        (args.out / "recheck.md").write_text(recheck_markdown)
+        settings_markdown += "\n" + recheck_markdown
     (args.out / "comparison.json").write_text(json.dumps(comparison, indent=1) + "\n")
     (args.out / "comparison.md").write_text(markdown)
     print(markdown + ("\n" + settings_markdown if settings["by_value"] else ""))

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import cpu_model
 
 from blackbox.record import read_records
 from blackbox.training.precision import cpu_bf16
@@ -134,7 +135,7 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "native_bf16": cpu_bf16().native,
         "torch": torch.__version__,
@@ -163,14 +164,6 @@ def main() -> None:
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
