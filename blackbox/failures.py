@@ -11,7 +11,10 @@ the functions below instead of deciding for itself.
 | the line is not a point of the search space        | INVALID_POINT         | nan, CNT 1      | goes on          |
 | any other exception while training or validating   | ERROR                 | nan, CNT 1      | goes on          |
 | an evaluation process ended without a record       | ERROR, written by the | nan, CNT 1      | goes on          |
-| (a signal, e.g. the out-of-memory killer; a crash) | process that started  |                 |                  |
+| (a signal, e.g. the out-of-memory killer; a crash) | process that started  | (NOMAD called   |                  |
+|                                                    | it, or by the study   | it: none, a     |                  |
+|                                                    | driver when NOMAD     | failure to      |                  |
+|                                                    | ends                  | NOMAD)          |                  |
 | an evaluation killed with its caller (kill -9 of    | KILLED, written from  | none (nobody    | gone with it     |
 | the study, a machine crash): its run folder holds  | the folder's marker   | is left to      |                  |
 | ``running.json`` and no record                     | by the study driver   | read it)        |                  |

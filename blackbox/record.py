@@ -304,16 +304,24 @@ def killed_evaluations(records_dir: Path, *, alive: bool = True) -> list[tuple[P
     return killed
 
 
-def record_killed(records_dir: Path, *, alive: bool = True) -> list[dict[str, Any]]:
-    """Record, as KILLED, every evaluation under ``records_dir`` that started and never recorded its end
+def record_killed(records_dir: Path, *, alive: bool = True, alone: bool = False) -> list[dict[str, Any]]:
+    """Record every evaluation under ``records_dir`` that started and never recorded its end
     (:func:`killed_evaluations`): its marker becomes its ``record.json`` and a line of the records file.
-    Returns the records written.
+    KILLED (evaluated again when the study resumes), or with ``alone`` ERROR: the evaluation died while its
+    caller went on (the out-of-memory killer, a crash), and that caller counted it as a failed evaluation, as
+    ``blackbox.failures`` has it. Returns the records written.
 
     Raises:
         RecordsError: the records cannot be written.
     """
     written = []
     for run_dir, record in killed_evaluations(records_dir, alive=alive):
+        if alone:
+            record["status"] = Status.ERROR.value
+            record["error"] = (
+                "the evaluation process died without a record while its study went on (a signal: the "
+                "out-of-memory killer?, or a crash; its run folder holds its log); NOMAD counted it as failed"
+            )
         record["finished_at"] = now()  # when it was found
         text = json.dumps(record, allow_nan=True)
         with writing_records(records_dir):

@@ -38,7 +38,7 @@ import psutil
 
 from blackbox.errors import SetupError
 from blackbox.experiment import load_experiment
-from blackbox.failures import Status
+from blackbox.failures import Status, describe_exit
 from blackbox.folders import CACHE_FILE, HOT_RESTART_FILE, PARAM_COPY, RECORDS_FILE, STATS_FILE, STOP_FILE
 from blackbox.nomad import (
     drop_from_cache,
@@ -252,8 +252,13 @@ def _run_locked(copy: Path, study_dir: Path, lock: int, *, out: TextIO, quiet: b
             watcher.stop()
         if tracking is not None:
             tracking.end(interrupted=interrupts.count > 0)
-    killed = record_killed(study_dir, alive=False)  # cut by the third Ctrl-C, or killed from outside
-    if killed:
+    # NOMAD waits for its blackbox calls: when it ended by itself and nobody interrupted the study, an evaluation
+    # without a record died alone (NOMAD counted it as failed); else it was cut with the study.
+    alone = returncode == 0 and not interrupts.count
+    killed = record_killed(study_dir, alive=False, alone=alone)
+    if killed and alone:
+        _say(f"{len(killed)} evaluation process(es) died without a record (recorded as ERROR; the OOM killer?)")
+    elif killed:
         _say(f"{len(killed)} evaluation(s) were killed before they could finish (recorded as KILLED)")
     crashed = repair_after_crash(study_dir)
     summary = read_summary(study_dir, copy)
@@ -270,6 +275,12 @@ def _run_locked(copy: Path, study_dir: Path, lock: int, *, out: TextIO, quiet: b
     started = _failed_start(study_dir, records_before)
     if started is not None:
         _say(started)
+        return 1
+    if returncode < 0 and not crashed:  # killed from outside: the study is resumable like an interrupted one
+        _say(
+            f"NOMAD {describe_exit(returncode)}: the study stopped; run the same command again to resume "
+            f"({summary.ok} evaluations kept; NOMAD's output: {study_dir / 'nomad.log'})"
+        )
         return 1
     if returncode != 0 and not crashed:
         _say(f"NOMAD exited with status {returncode}: see {study_dir / 'nomad.log'}")

@@ -102,6 +102,88 @@ def test_kill_9_of_the_study_then_resume(
     assert "1 KILLED" in result.stdout  # the summary
 
 
+def _target(study_dir: Path, which: str) -> psutil.Process:
+    """NOMAD (the binary) or the evaluation process it started, among the study's processes."""
+    for process in _study_processes(study_dir):
+        with contextlib.suppress(psutil.Error):
+            command = process.cmdline()
+            is_nomad = Path(command[0]).name == "nomad"
+            if (which == "nomad") == is_nomad and (is_nomad or "eval" in command):
+                return process
+    raise AssertionError(f"no {which} process among {[p.cmdline() for p in _study_processes(study_dir)]}")
+
+
+@pytest.mark.parametrize("nomad_env", ["binary"], indirect=True)
+@pytest.mark.parametrize("victim", ["nomad", "evaluation"])
+def test_kill_9_of_nomad_or_of_one_evaluation_then_resume(
+    tmp_path: Path,
+    repo: Path,
+    victim: str,
+    nomad_env,
+    make_study,
+    run_nomad,
+    records_agree_with_nomad,
+    wait_for,
+    training_started,
+) -> None:
+    """kill -9 of the nomad binary alone, or of the one evaluation it started, while the second of 3 evaluations
+    trains. A dead NOMAD: exit 1 and one line saying so, no process of the study left, the cut evaluation KILLED
+    and trained again by the same command. A dead evaluation (the out-of-memory killer's way): NOMAD counts the
+    failed call and goes on, the driver records it as a counted ERROR, as the failure policy has it, and the
+    same command again has nothing left to do. Either way: 3 finished evaluations, none twice, none lost."""
+    budget = 3
+    param = make_study(budget=budget, steps=16, extra=["training.log_every_steps=1"])
+    study_dir = (tmp_path / "runs" / "study").resolve()
+    records_file = study_dir / "records.jsonl"
+    process = subprocess.Popen(
+        [str(repo / "run_nomad.sh"), str(param), str(study_dir)],
+        env=nomad_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: records_file.exists() and len(read_records(records_file)) >= 1, process, "1 evaluation")
+        done = {p.name for p in (study_dir / "evals").glob("*")}
+        wait_for(lambda: training_started(study_dir, not_in=done), process, "the second evaluation to train")
+        [cut_dir] = {p.name for p in (study_dir / "evals").glob("*")} - done
+        _target(study_dir, victim).kill()
+        _stdout, stderr = process.communicate(timeout=300)
+        ended_at = time.monotonic()
+        while _study_processes(study_dir) and time.monotonic() - ended_at < 5:
+            time.sleep(0.1)
+        assert _study_processes(study_dir) == [], "a process of the study outlived it by 5 s"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    first = read_records(records_file)
+    [cut] = [r for r in first if r["run_id"] == cut_dir]
+    if victim == "nomad":  # cut with its study: evaluated again when the study resumes
+        assert process.returncode == 1, stderr[-3000:]
+        assert "NOMAD was killed by SIGKILL" in stderr and "run the same command again to resume" in stderr
+        assert [r["status"] for r in first] == ["OK", "KILLED"]
+        assert "killed before it could record" in cut["error"]
+    else:  # died alone: NOMAD counted the failed call and went on; the records say so (ERROR, counted)
+        assert process.returncode == 0, stderr[-3000:]
+        assert [r["status"] for r in first] == ["OK", "OK", "ERROR"]
+        assert "died without a record while its study went on" in cut["error"]
+        assert "1 evaluation process(es) died without a record (recorded as ERROR" in stderr
+
+    result = run_nomad(param, study_dir, nomad_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records, _cache = records_agree_with_nomad(study_dir)
+    counted = [r for r in records if Status(r["status"]).counted]
+    assert len(counted) == budget
+    assert len({tuple(r["point"]) for r in counted}) == budget  # no finished point trained twice
+    assert {r["run_id"] for r in first if r["status"] == "OK"} <= {r["run_id"] for r in counted}  # none lost
+    if victim == "nomad":
+        assert tuple(cut["point"]) in {tuple(r["point"]) for r in counted if r["status"] == "OK"}  # again
+    else:
+        assert result.stderr.count("answered from its record") == 0 and records == first  # nothing to do
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs for a records folder (root only: CI runs as root; chmod would not stop root)."""
