@@ -19,7 +19,8 @@ process groups of this kind: it is not supported.
 **Alone in its folder.** The driver holds an exclusive ``flock`` on ``study.lock`` in the study folder while
 the study runs, and the watchdog holds it until the study's processes are gone; a second study on the same
 folder says so and exits 1. The kernel releases the lock of a dead process by itself: a study killed with -9
-leaves no stale lock behind (the file stays, and names the last driver's pid).
+leaves no stale lock behind (the file stays, and names the last driver's pid). An Optuna study holds the same
+lock on its folder (:func:`holding_lock`), so that NOMAD and Optuna studies exclude each other too.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,21 @@ def lock_study(study_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+@contextlib.contextmanager
+def holding_lock(study_dir: Path) -> Iterator[None]:
+    """Hold the study folder's lock (:func:`lock_study`; the folder is made if need be) for the ``with`` block.
+
+    Raises:
+        SetupError: another study runs in this folder.
+    """
+    study_dir.mkdir(parents=True, exist_ok=True)
+    fd = lock_study(study_dir)
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 class Unit:

@@ -37,6 +37,7 @@ from blackbox.experiment import RecordsConfig
 from blackbox.failures import Status, trial_state
 from blackbox.folders import OPTUNA_STORAGE_FILE
 from blackbox.progress import format_duration
+from blackbox.studies.guard import holding_lock
 from blackbox.tracking import start_study
 
 if TYPE_CHECKING:
@@ -125,30 +126,35 @@ def run_optuna(
         failed and left out of the count; it runs first when the study resumes).
 
     Raises:
-        SetupError: the storage holds a study of another experiment or sampler, or a trial could not run.
+        SetupError: the storage holds a study of another experiment or sampler, another study runs in the
+            records folder, or a trial could not run.
     """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours, on the package's logger
-    study = optuna.create_study(storage=storage, study_name=study_name, direction="minimize", load_if_exists=True)
-    _check_identity(study, blackbox, sampler, seed)
-    _fail_stale_trials(study)
-    study.sampler = make_sampler(sampler, seed + len(study.trials), blackbox)
-    done = _counted(study)
-    if done:
-        logger.info("resuming study %r: %d of %d trials done", study_name, done, n_trials)
-    progress = _Progress(n_trials, done)
-    interrupted = False
-    settings = {"optuna.sampler": sampler, "optuna.seed": seed, "optuna.study_name": study_name}
     folder = blackbox.experiment.records_dir
-    tracking = start_study(blackbox.experiment, folder, solver=f"optuna-{sampler}", settings=settings, uri=mlflow_uri)
-    with tracking.environment() if tracking else contextlib.nullcontext():
-        try:
-            done, interrupted = _run_trials(study, blackbox, n_trials, done, progress)
-        finally:
-            if tracking is not None:
-                tracking.end(interrupted=interrupted or done < n_trials)
-    return summary_of(study, storage, blackbox, n_trials, interrupted=interrupted)
+    # One study per folder, as for NOMAD: another process's running trials would look stale to this one.
+    with holding_lock(folder):
+        study = optuna.create_study(storage=storage, study_name=study_name, direction="minimize", load_if_exists=True)
+        _check_identity(study, blackbox, sampler, seed)
+        _fail_stale_trials(study)
+        study.sampler = make_sampler(sampler, seed + len(study.trials), blackbox)
+        done = _counted(study)
+        if done:
+            logger.info("resuming study %r: %d of %d trials done", study_name, done, n_trials)
+        progress = _Progress(n_trials, done)
+        interrupted = False
+        settings = {"optuna.sampler": sampler, "optuna.seed": seed, "optuna.study_name": study_name}
+        tracking = start_study(
+            blackbox.experiment, folder, solver=f"optuna-{sampler}", settings=settings, uri=mlflow_uri
+        )
+        with tracking.environment() if tracking else contextlib.nullcontext():
+            try:
+                done, interrupted = _run_trials(study, blackbox, n_trials, done, progress)
+            finally:
+                if tracking is not None:
+                    tracking.end(interrupted=interrupted or done < n_trials)
+        return summary_of(study, storage, blackbox, n_trials, interrupted=interrupted)
 
 
 def _run_trials(
@@ -256,7 +262,7 @@ def _not_count(study: optuna.Study, number: int, params: dict[str, Any]) -> None
 def _fail_stale_trials(study: optuna.Study) -> None:
     """Trials left RUNNING by a process that was killed: failed, not counted, their points queued again.
 
-    (One ``lora-blackbox optuna`` process per study: another one's running trials would look stale.)
+    (One ``lora-blackbox optuna`` process per study folder: :func:`run_optuna` holds its lock.)
     """
     from optuna.trial import TrialState
 

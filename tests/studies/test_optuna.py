@@ -192,7 +192,7 @@ def test_a_trial_that_cannot_run_stops_the_study(tmp_path: Path, tiny_experiment
 
 
 @pytest.mark.slow
-def test_ctrl_c_records_the_running_trial_and_resume_runs_it_again(
+def test_a_busy_folder_and_ctrl_c_then_resume_runs_the_interrupted_trial_first(
     tmp_path: Path, tiny_experiment: Path, blackbox_cmd, run_optuna, wait_for, training_started
 ) -> None:
     folder = tmp_path / "study"
@@ -206,6 +206,11 @@ def test_ctrl_c_records_the_running_trial_and_resume_runs_it_again(
         start_new_session=True,
     )
     wait_for(lambda: training_started(folder), process, "training")
+    # One study per folder: a second process is refused and leaves the running trial alone.
+    second = run_optuna([*args, "--n-trials", "2"], tmp_path)
+    assert second.returncode == 1 and f"another study is running in {folder.resolve()}" in second.stderr
+    running = optuna.load_study(study_name="tiny-random", storage=f"sqlite:///{folder / 'optuna.db'}").trials
+    assert [t.state for t in running] == [TrialState.RUNNING]
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in the terminal
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-3000:]
