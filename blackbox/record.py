@@ -322,6 +322,8 @@ def record_killed(records_dir: Path, *, alive: bool = True, alone: bool = False)
                 "the evaluation process died without a record while its study went on (a signal: the "
                 "out-of-memory killer?, or a crash; its run folder holds its log); NOMAD counted it as failed"
             )
+            # A KILLED record's tokens are all nan but CNT_EVAL's 0 (output.output_tokens); counted, it is 1.
+            record["outputs"] = ["1" if token == "0" else token for token in record.get("outputs") or []]
         record["finished_at"] = now()  # when it was found
         text = json.dumps(record, allow_nan=True)
         with writing_records(records_dir):

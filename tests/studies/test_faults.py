@@ -169,6 +169,7 @@ def test_kill_9_of_nomad_or_of_one_evaluation_then_resume(
         assert process.returncode == 0, stderr[-3000:]
         assert [r["status"] for r in first] == ["OK", "OK", "ERROR"]
         assert "died without a record while its study went on" in cut["error"]
+        assert cut["outputs"] == ["nan", "nan", "1"]  # as an ERROR of the evaluation itself: CNT_EVAL 1
         assert "1 evaluation process(es) died without a record (recorded as ERROR" in stderr
 
     result = run_nomad(param, study_dir, nomad_env)
