@@ -654,7 +654,7 @@ def downstream_command(
     appended to downstream.jsonl (one line per model and benchmark) and shown as a table on stdout.
     """
     from blackbox.assessment.downstream import benchmarks_from_options, format_table, score_models
-    from blackbox.assessment.selection import study_experiment
+    from blackbox.assessment.selection import experiment_of
     from blackbox.folders import DOWNSTREAM_FILE
 
     with _exit_codes(ctx):
@@ -669,12 +669,8 @@ def downstream_command(
             retrain=retrain,
             allow_none=True,
         )
-        if experiment_ref:
-            experiment = load_experiment(experiment_ref, overrides)
-        elif study is not None:
-            experiment = study_experiment(study, candidates)
-        else:
-            raise ConfigError("adapter folders need their experiment: give --experiment")
+        given = load_experiment(experiment_ref, overrides) if experiment_ref else None
+        experiment = experiment_of(candidates, given, study)
         benchmarks = benchmarks_from_options(
             tasks,
             include_path=include_path,
@@ -795,7 +791,8 @@ def answers_command(
     \b
         lora-blackbox answers runs/demo --best --worst --questions examples/demo_questions.jsonl
     """
-    from blackbox.assessment.answers import experiment_of, generate_answers, read_questions
+    from blackbox.assessment.answers import generate_answers, read_questions
+    from blackbox.assessment.selection import experiment_of
     from blackbox.folders import ANSWERS_FILE
     from blackbox.training.generation import Sampling
 

@@ -103,30 +103,6 @@ def read_answers(path: Path) -> list[dict[str, Any]]:
     return answers
 
 
-def experiment_of(candidates: Sequence[Candidate], given: Experiment | None) -> Experiment:
-    """The experiment whose model, prompt template and device the answers use: ``given``, else the one the
-    study's evaluations ran (they must agree on the model and the template).
-
-    Raises:
-        ConfigError: no experiment, or evaluations of different models or templates.
-    """
-    if given is not None:
-        return given
-    experiments = [c.experiment for c in candidates if c.experiment is not None]
-    if not experiments:
-        raise ConfigError("which base model? Give the experiment (-e) or a study folder whose evaluations ran one")
-    first = experiments[0]
-    for other in experiments[1:]:
-        if (other.model.name_or_path, other.model.revision, other.data.template, other.data.system_prompt) != (
-            first.model.name_or_path,
-            first.model.revision,
-            first.data.template,
-            first.data.system_prompt,
-        ):
-            raise ConfigError("the chosen evaluations ran different models or prompt templates: give -e")
-    return first
-
-
 def generate_answers(
     candidates: Sequence[Candidate],
     experiment: Experiment,

@@ -91,20 +91,43 @@ def select_from_study(
     return candidates
 
 
-def study_experiment(study_dir: Path, candidates: Sequence[Candidate] = ()) -> Experiment:
-    """The experiment a study ran: its candidates', else the one its records name.
+def experiment_of(
+    candidates: Sequence[Candidate], given: Experiment | None = None, study_dir: Path | None = None
+) -> Experiment:
+    """The experiment whose base model, prompt template and device the chosen models run on: ``given``, else the
+    one the candidates' evaluations ran (they must agree on the model and the template), else the one the
+    records of ``study_dir`` name.
 
     Raises:
-        ConfigError: the study ran several experiments (give one), or keeps none.
+        ConfigError: no experiment anywhere, evaluations of different models or templates, or a study that ran
+            several experiments.
     """
-    for candidate in candidates:
-        if candidate.experiment is not None:
-            return candidate.experiment
+    if given is not None:
+        return given
+    experiments = [c.experiment for c in candidates if c.experiment is not None]
+    if experiments:
+        first = experiments[0]
+        for other in experiments[1:]:
+            if _base(other) != _base(first):
+                raise ConfigError("the chosen evaluations ran different models or prompt templates: give -e")
+        return first
+    if study_dir is None:
+        raise ConfigError("which base model? Give the experiment (-e) or a study folder whose evaluations ran one")
     run = load_run(str(study_dir))
     fingerprints = sorted({e.fingerprint for e in run.evaluations if e.fingerprint})
     if len(fingerprints) != 1:
         raise ConfigError(f"{study_dir} ran {len(fingerprints)} experiments: give one with --experiment")
     return read_snapshot(run.folder, fingerprints[0])
+
+
+def _base(experiment: Experiment) -> tuple[Any, ...]:
+    """What a chosen model is generated or scored with: the base model and the prompt."""
+    return (
+        experiment.model.name_or_path,
+        experiment.model.revision,
+        experiment.data.template,
+        experiment.data.system_prompt,
+    )
 
 
 def adapter_folders(paths: Sequence[Path]) -> list[Candidate]:

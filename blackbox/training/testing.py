@@ -178,9 +178,4 @@ def write_benchmark_tasks(folder: Path, *, n_items: int = 24, seed: int = 3) -> 
         'doc_to_text: "{{prompt}}"\ndoc_to_target: "{{answer}}"\ntarget_delimiter: ""\n'
         "metric_list:\n  - metric: perplexity\n    aggregation: perplexity\n    higher_is_better: false\n"
     )
-    (folder / "tiny_ll.yaml").write_text(
-        "task: tiny_ll\n" + common + "output_type: loglikelihood\n"
-        'doc_to_text: "{{prompt}}"\ndoc_to_target: "{{answer}}"\ntarget_delimiter: ""\n'
-        "metric_list:\n  - metric: perplexity\n    aggregation: perplexity\n    higher_is_better: false\n"
-    )
     return folder

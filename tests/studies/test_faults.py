@@ -36,6 +36,33 @@ def _study_processes(study_dir: Path) -> list[psutil.Process]:
     return found
 
 
+def _start_study(repo: Path, param: Path, study_dir: Path, env: dict[str, str]) -> subprocess.Popen:
+    """``run_nomad.sh PARAM STUDY_DIR`` in a session of its own; its stdout and stderr go to files beside the
+    study folder (``_output``): a pipe nobody reads while the study runs could fill and stall it."""
+    study_dir.parent.mkdir(parents=True, exist_ok=True)
+    with (study_dir.parent / "study.out").open("w") as out, (study_dir.parent / "study.err").open("w") as err:
+        return subprocess.Popen(
+            [str(repo / "run_nomad.sh"), str(param), str(study_dir)],
+            env=env,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+
+
+def _output(study_dir: Path) -> tuple[str, str]:
+    """The stdout and stderr of a study started by :func:`_start_study`."""
+    return (study_dir.parent / "study.out").read_text(), (study_dir.parent / "study.err").read_text()
+
+
+def _none_left(study_dir: Path, seconds: float = 5) -> None:
+    """Wait up to ``seconds`` for the study's processes to be gone; fail if one outlives that."""
+    ended_at = time.monotonic()
+    while _study_processes(study_dir) and time.monotonic() - ended_at < seconds:
+        time.sleep(0.1)
+    assert _study_processes(study_dir) == [], f"a process of the study outlived it by {seconds:g} s"
+
+
 def test_kill_9_of_the_study_then_resume(
     tmp_path: Path,
     repo: Path,
@@ -53,13 +80,7 @@ def test_kill_9_of_the_study_then_resume(
     param = make_study(budget=budget, steps=16, extra=["training.log_every_steps=1"])
     study_dir = (tmp_path / "runs" / "study").resolve()
     records_file = study_dir / "records.jsonl"
-    process = subprocess.Popen(
-        [str(repo / "run_nomad.sh"), str(param), str(study_dir)],
-        env=nomad_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    process = _start_study(repo, param, study_dir, nomad_env)
     try:
         wait_for(lambda: records_file.exists() and len(read_records(records_file)) >= 2, process, "2 evaluations")
         # One study per folder: a second one is refused while this one runs.
@@ -71,10 +92,7 @@ def test_kill_9_of_the_study_then_resume(
         assert _study_processes(study_dir)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        killed_at = time.monotonic()
-        while _study_processes(study_dir) and time.monotonic() - killed_at < 5:
-            time.sleep(0.1)
-        assert _study_processes(study_dir) == [], "a process of the study outlived it by 5 s"
+        _none_left(study_dir)
     finally:
         for leftover in [*_study_processes(study_dir), psutil.Process(process.pid)] if process.poll() is None else []:
             with contextlib.suppress(psutil.Error):
@@ -135,29 +153,20 @@ def test_kill_9_of_nomad_or_of_one_evaluation_then_resume(
     param = make_study(budget=budget, steps=16, extra=["training.log_every_steps=1"])
     study_dir = (tmp_path / "runs" / "study").resolve()
     records_file = study_dir / "records.jsonl"
-    process = subprocess.Popen(
-        [str(repo / "run_nomad.sh"), str(param), str(study_dir)],
-        env=nomad_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    process = _start_study(repo, param, study_dir, nomad_env)
     try:
         wait_for(lambda: records_file.exists() and len(read_records(records_file)) >= 1, process, "1 evaluation")
         done = {p.name for p in (study_dir / "evals").glob("*")}
         wait_for(lambda: training_started(study_dir, not_in=done), process, "the second evaluation to train")
         [cut_dir] = {p.name for p in (study_dir / "evals").glob("*")} - done
         _target(study_dir, victim).kill()
-        _stdout, stderr = process.communicate(timeout=300)
-        ended_at = time.monotonic()
-        while _study_processes(study_dir) and time.monotonic() - ended_at < 5:
-            time.sleep(0.1)
-        assert _study_processes(study_dir) == [], "a process of the study outlived it by 5 s"
+        process.wait(timeout=300)
+        _none_left(study_dir)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+    _stdout, stderr = _output(study_dir)
     first = read_records(records_file)
     [cut] = [r for r in first if r["run_id"] == cut_dir]
     if victim == "nomad":  # cut with its study: evaluated again when the study resumes
