@@ -808,7 +808,7 @@ def answers_command(
             retrain=retrain,
         )
         given = load_experiment(experiment_ref, overrides) if experiment_ref else None
-        experiment = experiment_of(chosen, given)
+        experiment = experiment_of(chosen, given, study_dir)
         out = out or (study_dir or Path()) / ANSWERS_FILE
         sampling = Sampling(max_new_tokens, temperature, top_p, greedy, batch_size)
         generate_answers(chosen, experiment, read_questions(questions), out, sampling=sampling, seed=seed)
