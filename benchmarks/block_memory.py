@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from blackbox.record import read_records
+from blackbox.core.record import RecordStore
 
 
 def run(points: list[str], records: Path, steps: int) -> list[dict]:
@@ -32,7 +32,7 @@ def run(points: list[str], records: Path, steps: int) -> list[dict]:
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    return read_records(records / "records.jsonl")
+    return [r.as_dict() for r in RecordStore(records).records()]
 
 
 def rows_of(records: list[dict]) -> list[dict]:

@@ -44,8 +44,8 @@ from typing import Any
 
 from machine import describe
 
-from blackbox.experiment import HPARAM_NAMES, load_experiment
-from blackbox.point import format_point
+from blackbox.core.experiment import HPARAM_NAMES, load_experiment
+from blackbox.core.point import format_point
 from blackbox.reports import write_report
 from blackbox.reports.load import Evaluation, Run, load_run
 

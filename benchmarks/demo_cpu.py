@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from machine import cpu_model
 
-from blackbox.record import read_records
+from blackbox.core.record import RecordStore
 from blackbox.training.precision import cpu_bf16
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,7 +75,7 @@ def one_evaluation(experiment: str, folder: Path, env: dict[str, str]) -> dict[s
         stdout=subprocess.DEVNULL,
     )
     wall = time.perf_counter() - started
-    record = read_records(records / "records.jsonl")[-1]
+    record = [r.as_dict() for r in RecordStore(records).records()][-1]
     return {"wall_s": wall, "objective": record["metrics"]["validation_loss"], "timings": record["timings"]}
 
 
@@ -89,7 +89,7 @@ def whole_study(folder: Path, env: dict[str, str]) -> dict[str, Any]:
         stdout=subprocess.DEVNULL,
     )
     wall = time.perf_counter() - started
-    records = read_records(study / "records.jsonl")
+    records = [r.as_dict() for r in RecordStore(study).records()]
     objectives = [r["metrics"]["validation_loss"] for r in records if r["status"] == "OK"]
     return {
         "wall_s": wall,

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from blackbox.experiment import load_experiment
-from blackbox.record import read_records
-from blackbox.space import SearchSpace
+from blackbox.core.experiment import load_experiment
+from blackbox.core.record import RecordStore
+from blackbox.core.space import SearchSpace
 
 
 def demo_points(count: int) -> list[tuple[float, ...]]:
@@ -70,7 +70,7 @@ def evaluate(points: list[tuple[float, ...]], records: Path, overrides: list[str
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    return read_records(records / "records.jsonl")
+    return [r.as_dict() for r in RecordStore(records).records()]
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tiny_study import learning_rate_study  # benchmarks/tiny_study.py
 
-from blackbox.record import read_records
+from blackbox.core.record import RecordStore
 from blackbox.training.testing import build_tiny_model, write_instruction_files
 
 PHASES = ("startup_s", "data_prep_s", "model_load_s", "train_s", "validation_s", "total_s")
@@ -62,7 +62,7 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
             )
             wall = time.perf_counter() - started
-            record = read_records(tmp / "runs" / "records.jsonl")[-1]
+            record = [r.as_dict() for r in RecordStore(tmp / "runs").records()][-1]
             rows.append({"run": label, "wall_s": wall, **{p: record["timings"].get(p, 0.0) for p in PHASES}})
     print(
         f"tiny Llama, {args.steps} steps x 16 sequences; {platform.processor() or platform.machine()}, "

@@ -140,7 +140,7 @@ class Measurement:
 def run_ours(
     name: str, split: Any, *, device: torch.device, steps: int, packing: bool, attn: str, liger: bool = False
 ) -> Measurement:
-    from blackbox.experiment import TrainingConfig
+    from blackbox.core.experiment import TrainingConfig
     from blackbox.training.precision import Precision
     from blackbox.training.train import train
 

@@ -27,10 +27,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from blackbox.experiment import METRIC_NAMES, load_experiment
-from blackbox.failures import Status
-from blackbox.point import PointSource
-from blackbox.record import append_record, build_record, new_run_id
+from blackbox.core.experiment import METRIC_NAMES, load_experiment
+from blackbox.core.failures import Status
+from blackbox.core.point import PointSource
+from blackbox.core.record import RecordStore, build_record, new_run_id
 from blackbox.tracking import Tracker
 
 
@@ -74,7 +74,7 @@ def measure(uri: str, study_dir: Path, evaluations: int, steps: int) -> dict[str
             experiment, Status.OK, PointSource("2 -4 1", (2.0, -4.0, 1.0)), run_id=run_id, metrics=metrics,
             hparams={"lora_r": 8.0}, run_dir=str(run_dir), mlflow_run_id=mlflow_run_id,
         )  # fmt: skip
-        append_record(study_dir / "records.jsonl", record)
+        RecordStore(study_dir).append(record)
         (run_dir / "record.json").write_text(record.to_json())
         started = time.perf_counter()
         tracker.finish_evaluation(record, step_losses=[1.0 / (i + 1) for i in range(steps)])

@@ -14,28 +14,24 @@ evaluation runs.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("lora-blackbox")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+from blackbox._version import __version__
 
 if TYPE_CHECKING:
     from blackbox.api import Blackbox, Result
-    from blackbox.experiment import Experiment, load_experiment
-    from blackbox.failures import Status
-    from blackbox.space import HyperParams, SearchSpace
+    from blackbox.core.experiment import Experiment, load_experiment
+    from blackbox.core.failures import Status
+    from blackbox.core.space import HyperParams, SearchSpace
 
 _LAZY = {
     "Blackbox": "blackbox.api",
     "Result": "blackbox.api",
-    "Experiment": "blackbox.experiment",
-    "load_experiment": "blackbox.experiment",
-    "Status": "blackbox.failures",
-    "HyperParams": "blackbox.space",
-    "SearchSpace": "blackbox.space",
+    "Experiment": "blackbox.core.experiment",
+    "load_experiment": "blackbox.core.experiment",
+    "Status": "blackbox.core.failures",
+    "HyperParams": "blackbox.core.space",
+    "SearchSpace": "blackbox.core.space",
 }
 
 __all__ = ["Blackbox", "Experiment", "HyperParams", "Result", "SearchSpace", "Status", "__version__", "load_experiment"]

@@ -18,19 +18,17 @@ its record to the experiment's ``records.dir``, and the result is read from that
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from blackbox.errors import ConfigError, PointError
-from blackbox.experiment import HPARAM_NAMES, Experiment, load_experiment
-from blackbox.failures import Status
-from blackbox.folders import RECORDS_FILE
-from blackbox.record import EvalRecord
-from blackbox.space import HyperParams, SearchSpace
+from blackbox.core.errors import ConfigError, PointError
+from blackbox.core.experiment import HPARAM_NAMES, Experiment, load_experiment
+from blackbox.core.failures import Status, raise_if_call_ends
+from blackbox.core.record import EvalRecord, RecordStore
+from blackbox.core.space import HyperParams, SearchSpace
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -57,7 +55,7 @@ class Result:
         run_id: the evaluation's id: its folder is ``<records.dir>/evals/<run_id>``.
         error: why it failed, or None.
         output_line: the line ``lora-blackbox eval`` prints for it.
-        record: the whole record as written to ``records.jsonl``.
+        record: the whole record as written to ``records.jsonl`` (a dict).
     """
 
     status: Status
@@ -84,9 +82,10 @@ class Result:
         return math.isnan(self.objective)
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any], outputs: Sequence[str]) -> Result:
-        """The result of a record (a dict as in ``records.jsonl``), given ``study.outputs``."""
-        tokens = list(record["outputs"])
+    def from_record(cls, record: EvalRecord, outputs: Sequence[str] = ()) -> Result:
+        """The result of a record, its outputs named by ``study.outputs`` (default: the record's own specs)."""
+        tokens = list(record.outputs)
+        outputs = outputs or record.output_specs
         objective = math.nan
         extras: dict[str, float | str] = {}
         constraints: dict[str, float] = {}
@@ -98,20 +97,19 @@ class Result:
                 constraints[metric] = float(token)
             elif kind == "EXTRA_O":
                 extras[metric] = _number_or_text(token)
-        point = record.get("point")
         return cls(
-            status=Status(record["status"]),
+            status=record.status,
             objective=objective,
             extras=extras,
             constraints=constraints,
-            hparams=record.get("hparams"),
-            point=tuple(point) if point is not None else None,
-            metrics=dict(record.get("metrics") or {}),
-            timings=dict(record.get("timings") or {}),
-            run_id=record["run_id"],
-            error=record.get("error"),
-            output_line=" ".join(tokens),
-            record=dict(record),
+            hparams=record.hparams,
+            point=record.point,
+            metrics=dict(record.metrics),
+            timings=dict(record.timings),
+            run_id=record.run_id,
+            error=record.error,
+            output_line=record.output_line,
+            record=record.as_dict(),
         )
 
 
@@ -154,7 +152,7 @@ class Blackbox:
     @property
     def records_file(self) -> Path:
         """Where every evaluation appends its record."""
-        return self.experiment.records_dir.resolve() / RECORDS_FILE
+        return RecordStore.of(self.experiment).path
 
     def encode(self, hparams: Mapping[str, Any] | HyperParams) -> tuple[float, ...]:
         """The point of the search space for these hyperparameters.
@@ -204,7 +202,8 @@ class Blackbox:
         An invalid point is not an exception: it is recorded and gives a failed result (``INVALID_POINT``).
 
         Raises:
-            SetupError: the model or the data cannot be loaded (in this process).
+            SetupError: the model or the data cannot be loaded (recorded NOT_RUN first).
+            KeyboardInterrupt: interrupted (recorded INTERRUPTED first).
         """
         return self.evaluate_line(" ".join(repr(float(x)) for x in point))
 
@@ -212,9 +211,17 @@ class Blackbox:
         """Evaluate one line of a point file, as NOMAD writes it.
 
         Raises:
-            SetupError: the model or the data cannot be loaded (in this process).
-            KeyboardInterrupt: interrupted (recorded as INTERRUPTED first).
+            SetupError: the model or the data cannot be loaded (recorded NOT_RUN first).
+            KeyboardInterrupt: interrupted (recorded INTERRUPTED first).
         """
+        result = self.run_line(line, point_file=point_file, block_index=block_index)
+        raise_if_call_ends(result.status, result.error)  # the failure policy's end of a call, as an exception
+        return result
+
+    def run_line(self, line: str, *, point_file: str | None = None, block_index: int | None = None) -> Result:
+        """Evaluate one line of a point file and return its result, whatever ended it: a model that cannot load
+        (NOT_RUN) or a Ctrl-C (INTERRUPTED) is a result too, for a driver that asks the failure policy
+        (``failures.call_after``) what comes next, as ``lora-blackbox optuna`` does."""
         if self.isolate:
             from blackbox.runners.isolated import evaluate_in_subprocess
 
@@ -226,9 +233,13 @@ class Blackbox:
                 experiment=self.experiment,
                 quiet=self.quiet,
             )
-            return Result.from_record(record, self.experiment.study.outputs)
-        evaluated = self.evaluator.evaluate_line(line, point_file=point_file, block_index=block_index)
-        return self._result(evaluated)
+        else:
+            record = self.evaluator.evaluate_line(line, point_file=point_file, block_index=block_index)
+        return Result.from_record(record, self.experiment.study.outputs)
+
+    def run_point(self, point: Sequence[float]) -> Result:
+        """:meth:`run_line` of a point in the optimizer's coordinates."""
+        return self.run_line(" ".join(repr(float(x)) for x in point))
 
     @property
     def evaluator(self) -> Evaluator:
@@ -238,9 +249,6 @@ class Blackbox:
 
             self._evaluator = Evaluator(self.experiment)
         return self._evaluator
-
-    def _result(self, record: EvalRecord) -> Result:
-        return Result.from_record(json.loads(record.to_json()), self.experiment.study.outputs)
 
 
 def _number_or_text(token: str) -> float | str:

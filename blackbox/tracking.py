@@ -41,16 +41,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from blackbox.failures import Status
-from blackbox.files import write_text_atomic
-from blackbox.folders import MLFLOW_ARTIFACTS_DIR, MLFLOW_PARENT_FILE, MLFLOW_STORE_FILE, RECORDS_FILE
-from blackbox.record import read_records
+from blackbox.core.failures import Status
+from blackbox.core.files import write_text_atomic
+from blackbox.core.folders import MLFLOW_ARTIFACTS_DIR, MLFLOW_PARENT_FILE, MLFLOW_STORE_FILE
+from blackbox.core.record import EvalRecord, RecordStore
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-    from blackbox.experiment import Experiment
-    from blackbox.record import EvalRecord
+    from blackbox.core.experiment import Experiment
 
 logger = logging.getLogger(__name__)
 
@@ -195,11 +194,11 @@ class Tracker:
             parent = self.parent_run_id()
             if objective is not None:
                 parent_metrics = [Metric("objective", objective, now_ms, number)]
-                best_objective = _objective(best, self.experiment) if best is not None else None
+                best_objective = _objective(best) if best is not None else None
                 if best_objective is not None:
                     parent_metrics.append(Metric("best_objective", best_objective, now_ms, number))
                 client.log_batch(parent, metrics=parent_metrics)
-            if best is not None and best.get("run_id") == record.run_id:
+            if best is not None and best.run_id == record.run_id:
                 best_run = [RunTag(k, _text(v, _MAX_TAG_CHARS)) for k, v in best_tags(record).items()]
                 client.log_batch(parent, tags=best_run)
 
@@ -212,17 +211,15 @@ class Tracker:
         if (run_dir / "adapter").is_dir():
             client.log_artifacts(run_id, str(run_dir / "adapter"), artifact_path="adapter")
 
-    def _standing(self, record: EvalRecord) -> tuple[int, float | None, dict[str, Any] | None]:
+    def _standing(self, record: EvalRecord) -> tuple[int, float | None, EvalRecord | None]:
         """This evaluation's number in the study (its position among the counted records), its objective
         (None when it has none: failed, or low fidelity), and the study's best record so far."""
-        records_file = self.study_dir / RECORDS_FILE
-        records = read_records(records_file) if records_file.exists() else []
-        counted = [r for r in records if Status(r["status"]).counted]
-        ids = [r["run_id"] for r in counted]
+        counted = [r for r in RecordStore(self.study_dir).records() if r.counted]
+        ids = [r.run_id for r in counted]
         number = ids.index(record.run_id) + 1 if record.run_id in ids else len(ids)
-        valid = [r for r in counted if _objective(r, self.experiment) is not None]
-        best = min(valid, key=lambda r: _objective(r, self.experiment) or math.inf, default=None)
-        return number, _objective(record.as_dict(), self.experiment), best
+        valid = [r for r in counted if _objective(r) is not None]
+        best = min(valid, key=lambda r: _objective(r) or math.inf, default=None)
+        return number, _objective(record), best
 
     # -- the parent run ------------------------------------------------------------------------------------
 
@@ -425,17 +422,12 @@ def best_tags(record: EvalRecord) -> dict[str, str]:
     return {k: v for k, v in tags.items() if v}
 
 
-def _objective(record: dict[str, Any], experiment: Experiment) -> float | None:
+def _objective(record: EvalRecord) -> float | None:
     """The OBJ output of a finished, full-fidelity record (inf when diverged), else None."""
-    if record.get("status") not in (Status.OK.value, Status.DIVERGED.value):
+    if not record.status.finished or not record.full_fidelity:
         return None
-    metrics = record.get("metrics") or {}
-    if metrics.get("fidelity_train", 1.0) != 1.0 or metrics.get("fidelity_validation", 1.0) != 1.0:
-        return None
-    specs = experiment.study.outputs
-    index = next(i for i, spec in enumerate(specs) if spec.startswith("OBJ:"))
-    value = float(record["outputs"][index])
-    return None if math.isnan(value) else value
+    value = record.output("OBJ")
+    return None if value is None or math.isnan(value) else value
 
 
 def _run_exists(client: MlflowClient, run_id: str) -> bool:

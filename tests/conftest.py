@@ -21,10 +21,10 @@ import pytest
 if TYPE_CHECKING:
     import docker
 
-from blackbox.nomad import read_cache
-from blackbox.record import read_records
+from blackbox.core.nomad import read_cache
 from blackbox.runners.container import LABEL
 from blackbox.training.testing import build_tiny_model, write_experiment, write_instruction_files
+from tests.records import read_records
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / "tests" / "assets"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from blackbox import Blackbox, HyperParams, Status
-from blackbox.errors import ConfigError, PointError
-from blackbox.experiment import load_experiment
-from blackbox.record import read_records
+from blackbox.core.errors import ConfigError, PointError
+from blackbox.core.experiment import load_experiment
+from tests.records import read_records
 
 
 def test_importing_the_package_loads_neither_torch_nor_optuna() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from blackbox.record import read_records
+from tests.records import read_records
 
 pytestmark = pytest.mark.slow
 
@@ -188,7 +188,7 @@ def test_quantised_lora_trains(tmp_path, tiny_model, tiny_experiment, run_blackb
     (two values a byte, nf4) or 8-bit weights in bitsandbytes' layers, and LoRA trains on top of them."""
     import torch
 
-    from blackbox.experiment import ModelConfig, TrainingConfig
+    from blackbox.core.experiment import ModelConfig, TrainingConfig
     from blackbox.training.model import load_base_model
     from blackbox.training.precision import Precision
 
@@ -261,7 +261,7 @@ def test_sigint_records_the_running_point_as_interrupted(
 
 
 def test_a_stopping_study_gets_every_point_declined_at_once(tmp_path, tiny_experiment, run_blackbox) -> None:
-    """The study driver's stop request (blackbox.stopping): no evaluation starts, no model is loaded, every point
+    """The study driver's stop request (blackbox.core.stopping): no evaluation starts, no model is loaded, every point
     is recorded NOT_RUN and answered as a failure that NOMAD does not count."""
     stop = tmp_path / "stop-requested"
     stop.touch()
@@ -285,8 +285,8 @@ def test_a_stopping_study_gets_every_point_declined_at_once(tmp_path, tiny_exper
 
 def test_decode_without_a_point_file_shows_x0_and_the_bounds(run_blackbox) -> None:
     """Every decoded setting of X0 and of both corners of the box, settings of any TOML type included."""
-    from blackbox.experiment import load_experiment
-    from blackbox.space import SearchSpace
+    from blackbox.core.experiment import load_experiment
+    from blackbox.core.space import SearchSpace
 
     result = run_blackbox(["decode", "-e", "lora_variants"])
     assert result.returncode == 0, result.stderr.decode()

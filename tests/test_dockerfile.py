@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from blackbox import __version__
+from blackbox._version import __version__
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""The failure policy (``blackbox.failures``), run for real: every failure kind through every path that
+"""The failure policy (``blackbox.core.failures``), run for real: every failure kind through every path that
 evaluates points, checking the record status, the output line, the exit status, and that every point of a
 call has exactly one record.
 
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from blackbox.errors import SetupError
-from blackbox.experiment import load_experiment
-from blackbox.record import read_records
+from blackbox.core.errors import SetupError
+from blackbox.core.experiment import load_experiment
+from tests.records import read_records
 
 pytestmark = pytest.mark.slow
 
@@ -153,7 +153,11 @@ def test_every_failure_through_every_path(
         )
         assert retried["killed"] and retried["rc"] == 0, retried["stderr"][-3000:]
         [record] = read_records(tmp_path / "lost" / "records.jsonl")
-        assert record["status"] == "OK" and record["ray_host"] and retried["stdout"].split() == record["outputs"]
+        assert (
+            record["status"] == "OK"
+            and record["slot"].startswith("ray:")
+            and retried["stdout"].split() == record["outputs"]
+        )
     elif path == "container":
         image = request.getfixturevalue("image")
         request.getfixturevalue("no_leftovers")

@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from blackbox.cli import main
-from blackbox.errors import ConfigError
-from blackbox.experiment import load_experiment
-from blackbox.nomad import bb_exe_words, drop_from_cache, read_cache, render_params
-from blackbox.space import SearchSpace
+from blackbox.core.errors import ConfigError
+from blackbox.core.experiment import load_experiment
+from blackbox.core.nomad import bb_exe_words, drop_from_cache, read_cache, render_params
+from blackbox.core.space import SearchSpace
 
 REPO = Path(__file__).resolve().parents[1]
 

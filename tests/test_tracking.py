@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from blackbox.record import read_records
+from tests.records import read_records
 
 pytestmark = pytest.mark.slow
 

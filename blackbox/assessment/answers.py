@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from blackbox.assessment.selection import BASE, Candidate
-from blackbox.errors import ConfigError, SetupError
-from blackbox.experiment import Experiment
-from blackbox.files import write_text_atomic
+from blackbox.core.errors import ConfigError, SetupError
+from blackbox.core.experiment import Experiment
+from blackbox.core.files import write_text_atomic
 
 if TYPE_CHECKING:
     from blackbox.training.generation import Sampling

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from blackbox.assessment.selection import BASE, Candidate
-from blackbox.errors import ConfigError
-from blackbox.experiment import BenchmarkConfig, Experiment
-from blackbox.record import append_json_line, now
+from blackbox.core.errors import ConfigError
+from blackbox.core.experiment import BenchmarkConfig, Experiment
+from blackbox.core.record import append_json_line, now
 
 logger = logging.getLogger(__name__)
 

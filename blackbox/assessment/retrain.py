@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from blackbox.assessment.selection import Candidate
-from blackbox.errors import ConfigError
-from blackbox.folders import RETRAINED_DIR
+from blackbox.core.errors import ConfigError
+from blackbox.core.folders import RETRAINED_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def retrain(candidates: list[Candidate], study_dir: Path) -> list[Retrained]:
         ConfigError: a candidate is not an evaluation with a point and an experiment, or its retraining failed.
         SetupError: the model or the data cannot be loaded.
     """
-    from blackbox.failures import Status
+    from blackbox.core.failures import Status, raise_if_call_ends
     from blackbox.training.objective import Evaluator
 
     evaluators: dict[str, Evaluator] = {}
@@ -60,6 +60,7 @@ def retrain(candidates: list[Candidate], study_dir: Path) -> list[Retrained]:
         line = " ".join(repr(v) for v in evaluation.point)
         logger.info("retraining %s: point %s", candidate.describe(), line)
         record = evaluators[fingerprint].evaluate_line(line)
+        raise_if_call_ends(record.status, record.error)  # a model that cannot load, a Ctrl-C
         if record.status is not Status.OK or record.run_dir is None:
             raise ConfigError(f"retraining {candidate.describe()} failed: {record.status.value}: {record.error}")
         recorded = float(evaluation.metrics["validation_loss"])

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blackbox.errors import ConfigError
-from blackbox.experiment import Experiment, read_snapshot
+from blackbox.core.errors import ConfigError
+from blackbox.core.experiment import Experiment, read_snapshot
 from blackbox.reports.load import Evaluation, load_run
 
 BASE = "base"

@@ -19,13 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from blackbox.folders import VOTES_FILE
+from blackbox.core.folders import VOTES_FILE
+from blackbox.core.votes import read_votes
 from blackbox.reports.downstream import BenchmarkScores, benchmark_scores
 from blackbox.reports.html import CHECKPOINTS, render_page
 from blackbox.reports.load import Run, load_run
 from blackbox.reports.plots import convergence_png, downstream_png, parallel_coordinates_png
 from blackbox.reports.preferences import group_preferences, preferences_summary, results_html
-from blackbox.votes import read_votes
 
 __all__ = ["load_run", "top_points", "write_report"]
 

@@ -151,7 +151,7 @@ def _failures(runs: Sequence[Run]) -> str:
             if e.status != "OK":
                 rows.append([run.label, str(e.number), e.status, e.run_id, (e.error or "")[:300]])
         for r in run.not_counted:
-            rows.append([run.label, "(not counted)", r["status"], r["run_id"], (r.get("error") or "")[:300]])
+            rows.append([run.label, "(not counted)", r.status.value, r.run_id, (r.error or "")[:300]])
     counts = _table(
         ["run", "label", *sorted({s for r in runs for s in r.statuses})],
         [

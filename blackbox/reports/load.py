@@ -17,12 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blackbox.errors import ConfigError, SetupError
-from blackbox.folders import CACHE_FILE, DOWNSTREAM_FILE, OPTUNA_STORAGE_FILE, PARAM_COPY, RECORDS_FILE, STATS_FILE
-from blackbox.nomad import read_cache, read_outputs_and_budget
-from blackbox.record import killed_evaluations, read_records
-
-NOT_COUNTED = ("INTERRUPTED", "KILLED", "NOT_RUN")
+from blackbox.core.errors import ConfigError, SetupError
+from blackbox.core.folders import CACHE_FILE, DOWNSTREAM_FILE, OPTUNA_STORAGE_FILE, PARAM_COPY, RECORDS_FILE, STATS_FILE
+from blackbox.core.nomad import read_cache, read_outputs_and_budget
+from blackbox.core.record import EvalRecord, RecordStore
 
 
 @dataclass(frozen=True)
@@ -62,7 +60,7 @@ class Run:
     folder: Path
     solver: str  # NOMAD, Optuna, or "" when the folder does not say
     evaluations: tuple[Evaluation, ...]
-    not_counted: tuple[dict[str, Any], ...]  # INTERRUPTED and NOT_RUN records
+    not_counted: tuple[EvalRecord, ...]  # INTERRUPTED, KILLED and NOT_RUN records
     low_fidelity: int
     nomad: NomadFiles | None
 
@@ -87,7 +85,7 @@ class Run:
     @property
     def statuses(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for status in [e.status for e in self.evaluations] + [r["status"] for r in self.not_counted]:
+        for status in [e.status for e in self.evaluations] + [r.status.value for r in self.not_counted]:
             counts[status] = counts.get(status, 0) + 1
         return counts
 
@@ -128,75 +126,70 @@ def load_run(spec: str, *, objective: str | None = None) -> Run:
     if not records_file.is_file():
         raise SetupError(f"no records in {path}: expected a {RECORDS_FILE} file or a study folder holding one")
     folder = records_file.parent
+    store = RecordStore(folder)
     # An evaluation killed with its study, not recorded yet (its driver records it when the study resumes).
-    records = read_records(records_file) + [record for _, record in killed_evaluations(folder)]
-    full = [r for r in records if _full_fidelity(r)]
-    evaluations = _evaluations([r for r in full if r["status"] not in NOT_COUNTED], objective)
+    records = store.records() + store.unfinished()
+    full = [r for r in records if r.full_fidelity]
+    evaluations = _evaluations([r for r in full if r.counted], objective)
     return Run(
         label=label or folder.name,
         folder=folder,
         solver=_solver(folder),
         evaluations=tuple(evaluations),
-        not_counted=tuple(r for r in full if r["status"] in NOT_COUNTED),
+        not_counted=tuple(r for r in full if not r.counted),
         low_fidelity=len(records) - len(full),
         nomad=_nomad_files(folder),
     )
 
 
-def _evaluations(records: list[dict[str, Any]], objective: str | None) -> list[Evaluation]:
+def _evaluations(records: list[EvalRecord], objective: str | None) -> list[Evaluation]:
     rows = []
     best = math.nan
     cumulative = 0.0
     for number, record in enumerate(records, start=1):
         value = _objective(record, objective)
-        metrics = record.get("metrics") or {}
+        metrics = record.metrics
         feasible = all(v <= 0 for k, v in metrics.items() if k.startswith("constraint:") and v is not None)
         if not math.isnan(value) and feasible and (math.isnan(best) or value < best):
             best = value
-        timings = record.get("timings") or {}
+        timings = record.timings
         hours = (timings.get("total_s", 0.0) + timings.get("startup_s", 0.0)) / 3600
         cumulative += hours
-        point = record.get("point")
         rows.append(
             Evaluation(
                 number=number,
-                status=record["status"],
+                status=record.status.value,
                 objective=value,
                 best_so_far=best,
                 hours=hours,
                 cumulative_hours=cumulative,
-                hparams=record.get("hparams"),
-                point=tuple(point) if point is not None else None,
-                run_id=record["run_id"],
-                device=record.get("device"),
-                error=record.get("error"),
+                hparams=record.hparams,
+                point=record.point,
+                run_id=record.run_id,
+                device=record.device,
+                error=record.error,
                 feasible=feasible,
-                run_dir=record.get("run_dir"),
-                fingerprint=record.get("fingerprint"),
+                run_dir=record.run_dir,
+                fingerprint=record.fingerprint or None,
                 metrics=metrics,
             )
         )
     return rows
 
 
-def _objective(record: dict[str, Any], metric: str | None) -> float:
+def _objective(record: EvalRecord, metric: str | None) -> float:
     """The metric of an OK record; inf for a diverged one (as the blackbox prints it); nan otherwise."""
-    if record["status"] == "DIVERGED":
+    if record.status.value == "DIVERGED":
         return math.inf
-    if record["status"] != "OK":
+    if record.status.value != "OK":
         return math.nan
-    metrics = record.get("metrics") or {}
+    metrics = record.metrics
     if metric is None:
         metric = "objective" if "objective" in metrics else "validation_loss"
     if metric not in metrics:
         known = sorted(k for k, v in metrics.items() if isinstance(v, int | float))
-        raise ConfigError(f"record {record['run_id']} has no metric {metric!r}; it has {known}")
+        raise ConfigError(f"record {record.run_id} has no metric {metric!r}; it has {known}")
     return float(metrics[metric])
-
-
-def _full_fidelity(record: dict[str, Any]) -> bool:
-    metrics = record.get("metrics") or {}
-    return bool(metrics.get("fidelity_train", 1.0) == 1.0 and metrics.get("fidelity_validation", 1.0) == 1.0)
 
 
 def _solver(folder: Path) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from blackbox.votes import JUDGE_PREFIX, Vote, raters
+from blackbox.core.votes import JUDGE_PREFIX, Vote, raters
 
 CONVENTIONS = (
     'A tie and "both bad" count half a win for each model (as Chatbot Arena counts ties). Win rates carry Wilson '

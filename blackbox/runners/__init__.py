@@ -6,7 +6,7 @@ machine's devices (``local``), tasks on a Ray cluster (``ray_pool``), or the who
 Every evaluation process is the same command (:func:`eval_argv`, NOMAD's BB_EXE). When one ends, the
 process that started it settles the point (:func:`settle`): it finds the record the evaluation wrote,
 writes one when there is none (a process killed by the out-of-memory killer writes nothing), and asks the
-failure policy (``blackbox.failures``) what the point's end means for the call.
+failure policy (``blackbox.core.failures``) what the point's end means for the call.
 """
 
 from __future__ import annotations
@@ -16,17 +16,15 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-from blackbox.errors import PointError
-from blackbox.experiment import Experiment
-from blackbox.failures import Call, Status, call_after, describe_exit, process_status
-from blackbox.files import write_text_atomic
-from blackbox.folders import RECORDS_FILE
-from blackbox.point import PointSource, parse_point, shorten
-from blackbox.record import append_record, build_record, find_record, killed_evaluations, writing_records
-from blackbox.space import SearchSpace
-from blackbox.stopping import stop_requested
+from blackbox.core.errors import PointError
+from blackbox.core.experiment import Experiment
+from blackbox.core.failures import Call, Status, call_after, describe_exit, process_status
+from blackbox.core.point import PointSource, parse_point, shorten
+from blackbox.core.record import EvalRecord, RecordStore, build_record
+from blackbox.core.space import SearchSpace
+from blackbox.core.stopping import stop_requested
 
 logger = logging.getLogger(__name__)
 
@@ -36,17 +34,17 @@ class Settled:
     """A point evaluated by another process, accounted for: its record (the evaluation's own, or the one
     written for it), and what its end means for the whole call (``failures.call_after``)."""
 
-    record: dict[str, Any]
+    record: EvalRecord
     call: Call
 
     @property
     def line(self) -> str:
         """The point's output line, from its record (the record is the truth; stdout only carries it)."""
-        return " ".join(self.record["outputs"])
+        return self.record.output_line
 
     @property
     def status(self) -> Status:
-        return Status(self.record["status"])
+        return self.record.status
 
 
 class Runner(Protocol):
@@ -74,7 +72,7 @@ def settle(
     point_file: str,
     block_index: int | None,
     returncode: int,
-    records: Sequence[dict[str, Any]] | None = None,
+    records: Sequence[EvalRecord] | None = None,
     launcher: bool = False,
     lost: str | None = None,
     seconds: float = 0.0,
@@ -86,21 +84,18 @@ def settle(
         line, point_file, block_index: the point as the process was given it; its record is found by them.
         records: the records the process returned for this point (a Ray worker's); default: look in the
             experiment's records file, which the process appends to.
-        launcher: the process was torchrun, not ``eval`` itself: its exit status 1 means "a rank failed",
-            not "could not proceed".
+        launcher: the process was torchrun, not ``eval`` itself (``failures.process_status``).
         lost: why the process's end is unknown (a lost Ray worker), for the record written instead.
         seconds: how long the process ran (in a missing record).
     """
-    records_dir = experiment.records_dir.resolve()
-    records_file = records_dir / RECORDS_FILE
+    store = RecordStore.of(experiment)
     if records is None:
-        found = find_record(records_file, point_file=point_file, block_index=block_index)
+        found = store.find(point_file=point_file, block_index=block_index)
     else:
         found = records[-1] if records else None
+    status = process_status(returncode, found.status if found else None, launcher=launcher, lost=lost is not None)
     if found is not None:
-        status = process_status(returncode, Status(found["status"]))
         return Settled(found, call_after(status, stopping=stop_requested()))
-    status = Status.ERROR if (launcher and returncode == 1) or lost else process_status(returncode, None)
     error = lost or f"the evaluation process {describe_exit(returncode)} and wrote no record"
     logger.error("point %s: %s", shorten(repr(line.strip())), error)
     values: tuple[float, ...] | None = None
@@ -109,29 +104,28 @@ def settle(
         values = parse_point(line)
         hparams = SearchSpace.from_experiment(experiment).decode(values).as_dict()
     # The evaluation's run folder, when it got as far as starting one: its record goes there too, so that the
-    # folder is not taken for an evaluation killed with its study (record.killed_evaluations).
+    # folder is not taken for an evaluation killed with its study (RecordStore.unfinished).
     started = [
-        (run_dir, marker)
-        for run_dir, marker in (killed_evaluations(records_dir, alive=False) if records is None else [])
-        if marker.get("point_file") == point_file and marker.get("block_index") == block_index
+        marker
+        for marker in (store.unfinished(alive=False) if records is None else [])
+        if marker.point_file == point_file and marker.block_index == block_index
     ]
-    run_dir = started[-1][0] if started else None
+    run_id = started[-1].run_id if started else None
     record = build_record(
         experiment,
         status,
         PointSource(line, values, point_file, block_index),
-        run_id=run_dir.name if run_dir else None,
+        run_id=run_id,
         error=error,
         hparams=hparams,
         metrics={"total_seconds": seconds},
         timings={"total_s": seconds},
-        run_dir=str(run_dir) if run_dir else None,
+        run_dir=str(store.run_dir(run_id)) if run_id else None,
     )
-    if run_dir is not None:
-        with writing_records(records_dir):
-            write_text_atomic(run_dir / "record.json", record.to_json())
-    append_record(records_file, record)
-    return Settled(record.as_dict(), call_after(status, stopping=stop_requested()))
+    if run_id is not None:
+        store.write_run_record(record)
+    store.append(record)
+    return Settled(record, call_after(status, stopping=stop_requested()))
 
 
 def unsettled(settled: Sequence[Settled]) -> Settled | None:

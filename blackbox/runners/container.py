@@ -38,9 +38,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
 
-from blackbox import __version__
-from blackbox.errors import ConfigError, SetupError
-from blackbox.experiment import Experiment
+from blackbox._version import __version__
+from blackbox.core.errors import ConfigError, SetupError
+from blackbox.core.experiment import Experiment
+from blackbox.core.failures import container_returncode
 from blackbox.runners import settle
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ PASSED_ENV = (
     "TRANSFORMERS_OFFLINE",
     "TOKENIZERS_PARALLELISM",
     "LORA_BLACKBOX_QUIET",
-    "LORA_BLACKBOX_STOP_FILE",  # a study's stop request (blackbox.stopping): the file is in the records folder
+    "LORA_BLACKBOX_STOP_FILE",  # a study's stop request (blackbox.core.stopping): the file is in the records folder
     # MLflow tracking (blackbox.tracking): the server (a 127.0.0.1 URI is the container's own), its credentials,
     # and the study's parent run.
     "MLFLOW_TRACKING_URI",
@@ -236,7 +237,7 @@ def _hf_home() -> str:
 
 
 def _lora_blackbox_cache() -> str:
-    from blackbox.cache import cache_root
+    from blackbox.core.cache import cache_root
 
     return _absolute(cache_root())
 
@@ -543,13 +544,8 @@ def settle_call(experiment: Experiment, lines: list[str], point_file: str, end: 
     """Give every point of the call exactly one record: the evaluation in the container wrote its own (the
     records folder is mounted); a point it did not record (the container was killed, timed out, or was
     stopped before the point) gets one here (``runners.settle``). The call's exit status stays the
-    container's."""
-    if end.ended == "killed" or end.status is None:
-        returncode = -signal.SIGKILL if end.ended == "killed" else 130
-    elif end.status > 128 and end.status - 128 in signal.valid_signals():
-        returncode = -(end.status - 128)  # the shell's way of saying "killed by signal N"
-    else:
-        returncode = end.status
+    container's (``failures.call_of_container``)."""
+    returncode = container_returncode(end.ended, end.status)
     for block_index, line in enumerate(lines):
         if line.strip():
             settle(experiment, line=line, point_file=point_file, block_index=block_index, returncode=returncode)

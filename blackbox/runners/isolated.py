@@ -6,7 +6,8 @@ found by that point file, and a subprocess that ends without one (killed by the 
 killer, a segfault) gets one written here, so that every evaluation leaves exactly one record.
 
 The subprocess runs in a session of its own: a terminal's Ctrl-C reaches this process only, which then
-sends the subprocess one SIGINT, waits for it to record its evaluation as INTERRUPTED, and re-raises.
+sends the subprocess one SIGINT and waits for it to record its evaluation as INTERRUPTED: the caller reads that
+record (``failures.call_after``) as it would read an evaluation interrupted in its own process.
 """
 
 from __future__ import annotations
@@ -18,11 +19,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from blackbox.errors import SetupError
-from blackbox.experiment import Experiment, experiment_reference
-from blackbox.failures import Call
+from blackbox.core.experiment import Experiment, experiment_reference
+from blackbox.core.record import EvalRecord
 from blackbox.runners import eval_argv, settle
 
 logger = logging.getLogger(__name__)
@@ -38,17 +37,15 @@ def evaluate_in_subprocess(
     overrides: tuple[str, ...],
     experiment: Experiment,
     quiet: bool = False,
-) -> dict[str, Any]:
-    """Evaluate one point line in a ``lora-blackbox eval`` subprocess; return its record (a dict).
+) -> EvalRecord:
+    """Evaluate one point line in a ``lora-blackbox eval`` subprocess; return its record.
 
     The subprocess inherits the working directory (relative ``records.dir`` resolve alike), the
     environment and stderr (its logs and training progress). The point is settled as every process-run
-    point is (``runners.settle``), and what fails or interrupts the call here fails or interrupts it as an
-    evaluation in this process would.
+    point is (``runners.settle``): a subprocess that could not proceed, or was interrupted, leaves a NOT_RUN
+    or INTERRUPTED record, which the caller reads as an evaluation in this process (``failures.call_after``).
 
-    Raises:
-        SetupError: the subprocess could not load the model or the data (recorded NOT_RUN).
-        KeyboardInterrupt: this process, or the subprocess, was interrupted (the evaluation was recorded first).
+    A Ctrl-C of this process is passed on to the subprocess, which records its evaluation INTERRUPTED.
     """
     with tempfile.TemporaryDirectory(prefix="lora-blackbox-point-") as folder:
         point_file = (Path(folder) / "point.txt").resolve()  # as the subprocess records it
@@ -59,9 +56,8 @@ def evaluate_in_subprocess(
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env, start_new_session=True)
         try:
             process.wait()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # the subprocess records its evaluation INTERRUPTED; the caller reads it
             _stop(process)
-            raise
         finally:
             if process.poll() is None:  # an exception other than Ctrl-C: never leave the subprocess behind
                 process.kill()
@@ -74,11 +70,7 @@ def evaluate_in_subprocess(
             returncode=process.returncode,
             seconds=time.perf_counter() - started,
         )
-    if settled.call is Call.FAILS:
-        raise SetupError(settled.record.get("error") or "the evaluation could not proceed")
-    if settled.call is Call.INTERRUPTED:
-        raise KeyboardInterrupt("the evaluation was interrupted")
-    return dict(settled.record)
+    return settled.record
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

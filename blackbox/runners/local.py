@@ -21,11 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from blackbox.experiment import Experiment
-from blackbox.record import record_not_run
+from blackbox.core.experiment import Experiment
+from blackbox.core.record import record_not_run
+from blackbox.core.stopping import stop_requested
 from blackbox.runners import Settled, eval_argv, settle
 from blackbox.runners.devices import Slots, lease
-from blackbox.stopping import stop_requested
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ the point fail, so the study never hangs on a dead machine.
 from __future__ import annotations
 
 import ctypes
-import json
+import dataclasses
 import logging
 import signal
 import subprocess
@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blackbox.experiment import Experiment
-from blackbox.folders import RECORDS_FILE
-from blackbox.record import append_json_line, read_records
+from blackbox.core.experiment import Experiment
+from blackbox.core.record import EvalRecord, RecordStore
 from blackbox.runners import Settled, eval_argv, settle
 
 logger = logging.getLogger(__name__)
@@ -71,10 +70,10 @@ class RayRunner:
         except ray.exceptions.RayError as e:  # worker crashed, node died, object lost: retries spent
             lost = f"lost the evaluation's worker after {self.max_retries} retries: {type(e).__name__}: {e}"
             return settle(self.experiment, line=line, point_file=point_file, block_index=0, returncode=-1, lost=lost)
-        records_file = self.experiment.records_dir.resolve() / RECORDS_FILE
+        store = RecordStore.of(self.experiment)
+        records = [dataclasses.replace(record, slot=f"ray:{host}") for record in records]
         for record in records:
-            record["ray_host"] = host
-            append_json_line(records_file, json.dumps(record))
+            store.append(record)
         return settle(
             self.experiment,
             line=line,
@@ -94,7 +93,7 @@ def _cluster_has_gpus() -> bool:
 
 def evaluate_on_worker(
     experiment_ref: str, overrides: tuple[str, ...], line: str, gpus_per_eval: int, task_id: str
-) -> tuple[int, list[dict[str, Any]], str, str]:
+) -> tuple[int, list[EvalRecord], str, str]:
     """Runs in a Ray worker: one point through ``lora-blackbox eval``; returns its exit status, the records it
     wrote, the worker's host name and the point file it was given."""
     import platform
@@ -108,7 +107,7 @@ def evaluate_on_worker(
     )
     # The evaluation dies with this worker: a killed worker leaves no orphan training behind.
     result = subprocess.run(command, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent, check=False)
-    records = read_records(folder / RECORDS_FILE) if (folder / RECORDS_FILE).exists() else []
+    records = RecordStore(folder).records()
     return result.returncode, records, platform.node(), str(point_file)
 
 

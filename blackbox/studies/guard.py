@@ -37,8 +37,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from blackbox.errors import SetupError
-from blackbox.folders import LOCK_FILE
+from blackbox.core.errors import SetupError
+from blackbox.core.folders import LOCK_FILE
 
 # A driver killed with -9 leaves its watchdog a moment to kill the study's processes and let go of the lock:
 # a rerun started at once waits for it that long (a study whose driver lives is refused at once).

@@ -14,7 +14,7 @@ interrupted points are dropped from the cache so that NOMAD can evaluate them ag
 kill -9 of the driver, or any other end of it, takes NOMAD and the running evaluations with it, and a
 study folder runs one study at a time (``studies.guard``). A rerun after a kill, which left NOMAD no time to
 save its cache, records the evaluations the kill cut as KILLED and answers finished points from the records
-(``blackbox.resume``): nothing finished is trained twice, and the budget counts every finished evaluation.
+(``blackbox.core.resume``): nothing finished is trained twice, and the budget counts every finished evaluation.
 """
 
 from __future__ import annotations
@@ -32,26 +32,26 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TextIO
 
 import psutil
 
-from blackbox.errors import SetupError
-from blackbox.experiment import load_experiment
-from blackbox.failures import Status, describe_exit
-from blackbox.folders import CACHE_FILE, HOT_RESTART_FILE, PARAM_COPY, RECORDS_FILE, STATS_FILE, STOP_FILE
-from blackbox.nomad import (
+from blackbox.core.errors import SetupError
+from blackbox.core.experiment import load_experiment
+from blackbox.core.failures import Status, describe_exit
+from blackbox.core.folders import CACHE_FILE, HOT_RESTART_FILE, PARAM_COPY, STATS_FILE, STOP_FILE
+from blackbox.core.nomad import (
     drop_from_cache,
     is_crash_stub,
     read_bb_exe_experiment,
     read_cache,
     read_outputs_and_budget,
 )
-from blackbox.point import format_point
-from blackbox.progress import format_duration
-from blackbox.record import read_records, record_killed, writing_records
-from blackbox.resume import ENV_ANSWER_FINISHED
-from blackbox.stopping import ENV_STOP_FILE
+from blackbox.core.point import format_point
+from blackbox.core.progress import format_duration
+from blackbox.core.record import EvalRecord, RecordStore, writing_records
+from blackbox.core.resume import ENV_ANSWER_FINISHED
+from blackbox.core.stopping import ENV_STOP_FILE
 from blackbox.studies.guard import Unit, lock_study
 from blackbox.tracking import ENV_TRACKING_URI, StudyTracking, start_study
 
@@ -120,7 +120,8 @@ def prepare_resume(study_dir: Path) -> None:
     kill as KILLED, and let NOMAD re-evaluate interrupted and killed points."""
     if repair_after_crash(study_dir):  # left by a driver that was killed before it could repair
         logger.warning("removed the hot-restart file of a NOMAD that crashed in an earlier run of this study")
-    killed = record_killed(study_dir, alive=False)  # under the study's lock: none of its evaluations runs
+    store = RecordStore(study_dir)
+    killed = store.record_unfinished(alive=False)  # under the study's lock: none of its evaluations runs
     if killed:
         _say(
             f"{len(killed)} evaluation(s) of an earlier run were killed before they could finish (recorded as "
@@ -132,16 +133,9 @@ def prepare_resume(study_dir: Path) -> None:
         while (study_dir / f"stats.{run}.txt").exists():
             run += 1
         stats.rename(study_dir / f"stats.{run}.txt")
-    records_file = study_dir / RECORDS_FILE
-    if not records_file.exists():
-        return
-    records = read_records(records_file)
-    finished = {tuple(r["point"]) for r in records if r.get("point") and Status(r["status"]).counted}
-    unfinished = [
-        tuple(r["point"])
-        for r in records
-        if not Status(r["status"]).counted and r.get("point") and tuple(r["point"]) not in finished
-    ]
+    records = store.records()
+    finished = {r.point for r in records if r.point and r.counted}
+    unfinished = [r.point for r in records if not r.counted and r.point and r.point not in finished]
     dropped = drop_from_cache(study_dir / CACHE_FILE, unfinished)
     if dropped:
         logger.info("%d interrupted point(s) removed from NOMAD's cache: NOMAD may evaluate them again", dropped)
@@ -150,7 +144,7 @@ def prepare_resume(study_dir: Path) -> None:
 class _Interrupts:
     """Escalating Ctrl-C: stop after running evaluations, then cut them, then kill everything.
 
-    NOMAD alone would evaluate every point it has queued before it stops (see ``blackbox.stopping``): the
+    NOMAD alone would evaluate every point it has queued before it stops (see ``blackbox.core.stopping``): the
     stop file makes the blackbox calls after the first Ctrl-C decline at once.
     """
 
@@ -210,7 +204,7 @@ def run_study(
 
 def _run_locked(copy: Path, study_dir: Path, lock: int, *, out: TextIO, quiet: bool, mlflow_uri: str | None) -> int:
     prepare_resume(study_dir)
-    records_before = len(_records(study_dir))
+    records_before = len(RecordStore(study_dir).records())
     nomad = find_nomad()
     command = [nomad, PARAM_COPY] if nomad else [sys.executable, "-m", "blackbox.studies.pynomad", PARAM_COPY]
     _say(f"study folder {study_dir}; NOMAD: {nomad or 'PyNomadBBO ' + _pynomad_version() + ' (the NOMAD library)'}")
@@ -219,7 +213,7 @@ def _run_locked(copy: Path, study_dir: Path, lock: int, *, out: TextIO, quiet: b
     stop_file = (study_dir / STOP_FILE).resolve()
     stop_file.unlink(missing_ok=True)
     env[ENV_STOP_FILE] = str(stop_file)
-    env[ENV_ANSWER_FINISHED] = "1"  # a point evaluated before a kill is answered from its record (blackbox.resume)
+    env[ENV_ANSWER_FINISHED] = "1"  # a point evaluated before a kill is answered from its record (blackbox.core.resume)
     if quiet:
         env["LORA_BLACKBOX_QUIET"] = "1"
     if mlflow_uri:
@@ -255,7 +249,7 @@ def _run_locked(copy: Path, study_dir: Path, lock: int, *, out: TextIO, quiet: b
     # NOMAD waits for its blackbox calls: when it ended by itself and nobody interrupted the study, an evaluation
     # without a record died alone (NOMAD counted it as failed); else it was cut with the study.
     alone = returncode == 0 and not interrupts.count
-    killed = record_killed(study_dir, alive=False, alone=alone)
+    killed = RecordStore(study_dir).record_unfinished(alive=False, caller_went_on=alone)
     if killed and alone:
         _say(f"{len(killed)} evaluation process(es) died without a record (recorded as ERROR; the OOM killer?)")
     elif killed:
@@ -306,8 +300,8 @@ def _start_tracking(param_file: Path, study_dir: Path, uri: str | None, nomad: s
 def _failed_start(study_dir: Path, records_before: int) -> str | None:
     """Why the study stopped at its starting point, or None when it did not: no evaluation of the study
     succeeded, and this run's evaluations all failed (NOMAD stops when its starting point fails)."""
-    records = _records(study_dir)
-    if any(r["status"] in ("OK", "DIVERGED") for r in records):
+    records = RecordStore(study_dir).records()
+    if any(r.status.finished for r in records):
         return None
     new = records[records_before:]
     hint = (
@@ -317,17 +311,12 @@ def _failed_start(study_dir: Path, records_before: int) -> str | None:
     if not new:
         return f"the starting point was not evaluated: the blackbox call failed first (see the errors above); {hint}"
     first = new[0]
-    point = " ".join((first.get("point_line") or "").split()) or format_point(first.get("point") or [])
-    where = f"{first['run_dir']}/eval.log" if first.get("run_dir") else f"run {first['run_id']}"
+    point = " ".join((first.point_line or "").split()) or format_point(first.point or [])
+    where = f"{first.run_dir}/eval.log" if first.run_dir else f"run {first.run_id}"
     return (
         f"the starting point failed, so NOMAD stopped before its first iteration: X0 ({point}) -> "
-        f"{first['status']}: {first.get('error')} ({where}); {hint}"
+        f"{first.status.value}: {first.error} ({where}); {hint}"
     )
-
-
-def _records(study_dir: Path) -> list[dict[str, Any]]:
-    records_file = study_dir / RECORDS_FILE
-    return read_records(records_file) if records_file.exists() else []
 
 
 @dataclass(frozen=True)
@@ -335,7 +324,7 @@ class StudySummary:
     study_dir: Path
     budget: int | None
     statuses: dict[str, int]
-    best: dict[str, Any] | None  # the record of the best evaluation
+    best: EvalRecord | None  # the best evaluation
     objective_index: int
     nomad_best: float | None  # the best objective in NOMAD's cache, to cross-check the records
 
@@ -351,14 +340,14 @@ class StudySummary:
             lines.append("no successful evaluation yet")
         else:
             best = self.best
-            objective = best["outputs"][self.objective_index]
-            lines.append(f"best objective: {objective}  (run {best['run_id']})")
-            lines.append("best point: " + format_point(best["point"]))
-            lines.append("hyperparameters: " + ", ".join(f"{k}={v}" for k, v in best["hparams"].items()))
+            objective = best.outputs[self.objective_index]
+            lines.append(f"best objective: {objective}  (run {best.run_id})")
+            lines.append("best point: " + format_point(best.point or ()))
+            lines.append("hyperparameters: " + ", ".join(f"{k}={v}" for k, v in (best.hparams or {}).items()))
             if self.nomad_best is not None and float(objective) != self.nomad_best:
                 lines.append(f"note: NOMAD's cache holds a different best objective ({self.nomad_best})")
-            lines.append(f"its run folder: {best.get('run_dir')}")
-        lines.append(f"records: {self.study_dir / RECORDS_FILE}")
+            lines.append(f"its run folder: {best.run_dir}")
+        lines.append(f"records: {RecordStore(self.study_dir).path}")
         lines.append(
             f"NOMAD's files: {self.study_dir / CACHE_FILE}, {self.study_dir / STATS_FILE}, "
             f"{self.study_dir / 'hotrestart.txt'}, {self.study_dir / 'nomad.log'}"
@@ -370,14 +359,13 @@ def read_summary(study_dir: Path, param_file: Path) -> StudySummary:
     """The state of a study from its records, cross-checked with NOMAD's cache."""
     outputs, budget = read_outputs_and_budget(param_file)
     objective_index = outputs.index("OBJ") if "OBJ" in outputs else 0
-    records_file = study_dir / RECORDS_FILE
-    records = read_records(records_file) if records_file.exists() else []
+    records = RecordStore(study_dir).records()
     statuses: dict[str, int] = {}
     for r in records:
-        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+        statuses[r.status.value] = statuses.get(r.status.value, 0) + 1
     # Low-fidelity (surrogate) evaluations share the records file; the best point is a full evaluation.
-    ok = [r for r in records if r["status"] == "OK" and r.get("point") and _full_fidelity(r)]
-    best = min(ok, key=lambda r: float(r["outputs"][objective_index]), default=None)
+    ok = [r for r in records if r.status is Status.OK and r.point and r.full_fidelity]
+    best = min(ok, key=lambda r: float(r.outputs[objective_index]), default=None)
     cache = study_dir / CACHE_FILE
     nomad_best = None
     if cache.exists():
@@ -408,11 +396,7 @@ class _ProgressWatcher(threading.Thread):
         self.poll()  # the last evaluation, when it ended between two polls
 
     def _count(self) -> int:
-        records_file = self.study_dir / RECORDS_FILE
-        if not records_file.exists():
-            return 0
-        records = read_records(records_file)
-        return sum(_full_fidelity(r) and Status(r["status"]).counted for r in records)
+        return sum(r.full_fidelity and r.counted for r in RecordStore(self.study_dir).records())
 
     def poll(self) -> None:
         counted = self._count()
@@ -425,13 +409,8 @@ class _ProgressWatcher(threading.Thread):
         eta = ""
         if here > 0 and budget > counted:
             eta = ", ETA " + format_duration((time.monotonic() - self._began) / here * (budget - counted))
-        best = summary.best["outputs"][summary.objective_index] if summary.best else "-"
+        best = summary.best.outputs[summary.objective_index] if summary.best else "-"
         _say(f"progress: {counted}/{budget or '?'} evaluations done, best objective {best}{eta}")
-
-
-def _full_fidelity(record: dict[str, Any]) -> bool:
-    metrics = record.get("metrics", {})
-    return bool(metrics.get("fidelity_train", 1.0) == 1.0 and metrics.get("fidelity_validation", 1.0) == 1.0)
 
 
 def _descendants(pid: int) -> list[int]:

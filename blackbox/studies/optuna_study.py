@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from blackbox.api import Blackbox, Result
-from blackbox.errors import SetupError
-from blackbox.experiment import RecordsConfig
-from blackbox.failures import Status, trial_state
-from blackbox.folders import OPTUNA_STORAGE_FILE
-from blackbox.progress import format_duration
+from blackbox.core.errors import SetupError
+from blackbox.core.experiment import RecordsConfig
+from blackbox.core.failures import Call, call_after, trial_state
+from blackbox.core.folders import OPTUNA_STORAGE_FILE
+from blackbox.core.progress import format_duration
 from blackbox.studies.guard import holding_lock
 from blackbox.tracking import start_study
 
@@ -169,20 +169,20 @@ def _run_trials(
     while done < n_trials:
         trial = study.ask()
         point = blackbox.space.suggest(trial)
-        # The failure policy (blackbox.failures) decides: an interrupt or a call that cannot proceed ends the
-        # study (their trials are not counted and run first at the resume); any other end is the trial's.
-        try:
-            result = blackbox.evaluate_point(point)
-        except KeyboardInterrupt:
-            _tell_not_counted(study, trial, Status.INTERRUPTED.value)
+        result = blackbox.run_point(point)
+        # The failure policy decides (blackbox.core.failures): an interrupted trial, or one that could not run, ends
+        # the study (not counted, and run first at the resume); any other end is the trial's own.
+        call = call_after(result.status, stopping=False)
+        if call is Call.INTERRUPTED:
+            _tell_not_counted(study, trial, result.status.value)
             interrupted = True
             break
-        except SetupError as e:
-            _tell_not_counted(study, trial, Status.NOT_RUN.value)
+        if call is Call.FAILS:
+            _tell_not_counted(study, trial, result.status.value)
             raise SetupError(
-                f"trial {trial.number} could not run: {e}. Fix the cause and run the same command again: the "
-                "study resumes with this point."
-            ) from e
+                f"trial {trial.number} could not run: {result.error}. Fix the cause and run the same command "
+                "again: the study resumes with this point."
+            )
         _tell(study, trial, result)
         done += 1
         progress.log(trial.number, result, _best_value(study))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from blackbox.nomad import UNSAFE_IN_PYNOMAD
+from blackbox.core.nomad import UNSAFE_IN_PYNOMAD
 
 
 def pynomad_lines(text: str) -> tuple[list[str], list[str]]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from blackbox.experiment import Experiment
+from blackbox.core.experiment import Experiment
 from blackbox.training.model import load_base_model, load_tokenizer, resolve_device
 from blackbox.training.precision import Precision, resolve_precision
 

@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from blackbox.cache import cache_root
-from blackbox.errors import SetupError
-from blackbox.experiment import BenchmarkConfig, DataConfig, Experiment
-from blackbox.files import folder_published_at, write_text_atomic
-from blackbox.folders import BASE_SCORES_FILE
-from blackbox.record import writing_records
+from blackbox.core.cache import cache_root
+from blackbox.core.errors import SetupError
+from blackbox.core.experiment import BenchmarkConfig, DataConfig, Experiment
+from blackbox.core.files import folder_published_at, write_text_atomic
+from blackbox.core.folders import BASE_SCORES_FILE
+from blackbox.core.record import writing_records
 from blackbox.training.data import Row, prompt_formatter
 from blackbox.training.embedded import PREFIX, embedded_rows
 

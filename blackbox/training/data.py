@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from blackbox.cache import tokenized_dir
-from blackbox.errors import SetupError
-from blackbox.experiment import DataConfig
-from blackbox.files import folder_published_at, write_text_atomic
+from blackbox.core.cache import tokenized_dir
+from blackbox.core.errors import SetupError
+from blackbox.core.experiment import DataConfig
+from blackbox.core.files import folder_published_at, write_text_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import json
 import logging
 from pathlib import Path
 
-from blackbox.cache import models_dir
-from blackbox.errors import SetupError
-from blackbox.files import folder_published_at
+from blackbox.core.cache import models_dir
+from blackbox.core.errors import SetupError
+from blackbox.core.files import folder_published_at
 
 logger = logging.getLogger(__name__)
 

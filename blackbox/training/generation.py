@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from blackbox.errors import SetupError
+from blackbox.core.errors import SetupError
 from blackbox.training.precision import Precision
 
 

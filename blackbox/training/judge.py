@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from blackbox.experiment import ModelConfig, TrainingConfig
+from blackbox.core.experiment import ModelConfig, TrainingConfig
 from blackbox.training.adapters import InferenceModel
 from blackbox.training.generation import Sampling, chat_prompt, generate
 from blackbox.training.model import load_base_model, load_tokenizer, resolve_device

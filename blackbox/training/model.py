@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from blackbox.errors import SetupError
-from blackbox.experiment import LoraVariantConfig, ModelConfig, TrainingConfig, lora_targets
-from blackbox.space import HyperParams
+from blackbox.core.errors import SetupError
+from blackbox.core.experiment import LoraVariantConfig, ModelConfig, TrainingConfig, lora_targets
+from blackbox.core.space import HyperParams
 from blackbox.training.precision import Precision
 
 logger = logging.getLogger(__name__)

@@ -24,24 +24,13 @@ from typing import Any
 import psutil
 import torch
 
-from blackbox import __version__
-from blackbox.errors import PointError, RecordsError, SetupError, TrainingDiverged
-from blackbox.experiment import Experiment, write_snapshot
-from blackbox.failures import Call, Status, call_after, status_of
-from blackbox.files import write_text_atomic
-from blackbox.folders import RECORDS_FILE
-from blackbox.point import PointSource, parse_point, shorten
-from blackbox.record import (
-    RUNNING_FILE,
-    EvalRecord,
-    append_record,
-    build_record,
-    new_run_id,
-    now,
-    write_running_marker,
-    writing_records,
-)
-from blackbox.space import HyperParams, SearchSpace
+from blackbox._version import __version__
+from blackbox.core.errors import PointError, RecordsError, SetupError, TrainingDiverged
+from blackbox.core.experiment import Experiment, write_snapshot
+from blackbox.core.failures import Status, status_of
+from blackbox.core.point import PointSource, parse_point, shorten
+from blackbox.core.record import RUNNING_FILE, EvalRecord, RecordStore, build_record, new_run_id, now, writing_records
+from blackbox.core.space import HyperParams, SearchSpace
 from blackbox.tracking import Tracker
 from blackbox.training import distributed
 from blackbox.training.benchmarks import Scorer, base_score
@@ -92,8 +81,8 @@ class Evaluator:
     def __init__(self, experiment: Experiment) -> None:
         self.experiment = experiment
         self.space = SearchSpace.from_experiment(experiment)
-        self.records_dir = experiment.records_dir.resolve()
-        self.records_file = self.records_dir / RECORDS_FILE
+        self.store = RecordStore.of(experiment)
+        self.records_dir = self.store.folder
         self._loaded: _Loaded | None = None
         # Under torchrun every rank evaluates the same points together; rank 0 alone records and prints.
         self.world = world_from_env()
@@ -101,10 +90,11 @@ class Evaluator:
         self._startup_s: float | None = time.time() - psutil.Process().create_time()
 
     def evaluate_line(self, line: str, *, point_file: str | None = None, block_index: int | None = None) -> EvalRecord:
-        """Evaluate one non-blank line of a point file. An invalid point is recorded and fails alone.
+        """Evaluate one non-blank line of a point file and return its record. An invalid point is recorded and
+        fails alone; a model that cannot load is recorded NOT_RUN (the caller ends the call: ``failures.call_after``).
 
         Raises:
-            SetupError: the model or the data cannot be loaded; the whole call must fail.
+            RecordsError: the record cannot be written.
         """
         source = PointSource(line=line, file=point_file, block_index=block_index)
         try:
@@ -114,21 +104,20 @@ class Evaluator:
             logger.error("point %s (%s) is invalid: %s", source.label, shorten(repr(line.strip())), e)
             record = self._record(Status.INVALID_POINT, source, error=str(e))
             if self.world.main:
-                append_record(self.records_file, record)
+                self.store.append(record)
             return record
         return self.evaluate(hparams, PointSource(line, values, point_file, block_index))
 
     def evaluate(self, hparams: HyperParams, source: PointSource | None = None) -> EvalRecord:
-        """Train and validate one set of hyperparameters; write and return its record.
+        """Train and validate one set of hyperparameters; write and return its record, whatever ended it: a Ctrl-C
+        (INTERRUPTED) or a model that cannot load (NOT_RUN) is recorded and returned, not raised.
 
         Raises:
-            SetupError: the model or the data cannot be loaded (recorded as NOT_RUN first).
-            KeyboardInterrupt: the call was interrupted (recorded as INTERRUPTED first).
+            RecordsError: the record cannot be written.
         """
-        attempt = _Attempt.start(self.records_dir, hparams, source or PointSource(), create=self.world.main)
+        attempt = _Attempt.start(self.store, hparams, source or PointSource(), create=self.world.main)
         if self.world.main:
-            with writing_records(self.records_dir):
-                write_running_marker(attempt.run_dir, self._marker(attempt))
+            self.store.mark_running(self._marker(attempt))
         try:
             return self._evaluate(hparams, attempt)
         finally:
@@ -146,16 +135,14 @@ class Evaluator:
                 loaded = self._load(attempt.timings)
                 _reset_peak_memory(loaded.device)
                 attempt.metrics.update(self._train_and_validate(hparams, loaded, attempt))
-            # The one boundary of an evaluation: the failure policy (blackbox.failures) decides what a failure
-            # of this point is; a failure that ends the call is recorded here and raised on.
+            # The one boundary of an evaluation: the failure policy (blackbox.core.failures) decides what a failure
+            # of this point is (its status); what that status means for the call is decided by the caller, from
+            # the record (failures.call_after): a Ctrl-C or a model that cannot load is recorded here, not raised.
             except BaseException as error:
                 status = status_of(error)
                 if status is None:
                     raise
-                record = self._finish(attempt, status, _describe(error, status), traceback.format_exc())
-                if call_after(status, stopping=False) is not Call.GOES_ON:
-                    raise
-                return record
+                return self._finish(attempt, status, _describe(error, status), traceback.format_exc())
             return self._finish(attempt, Status.OK, None)
 
     def _train_and_validate(self, hparams: HyperParams, loaded: _Loaded, attempt: _Attempt) -> dict[str, Any]:
@@ -332,11 +319,10 @@ class Evaluator:
         attempt.record = record
         if self.world.main:
             try:
-                with writing_records(self.records_dir):
-                    if attempt.log_failure is not None:  # its eval.log could not be written: nor can the rest be
-                        raise attempt.log_failure
-                    write_text_atomic(attempt.run_dir / "record.json", record.to_json())
-                append_record(self.records_file, record)
+                if attempt.log_failure is not None:  # its eval.log could not be written: nor can the rest be
+                    raise RecordsError(self.records_dir, attempt.log_failure)
+                self.store.write_run_record(record)
+                self.store.append(record)
             except RecordsError:
                 # Not killed: unrecorded because of the records folder (the call fails and says so). Removing a
                 # file needs no room, so the folder is not taken for a killed evaluation later.
@@ -394,11 +380,11 @@ class _Attempt:
     record: EvalRecord | None = None  # once written
 
     @classmethod
-    def start(cls, records_dir: Path, hparams: HyperParams, source: PointSource, *, create: bool) -> _Attempt:
+    def start(cls, store: RecordStore, hparams: HyperParams, source: PointSource, *, create: bool) -> _Attempt:
         run_id = new_run_id()
-        run_dir = records_dir / "evals" / run_id
+        run_dir = store.run_dir(run_id)
         if create:
-            with writing_records(records_dir):
+            with writing_records(store.folder):
                 run_dir.mkdir(parents=True, exist_ok=True)
         return cls(run_id, run_dir, hparams, source, time.perf_counter(), now(), {"run_id": run_id}, {})
 

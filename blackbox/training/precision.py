@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from blackbox.errors import SetupError
-from blackbox.experiment import ModelConfig, TrainingConfig
+from blackbox.core.errors import SetupError
+from blackbox.core.experiment import ModelConfig, TrainingConfig
 
 logger = logging.getLogger(__name__)
 

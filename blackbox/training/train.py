@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from blackbox.errors import TrainingDiverged, TrainingTimeout
-from blackbox.experiment import TrainingConfig
-from blackbox.progress import format_duration
+from blackbox.core.errors import TrainingDiverged, TrainingTimeout
+from blackbox.core.experiment import TrainingConfig
+from blackbox.core.progress import format_duration
 from blackbox.training.batches import Batch, loss_sum, micro_batches, step_indices, steps_per_epoch
 from blackbox.training.data import TokenizedSplit
 from blackbox.training.distributed import SINGLE, World

@@ -70,7 +70,7 @@ def test_answers_of_base_and_adapter_are_reproducible(
 
 def test_question_files(tmp_path: Path) -> None:
     from blackbox.assessment.answers import Question, read_questions
-    from blackbox.errors import SetupError
+    from blackbox.core.errors import SetupError
 
     jsonl = tmp_path / "q.jsonl"
     jsonl.write_text('{"id": "v1", "question": "Why?"}\n{"prompt": "How?"}\n')

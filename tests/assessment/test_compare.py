@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from blackbox.cli import main
-from blackbox.votes import read_votes
+from blackbox.core.votes import read_votes
 
 BROWSER_REQUIRED = os.environ.get("LORA_BLACKBOX_REQUIRE_BROWSER") == "1"
 MODELS = ("base", "best", "worst")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from blackbox.folders import BASE_SCORES_FILE, DOWNSTREAM_FILE
-from blackbox.record import read_records
+from blackbox.core.folders import BASE_SCORES_FILE, DOWNSTREAM_FILE
 from blackbox.training.testing import write_benchmark_tasks
+from tests.records import read_records
 
 pytestmark = pytest.mark.slow
 
@@ -202,7 +202,7 @@ def _benchmark_experiment(path: Path, write_tiny_experiment, tasks: Path, budget
 def test_a_nomad_study_maximises_a_benchmark_under_a_forgetting_constraint(
     tmp_path: Path, tasks: Path, write_tiny_experiment, blackbox_cmd, nomad_env, run_nomad, ran_with_nomad
 ) -> None:
-    from blackbox.nomad import read_cache
+    from blackbox.core.nomad import read_cache
 
     experiment = _benchmark_experiment(tmp_path / "e.toml", write_tiny_experiment, tasks, budget=3)
     param = tmp_path / "study.txt"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from blackbox.core.votes import Vote
 from blackbox.reports.preferences import bradley_terry, fleiss_kappa, group_preferences, votes_csv, wilson_interval
-from blackbox.votes import Vote
 
 
 def test_wilson_interval() -> None:
@@ -69,8 +69,8 @@ def test_groups_win_rates_and_agreement() -> None:
 
 
 def test_report_adds_the_comparison_of_the_study_folder(tmp_path: Path) -> None:
+    from blackbox.core.votes import add_vote, votes_db
     from blackbox.reports import write_report
-    from blackbox.votes import add_vote, votes_db
 
     records = [
         {"status": "OK", "run_id": f"r{i}", "metrics": {"validation_loss": loss}, "hparams": {"lora_r": 2 * i}}

@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from blackbox.record import read_records
+from tests.records import read_records
 
 pytestmark = pytest.mark.slow
 

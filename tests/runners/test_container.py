@@ -29,11 +29,11 @@ import pytest
 from click.testing import CliRunner
 
 from blackbox.cli import main
-from blackbox.errors import ConfigError, SetupError
-from blackbox.experiment import load_experiment
-from blackbox.nomad import read_cache
-from blackbox.record import read_records
+from blackbox.core.errors import ConfigError, SetupError
+from blackbox.core.experiment import load_experiment
+from blackbox.core.nomad import read_cache
 from blackbox.runners.container import LABEL, Bind, Gpus, device_requests, parse_env, parse_gpus, plan_call
+from tests.records import read_records
 
 IMAGE = os.environ.get("LORA_BLACKBOX_TEST_IMAGE", "lora-blackbox:latest")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from blackbox.record import read_records
 from blackbox.runners.devices import Slots, lease
+from tests.records import read_records
 
 pytestmark = pytest.mark.slow
 

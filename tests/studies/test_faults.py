@@ -16,9 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from blackbox.failures import Status
-from blackbox.record import read_records
+from blackbox.core.failures import Status
 from blackbox.reports.load import load_run
+from tests.records import read_records
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +104,7 @@ def test_kill_9_of_the_study_then_resume(
     deadline = time.monotonic() + 5
     while not load_run(str(study_dir)).not_counted and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert [r["status"] for r in load_run(str(study_dir)).not_counted] == ["KILLED"]
+    assert [r.status.value for r in load_run(str(study_dir)).not_counted] == ["KILLED"]
     first = read_records(records_file)
     assert [r["status"] for r in first] == ["OK", "OK"]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from blackbox.nomad import read_cache
-from blackbox.record import read_records
+from blackbox.core.nomad import read_cache
+from tests.records import read_records
 
 pytestmark = pytest.mark.slow
 
@@ -163,9 +163,9 @@ def test_a_study_of_lora_variants(
     """Categorical settings (the variant: a table of [lora] keys; the target modules: a list or a preset) are integer
     indices for NOMAD, and alpha = k * sqrt(r) an integer k: records keep NOMAD's exact point and every decoded
     setting, and the report draws them as categorical axes. (Both NOMADs read such a file: tests/test_params.py.)"""
-    from blackbox.experiment import load_experiment
+    from blackbox.core.experiment import load_experiment
+    from blackbox.core.space import SearchSpace
     from blackbox.reports import write_report
-    from blackbox.space import SearchSpace
 
     param = make_study(budget=2, steps=2, space="variants")
     text = param.read_text()

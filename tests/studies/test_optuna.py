@@ -16,9 +16,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from blackbox.experiment import load_experiment
-from blackbox.record import read_records
-from blackbox.space import HyperParams, SearchSpace, categorical
+from blackbox.core.experiment import load_experiment
+from blackbox.core.space import HyperParams, SearchSpace, categorical
+from tests.records import read_records
 
 
 def test_a_trial_suggests_nomads_coordinates() -> None:
@@ -84,7 +84,7 @@ def test_choices_are_categorical_values_and_points_keep_nomads_indices() -> None
 
 def test_resuming_checks_that_choices_were_categorical(tmp_path: Path) -> None:
     from blackbox.api import Blackbox
-    from blackbox.errors import SetupError
+    from blackbox.core.errors import SetupError
     from blackbox.studies.optuna_study import _check_identity
 
     blackbox = Blackbox("demo_variants", [f"records.dir={tmp_path}"])

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blackbox.errors import SetupError
-from blackbox.experiment import DataConfig
+from blackbox.core.errors import SetupError
+from blackbox.core.experiment import DataConfig
 from blackbox.training import embedded
 from blackbox.training.data import (
     ALPACA_WITH_CONTEXT,

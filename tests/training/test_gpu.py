@@ -60,7 +60,7 @@ def test_eval_on_the_gpu_picks_bf16_and_varlen(tmp_path, tiny_experiment, run_bl
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     value = float(result.stdout.split()[0])
     assert 0 < value < 10
-    from blackbox.record import read_records
+    from tests.records import read_records
 
     [record] = read_records(tmp_path / "runs" / "records.jsonl")
     assert record["device"].startswith("cuda") and record["status"] == "OK"

@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 
-from blackbox.errors import SetupError
-from blackbox.experiment import load_experiment, shipped_experiments
+from blackbox.core.errors import SetupError
+from blackbox.core.experiment import load_experiment, shipped_experiments
 from blackbox.training import precision
 from blackbox.training.precision import CpuBf16, cpu_bf16, resolve_precision
 
@@ -82,7 +82,7 @@ def test_an_isa_cap_below_bf16_means_no_native_bf16(monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize("cap", ["AVX2", None], ids=["isa-capped", "this-cpu"])
 def test_eval_trains_in_the_precision_the_cpu_computes(tmp_path, tiny_experiment, run_blackbox, cap) -> None:
     """With oneDNN held to AVX2, any CPU computes bf16 as slowly as an AVX2-only one: eval picks fp32 there."""
-    from blackbox.record import read_records
+    from tests.records import read_records
 
     native = cpu_bf16().native and cap is None
     if cap is None and not native:

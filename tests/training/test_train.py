@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from blackbox.experiment import ModelConfig, TrainingConfig
-from blackbox.space import HyperParams
+from blackbox.core.experiment import ModelConfig, TrainingConfig
+from blackbox.core.space import HyperParams
 from blackbox.training.data import DataConfig, prepare_splits
 from blackbox.training.model import attach_lora, detach_lora, load_base_model, load_tokenizer
 from blackbox.training.precision import Precision

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from blackbox.errors import ConfigError, SetupError
-from blackbox.experiment import LoraVariantConfig, ModelConfig, TrainingConfig, load_experiment
-from blackbox.space import HyperParams
+from blackbox.core.errors import ConfigError
+from blackbox.core.experiment import LoraVariantConfig, ModelConfig, TrainingConfig, load_experiment
+from blackbox.core.space import HyperParams
 from blackbox.training.model import attach_lora, detach_lora, load_base_model
 from blackbox.training.objective import Evaluator
 from blackbox.training.precision import Precision
@@ -177,8 +178,8 @@ def test_qlora_with_dora_trains_and_loftq_needs_cuda(tmp_path: Path, make_experi
     loftq = load_experiment(str(path), ["model.quantization=nf4", "lora.init_lora_weights=loftq"])
     if torch.cuda.is_available():
         pytest.skip("LoftQ runs here: the CPU refusal is not testable")
-    with pytest.raises(SetupError, match=r"loftq.*needs CUDA"):
-        Evaluator(loftq).evaluate_line("2 -2")
+    refused = Evaluator(loftq).evaluate_line("2 -2")  # the call cannot proceed: recorded, for the caller to end it
+    assert refused.status.value == "NOT_RUN" and re.search(r"loftq.*needs CUDA", refused.error or ""), refused.error
 
 
 def test_dora_with_data_parallel_ranks_gives_the_objective_of_one_process(

@@ -27,8 +27,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from blackbox.assessment.compare.pairs import Answers, a_shown_first, next_pair
+from blackbox.core.votes import Verdict, Vote, add_vote, fetch_votes, rated, votes_db
 from blackbox.reports.preferences import group_preferences, results_html, votes_csv
-from blackbox.votes import Verdict, Vote, add_vote, fetch_votes, rated, votes_db
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from blackbox.assessment.compare.pairs import Answers, Pair
-from blackbox.votes import JUDGE_PREFIX, Verdict, Vote, add_vote, rated, votes_db
+from blackbox.core.votes import JUDGE_PREFIX, Verdict, Vote, add_vote, rated, votes_db
 
 logger = logging.getLogger(__name__)
 
@@ -88,4 +88,23 @@ def _prompts(answers: Answers, pair: Pair) -> tuple[str, str]:
     return (
         USER_PROMPT.format(question=question, answer_a=a, answer_b=b),
         USER_PROMPT.format(question=question, answer_a=b, answer_b=a),
+    )
+
+
+def judge_with_model(
+    answers: Answers, db: Path, *, model: str, device: str = "auto", max_new_tokens: int = 512, batch_size: int = 8
+) -> int:
+    """Rate every pair not rated yet with a local judge model (transformers: a hub id or a folder); returns the
+    number of new votes."""
+    from blackbox.training.judge import ask, load_judge
+
+    judge = load_judge(model, device=device)
+    logger.info("judge %s loaded in %.1f s", model, judge.load_seconds)
+    return judge_pairs(
+        answers,
+        db,
+        model=model,
+        ask=lambda prompts: ask(
+            judge, prompts, system=SYSTEM_PROMPT, max_new_tokens=max_new_tokens, batch_size=batch_size
+        ),
     )

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from blackbox.errors import SetupError
+from blackbox.core.errors import SetupError
 
 ORDER_SEED = 0
 

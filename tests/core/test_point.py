@@ -1,7 +1,7 @@
 import pytest
 
-from blackbox.errors import PointError
-from blackbox.point import parse_point, read_point_lines, shorten
+from blackbox.core.errors import PointError
+from blackbox.core.point import parse_point, read_point_lines, shorten
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,7 @@ class SetupError(BlackboxError):
 class RecordsError(SetupError):
     """The records folder cannot be written (full disk, read-only or missing permissions): a record, an
     evaluation's log or its adapter. Every later point would fail the same way, so the call fails
-    (``blackbox.failures``): exit status 1 and one line, ``cannot write records in DIR: <reason>``."""
+    (``blackbox.core.failures``): exit status 1 and one line, ``cannot write records in DIR: <reason>``."""
 
     def __init__(self, records_dir: Path, error: OSError) -> None:
         reason = error.strerror or str(error)

@@ -4,9 +4,9 @@ from importlib import resources
 
 import pytest
 
-from blackbox.errors import PointError
-from blackbox.experiment import load_experiment, shipped_experiments
-from blackbox.space import HyperParams, SearchSpace
+from blackbox.core.errors import PointError
+from blackbox.core.experiment import load_experiment, shipped_experiments
+from blackbox.core.space import HyperParams, SearchSpace
 
 
 def space(name: str) -> SearchSpace:

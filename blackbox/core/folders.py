@@ -10,7 +10,7 @@ driver's stop request while a stopping study winds down.
 from __future__ import annotations
 
 RECORDS_FILE = "records.jsonl"
-"""Every evaluation's record, one JSON line each (``blackbox.record``)."""
+"""Every evaluation's record, one JSON line each (``blackbox.core.record``)."""
 EVALS_DIR = "evals"
 """One folder per evaluation, named by its run id: ``eval.log``, ``record.json``, ``adapter/``."""
 PARAM_COPY = "param.txt"
@@ -28,7 +28,7 @@ MLFLOW_STORE_FILE = "mlflow.db"
 MLFLOW_ARTIFACTS_DIR = "mlartifacts"
 """The study folder's own MLflow store (``[tracking] mlflow = true`` without a tracking URI) and its artifacts."""
 STOP_FILE = "stop-requested"
-"""Present while a NOMAD study stops after a Ctrl-C (``blackbox.stopping``)."""
+"""Present while a NOMAD study stops after a Ctrl-C (``blackbox.core.stopping``)."""
 EXPERIMENTS_DIR = "experiments"
 """The experiments a study's evaluations ran, one JSON file per fingerprint: what ``downstream``, ``answers`` and
 a retraining load again."""

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from blackbox.errors import PointError
-from blackbox.experiment import HPARAM_NAMES, Experiment, VariableConfig
+from blackbox.core.errors import PointError
+from blackbox.core.experiment import HPARAM_NAMES, Experiment, VariableConfig
 
 Categorical = None | bool | int | float | str
 

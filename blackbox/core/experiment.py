@@ -7,7 +7,7 @@ from it.
 
 Example::
 
-    from blackbox.experiment import load_experiment
+    from blackbox.core.experiment import load_experiment
     exp = load_experiment("paper_exp3", overrides=["training.max_steps=5"])
     exp.training.max_steps  # 5
 
@@ -27,9 +27,9 @@ from typing import Annotated, Any, Literal
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from blackbox.errors import ConfigError, PointError
-from blackbox.files import write_text_atomic
-from blackbox.folders import EXPERIMENTS_DIR
+from blackbox.core.errors import ConfigError, PointError
+from blackbox.core.files import write_text_atomic
+from blackbox.core.folders import EXPERIMENTS_DIR
 
 HPARAM_NAMES = ("lora_r", "lora_alpha", "lora_dropout", "learning_rate")
 """The hyperparameters a point decodes into. Each is either a search variable or fixed."""

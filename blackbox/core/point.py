@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from blackbox.errors import PointError, SetupError
+from blackbox.core.errors import PointError, SetupError
 
 # Decimal or scientific notation only: Python's float() would also take "1_000", "nan" or "infinity".
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")

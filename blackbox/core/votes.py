@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from blackbox.errors import SetupError
+from blackbox.core.errors import SetupError
 
 Verdict = Literal["a", "b", "tie", "both_bad"]
 VERDICTS: tuple[Verdict, ...] = ("a", "b", "tie", "both_bad")

@@ -23,11 +23,10 @@ import logging
 import os
 from collections.abc import Sequence
 
-from blackbox.errors import PointError
-from blackbox.experiment import Experiment
-from blackbox.folders import RECORDS_FILE
-from blackbox.point import parse_point
-from blackbox.record import finished_records
+from blackbox.core.errors import PointError
+from blackbox.core.experiment import Experiment
+from blackbox.core.point import parse_point
+from blackbox.core.record import RecordStore
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ def answer_finished() -> bool:
 
 def finished_answers(experiment: Experiment, lines: Sequence[str]) -> dict[int, str]:
     """The output lines of the points of ``lines`` that were evaluated already, by index in ``lines``."""
-    finished = finished_records(experiment.records_dir.resolve() / RECORDS_FILE, experiment.fingerprint())
+    finished = RecordStore.of(experiment).finished(experiment.fingerprint())
     if not finished:
         return {}
     answers = {}
@@ -57,8 +56,8 @@ def finished_answers(experiment: Experiment, lines: Sequence[str]) -> dict[int, 
                 "point %d (%s) was evaluated before this study was restarted: answered from its record %s (%s)",
                 index + 1,
                 " ".join(line.split()),
-                record["run_id"],
-                record["status"],
+                record.run_id,
+                record.status.value,
             )
-            answers[index] = " ".join(record["outputs"])
+            answers[index] = record.output_line
     return answers

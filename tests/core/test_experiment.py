@@ -3,8 +3,8 @@ from importlib import resources
 
 import pytest
 
-from blackbox.errors import ConfigError
-from blackbox.experiment import load_experiment, parse_value, shipped_experiments
+from blackbox.core.errors import ConfigError
+from blackbox.core.experiment import load_experiment, parse_value, shipped_experiments
 
 
 def test_ships_the_paper_studies_and_the_demo() -> None:
@@ -72,16 +72,16 @@ def test_objective_and_constraints_are_checked_against_the_outputs(
 ) -> None:
     from pydantic import ValidationError
 
-    from blackbox.experiment import Experiment
+    from blackbox.core.experiment import Experiment
 
     with pytest.raises(ValidationError, match=re.escape(message)):
         Experiment.model_validate(_benchmark_study(outputs, **sections))
 
 
 def test_a_maximised_score_is_negated_and_a_constraint_is_satisfied_at_or_below_zero() -> None:
-    from blackbox.experiment import Experiment
-    from blackbox.failures import Status
-    from blackbox.output import output_tokens
+    from blackbox.core.experiment import Experiment
+    from blackbox.core.failures import Status
+    from blackbox.core.output import output_tokens
 
     exp = Experiment.model_validate(
         _benchmark_study(

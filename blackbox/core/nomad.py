@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blackbox.errors import ConfigError
-from blackbox.experiment import Experiment
-from blackbox.files import write_text_atomic
-from blackbox.folders import CACHE_FILE, HOT_RESTART_FILE, STATS_FILE
-from blackbox.point import format_number, format_point
-from blackbox.space import SearchSpace
+from blackbox.core.errors import ConfigError
+from blackbox.core.experiment import Experiment
+from blackbox.core.files import write_text_atomic
+from blackbox.core.folders import CACHE_FILE, HOT_RESTART_FILE, STATS_FILE
+from blackbox.core.point import format_number, format_point
+from blackbox.core.space import SearchSpace
 
 # PyNomadBBO 4.6.0 aborts on a failed evaluation when these are set; the records replace the history.
 UNSAFE_IN_PYNOMAD = ("HISTORY_FILE", "SOLUTION_FILE")

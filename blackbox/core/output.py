@@ -1,17 +1,15 @@
 """The output line NOMAD reads: values in BB_OUTPUT_TYPE order, separated by single spaces.
 
-A failed point prints ``nan`` for every value (NOMAD: EVAL_FAILED). A diverged run prints ``inf`` as
-objective (a valid, very bad point) and as constraints (infeasible), and whatever extra values it
-has. ``CNT_EVAL`` is 1 for a finished
-evaluation and 0 for one that was interrupted or never ran, which NOMAD then leaves out of its budget.
+The values of a point that did not finish OK, and whether it counts (``CNT_EVAL``), are the failure policy's
+(``blackbox.core.failures``): ``nan`` for a failed point (NOMAD: EVAL_FAILED), ``inf`` as the objective and
+constraints of a diverged run (a valid, very bad, infeasible point) beside whatever extra values it has.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from blackbox.failures import Status
+from blackbox.core.failures import Status, value_of_failure
 
 
 def output_tokens(specs: tuple[str, ...], status: Status, metrics: dict[str, Any]) -> tuple[str, ...]:
@@ -24,10 +22,10 @@ def output_tokens(specs: tuple[str, ...], status: Status, metrics: dict[str, Any
             value = int(status.counted)
         elif status is Status.OK:
             value = metrics[f"constraint:{metric}" if kind in ("PB", "EB") else metric]
-        elif status is Status.DIVERGED:
-            value = math.inf if kind in ("OBJ", "PB", "EB") else metrics.get(metric, math.nan)
+        elif status is Status.DIVERGED and kind == "EXTRA_O":
+            value = metrics.get(metric, value_of_failure(status, kind))  # what it measured before it diverged
         else:
-            value = math.nan
+            value = value_of_failure(status, kind)  # the failure policy's (blackbox.core.failures)
         tokens.append(_token(value))
     return tuple(tokens)
 

@@ -1,0 +1,174 @@
+"""The failure policy's decisions, row by row (``blackbox.core.failures``), and its table in the docs.
+
+Fast: no model, no process. ``tests/test_failures.py`` runs every failure kind through every path for real."""
+
+from __future__ import annotations
+
+import math
+import signal
+from pathlib import Path
+
+import pytest
+
+from blackbox.core.errors import (
+    ConfigError,
+    PointError,
+    RankStopped,
+    RecordsError,
+    SetupError,
+    TrainingDiverged,
+    TrainingTimeout,
+)
+from blackbox.core.failures import (
+    POLICY,
+    Call,
+    Status,
+    call_after,
+    call_of,
+    call_of_container,
+    container_returncode,
+    policy_table,
+    process_status,
+    raise_if_call_ends,
+    status_of,
+    trial_state,
+    unrecorded_status,
+    value_of_failure,
+)
+from blackbox.core.output import output_tokens
+
+SPECS = ("OBJ:validation_loss", "PB:c", "EXTRA_O:train_loss", "CNT_EVAL")
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "failures.md"
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (KeyboardInterrupt(), Status.INTERRUPTED),
+        (SetupError("no model"), Status.NOT_RUN),
+        (RecordsError(Path("/r"), OSError(28, "No space left on device")), Status.NOT_RUN),
+        (PointError("not a number"), Status.INVALID_POINT),
+        (TrainingDiverged("nan"), Status.DIVERGED),
+        (TrainingTimeout("late"), Status.TIMEOUT),
+        (MemoryError(), Status.OOM),
+        (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"), Status.OOM),
+        (RankStopped("another rank failed"), Status.ERROR),
+        (ValueError("a bug"), Status.ERROR),
+        (SystemExit(0), None),
+        (GeneratorExit(), None),
+    ],
+)
+def test_the_status_of_each_error(error: BaseException, status: Status | None) -> None:
+    assert status_of(error) is status
+
+
+@pytest.mark.parametrize("status", list(Status))
+@pytest.mark.parametrize("stopping", [False, True])
+def test_what_each_status_does_to_the_call(status: Status, stopping: bool) -> None:
+    expected = {Status.NOT_RUN: Call.FAILS, Status.INTERRUPTED: Call.INTERRUPTED}.get(status, Call.GOES_ON)
+    assert call_after(status, stopping=stopping) is (Call.GOES_ON if stopping else expected)
+
+
+def test_which_statuses_count_and_what_optuna_makes_of_them() -> None:
+    assert {s for s in Status if not s.counted} == {Status.INTERRUPTED, Status.KILLED, Status.NOT_RUN}
+    states = {s: trial_state(s) for s in Status}
+    assert {s for s, state in states.items() if state == "complete"} == {Status.OK, Status.DIVERGED}
+    assert {s for s, state in states.items() if state == "not_counted"} == {s for s in Status if not s.counted}
+
+
+@pytest.mark.parametrize("status", [s for s in Status if s is not Status.OK])
+def test_the_output_line_of_each_failure(status: Status) -> None:
+    tokens = output_tokens(SPECS, status, {"train_loss": 2.5})
+    objective, constraint, extra, counted = tokens
+    if status is Status.DIVERGED:  # a valid, very bad and infeasible point; what it measured is kept
+        assert (objective, constraint, extra) == ("inf", "inf", "2.5")
+    else:
+        assert (objective, constraint, extra) == ("nan", "nan", "nan")
+    assert counted == str(int(status.counted))
+    assert math.isnan(value_of_failure(status, "EXTRA_O"))
+
+
+@pytest.mark.parametrize(
+    ("error", "call", "exit_status"),
+    [
+        (KeyboardInterrupt(), Call.INTERRUPTED, 130),
+        (ConfigError("bad key"), Call.INVALID, 2),
+        (SetupError("no model"), Call.FAILS, 1),
+        (RecordsError(Path("/r"), OSError(30, "Read-only file system")), Call.FAILS, 1),
+        (ValueError("a bug"), None, None),
+    ],
+)
+def test_how_an_escaping_error_ends_the_call(error: BaseException, call: Call | None, exit_status: int | None) -> None:
+    assert call_of(error) is call
+    if call is not None:
+        assert call.exit_status == exit_status
+
+
+@pytest.mark.parametrize(
+    ("returncode", "recorded", "launcher", "lost", "status"),
+    [
+        (0, Status.OK, False, False, Status.OK),  # its own record stands
+        (1, Status.NOT_RUN, True, False, Status.NOT_RUN),
+        (130, None, False, False, Status.INTERRUPTED),
+        (-signal.SIGINT, None, False, False, Status.INTERRUPTED),
+        (1, None, False, False, Status.NOT_RUN),  # could not proceed
+        (2, None, False, False, Status.NOT_RUN),
+        (1, None, True, False, Status.ERROR),  # torchrun: a rank failed
+        (-signal.SIGKILL, None, False, False, Status.ERROR),
+        (0, None, False, False, Status.ERROR),  # exited 0 without a record
+        (0, None, False, True, Status.ERROR),  # a lost Ray worker
+    ],
+)
+def test_the_status_of_a_point_from_its_process(
+    returncode: int, recorded: Status | None, launcher: bool, lost: bool, status: Status
+) -> None:
+    assert process_status(returncode, recorded, launcher=launcher, lost=lost) is status
+
+
+def test_an_evaluation_without_a_record() -> None:
+    assert unrecorded_status(caller_went_on=True) is Status.ERROR  # died alone, counted by NOMAD
+    assert unrecorded_status(caller_went_on=False) is Status.KILLED  # cut with its study
+
+
+@pytest.mark.parametrize(
+    ("ended", "status", "stopping", "expected"),
+    [
+        ("exited", 0, False, (Call.GOES_ON, 0)),
+        ("exited", 1, False, (Call.FAILS, 1)),
+        ("killed", 137, False, (Call.FAILS, 137)),
+        ("timeout", 130, False, (Call.TIMED_OUT, 124)),
+        ("interrupted", 130, False, (Call.INTERRUPTED, 130)),
+        ("interrupted", 0, True, (Call.GOES_ON, 0)),  # a stopping study's container answered its cut point
+        ("interrupted", 0, False, (Call.INTERRUPTED, 130)),
+    ],
+)
+def test_how_a_container_call_ends(ended: str, status: int, stopping: bool, expected: tuple[Call, int]) -> None:
+    assert call_of_container(ended, status, stopping=stopping) == expected
+
+
+def test_a_container_end_as_a_return_code() -> None:
+    assert container_returncode("killed", 137) == -signal.SIGKILL
+    assert container_returncode("interrupted", None) == 130
+    assert container_returncode("exited", 128 + signal.SIGSEGV) == -signal.SIGSEGV
+    assert container_returncode("exited", 3) == 3
+
+
+def test_raise_if_call_ends() -> None:
+    raise_if_call_ends(Status.OOM, "out of memory")  # a point's failure: no exception
+    with pytest.raises(SetupError, match="no model"):
+        raise_if_call_ends(Status.NOT_RUN, "no model")
+    with pytest.raises(KeyboardInterrupt):
+        raise_if_call_ends(Status.INTERRUPTED, None)
+
+
+def test_every_status_has_a_row() -> None:
+    assert {rule.status for rule in POLICY if rule.status} == set(Status)
+
+
+def test_the_docs_show_the_policy_table_of_the_code() -> None:
+    """docs/failures.md holds the table that ``python -m blackbox.core.failures`` prints, between its markers."""
+    text = DOCS.read_text(encoding="utf-8")
+    begin, end = "<!-- policy table: python -m blackbox.core.failures -->\n", "<!-- end of the policy table -->"
+    assert begin in text and end in text, f"{DOCS} lost its markers"
+    shown = text.split(begin, 1)[1].split(end, 1)[0]
+    assert shown == policy_table(), f"{DOCS} is stale: paste the output of python -m blackbox.core.failures"

@@ -1,0 +1,158 @@
+"""The record store (``blackbox.core.record.RecordStore``): appends under a lock, typed records back, torn lines,
+records of the previous schema, and evaluations that never recorded their end."""
+
+import fcntl
+import json
+import multiprocessing
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from blackbox.core.failures import Status
+from blackbox.core.record import RUNNING_FILE, EvalRecord, RecordStore
+from tests.records import read_records
+
+SPECS = ("OBJ:validation_loss", "EXTRA_O:run_id", "CNT_EVAL")
+
+
+def _record(i: int, writer: int = 0, status: Status = Status.OK) -> EvalRecord:
+    # Long enough that a single write could interleave with another if it were not locked.
+    return EvalRecord(
+        run_id=f"{writer}-{i}",
+        experiment="x",
+        fingerprint="f",
+        status=status,
+        outputs=("1.0", f"{writer}-{i}", "1"),
+        output_specs=SPECS,
+        point=(float(i), 1.0),
+        metrics={"padding": "x" * 5000, "i": i, "writer": writer, "validation_loss": 1.0},
+    )
+
+
+def _writer(folder: str, writer: int, count: int) -> None:
+    store = RecordStore(Path(folder))
+    for i in range(count):
+        store.append(_record(i, writer))
+
+
+def test_concurrent_writers_never_corrupt_the_file(tmp_path: Path) -> None:
+    writers, count = 8, 40
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_writer, args=(str(tmp_path), w, count)) for w in range(writers)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(60)
+        assert p.exitcode == 0
+    lines = (tmp_path / "records.jsonl").read_text().splitlines()
+    assert len(lines) == writers * count
+    records = [json.loads(line) for line in lines]  # every line is a whole record
+    assert {(r["metrics"]["writer"], r["metrics"]["i"]) for r in records} == {
+        (w, i) for w in range(writers) for i in range(count)
+    }
+
+
+def _blocked_flock(path: Path) -> bool:
+    """Whether a process waits for a FLOCK on ``path`` (a ``->`` line of /proc/locks names its inode)."""
+    inode = f":{os.stat(path).st_ino} "
+    return any(
+        line.split()[1:3] == ["->", "FLOCK"] and inode in line for line in Path("/proc/locks").read_text().splitlines()
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks to see a waiting lock")
+def test_an_append_waits_for_the_lock_of_another_writer(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path)
+    store.append(_record(0))
+    fd = os.open(store.path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another writer, in the middle of its append
+    appending = threading.Thread(target=store.append, args=(_record(1),))
+    appending.start()
+    try:
+        while not _blocked_flock(store.path):  # the append waits for the lock: a state, not a sleep
+            assert appending.is_alive(), "the append did not wait for the lock"
+        assert [r.run_id for r in store.records()] == ["0-0"]
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    appending.join(30)
+    assert [r.run_id for r in store.records()] == ["0-0", "0-1"]
+
+
+def test_a_torn_last_line_costs_only_itself(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path)
+    store.append(_record(0))
+    with store.path.open("a") as f:
+        f.write(_record(1).to_json()[:100])  # a writer killed in the middle of its line
+    store.append(_record(2))
+    assert [r.run_id for r in store.records()] == ["0-0", "0-2"]
+    assert [r["run_id"] for r in read_records(store.path)] == ["0-0", "0-2"]  # the file itself: whole lines
+
+
+def test_typed_round_trip(tmp_path: Path) -> None:
+    record = EvalRecord(
+        run_id="r",
+        experiment="x",
+        fingerprint="f",
+        status=Status.DIVERGED,
+        outputs=("inf", "nan"),
+        output_specs=("OBJ:validation_loss", "EXTRA_O:train_loss"),
+        point=(1.0, -0.0),
+        hparams={"lora_r": 8},
+        metrics={"train_loss": float("nan")},
+    )
+    store = RecordStore(tmp_path)
+    store.append(record)
+    [raw] = read_records(store.path)
+    assert raw["status"] == "DIVERGED" and raw["outputs"] == ["inf", "nan"] and raw["schema_version"] == 2
+    [read] = store.records()
+    assert read.status is Status.DIVERGED and read.point == (1.0, -0.0) and read.output("OBJ") == float("inf")
+    assert read.to_json() == record.to_json()
+
+
+def test_records_of_schema_1_and_later_keys_are_read(tmp_path: Path) -> None:
+    old = {
+        "run_id": "a",
+        "experiment": "x",
+        "fingerprint": "f",
+        "status": "OK",
+        "outputs": ["0.5", "1"],
+        "point": [2, -3],
+    }
+    later = {**old, "run_id": "b", "a_key_of_a_later_version": 1}
+    (tmp_path / "records.jsonl").write_text(json.dumps(old) + "\n" + json.dumps(later) + "\n{not json\n")
+    a, b = RecordStore(tmp_path).records()
+    assert (a.run_id, b.run_id) == ("a", "b") and a.point == (2.0, -3.0) and a.output_specs == ()
+    assert a.output("OBJ") == 0.5  # schema 1: the objective came first
+
+
+def test_finished_and_find(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path)
+    store.append(_record(0))
+    store.append(_record(1, status=Status.INTERRUPTED))
+    store.append(EvalRecord.from_dict({**_record(2).as_dict(), "fingerprint": "other"}))
+    assert list(store.finished("f")) == [(0.0, 1.0)]
+    store.append(EvalRecord.from_dict({**_record(3).as_dict(), "point_file": "/p", "block_index": 1}))
+    found = store.find(point_file="/p", block_index=1)
+    assert found is not None and found.run_id == "0-3"
+    assert store.find(point_file="/p", block_index=0) is None
+
+
+@pytest.mark.parametrize(("caller_went_on", "status", "counted"), [(False, "KILLED", "0"), (True, "ERROR", "1")])
+def test_an_evaluation_without_an_end_is_recorded_as_the_policy_says(
+    tmp_path: Path, caller_went_on: bool, status: str, counted: str
+) -> None:
+    store = RecordStore(tmp_path)
+    marker = _record(0, status=Status.KILLED)
+    marker = EvalRecord.from_dict({**marker.as_dict(), "outputs": ["nan", "nan", "0"], "pid": None})
+    store.run_dir(marker.run_id).mkdir(parents=True)
+    store.mark_running(marker)
+    [unfinished] = store.unfinished()
+    assert unfinished.status is Status.KILLED
+    [written] = store.record_unfinished(caller_went_on=caller_went_on)
+    assert written.status.value == status and written.outputs == ("nan", "nan", counted)
+    assert json.loads((store.run_dir(marker.run_id) / "record.json").read_text())["status"] == status
+    assert (store.run_dir(marker.run_id) / RUNNING_FILE).exists()  # the marker stays: record.json ends it
+    assert store.unfinished() == [] and [r.status.value for r in store.records()] == [status]
