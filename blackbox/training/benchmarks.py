@@ -160,7 +160,6 @@ class Scorer:
             raise SetupError(f"unknown lm-eval task(s) {unknown}: not in lm-eval's registry nor in {list(include)}")
         return manager
 
-
     def _local_tasks(self, include: tuple[str, ...]) -> set[str]:
         from lm_eval.tasks import TaskManager
 

@@ -21,9 +21,6 @@ import datasets
 BBH_SHOTS = 3  # bbh.py: main(ntrain=3); the shots are the first rows of each task's test split
 DROP_SHOTS = 3  # drop.py: main(ntrain=3)
 DROP_SEED = 0  # drop.py: DropData.train_test_split(seed=0)
-HUMANEVAL_INSTRUCTION = (
-    "Please complete the following Python code without providing any additional tasks such as testing or explanations\n"
-)  # human_eval/main.py: gen_prompt
 HUMANEVAL_TIMEOUT_S = 3.0  # human_eval/main.py: entry_point(timeout=3.0)
 CODE_EVAL_VARIABLE = "HF_ALLOW_CODE_EVAL"  # the switch of HF evaluate's code_eval, honoured here alike
 
