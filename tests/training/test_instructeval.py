@@ -179,6 +179,9 @@ def test_humaneval_runs_the_completed_function_against_its_tests(tiny, tmp_path:
         for n in (1, 2)
     ]
     folder = _tasks_with_local_data(tmp_path, "instructeval_humaneval.yaml", {"test": problems})
+    shipped = (folder / "instructeval_humaneval.yaml").read_text()
+    assert "  max_gen_toks: 512\n" in shipped  # the tiny model reads 512 tokens in all: it writes 16 here
+    (folder / "instructeval_humaneval.yaml").write_text(shipped.replace("max_gen_toks: 512", "max_gen_toks: 16"))
     monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")  # what --allow-code-execution sets
     result, samples = _evaluate(tiny, folder, "instructeval_humaneval", code=True)
 
