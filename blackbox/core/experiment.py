@@ -723,9 +723,9 @@ class Experiment(_Section):
         exclude: dict[str, Any] = {name: True for name in ("records", "tracking", "downstream", *plain)}
         # Whether a benchmark may run code is a permission, not a setting of the result: experiments from before it
         # keep their fingerprint.
-        permission = {"benchmark": {"allow_code_execution"}}
-        exclude["objective"] = {"benchmark": {"allow_code_execution"}, "test": {"allow_code_execution"}}
-        exclude["constraints"] = {"__all__": permission}
+        permission = {"allow_code_execution"}
+        exclude["objective"] = {"benchmark": permission, "test": permission}
+        exclude["constraints"] = {"__all__": {"benchmark": permission}}
         return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
 

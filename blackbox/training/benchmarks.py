@@ -74,8 +74,8 @@ class Scorer:
         self.tokenizer = tokenizer
         self.data = data
         self.allow_code_execution = allow_code_execution
-        self._task_managers: dict[tuple[tuple[str, ...], bool], Any] = {}
-        self._local_names: dict[tuple[str, ...], set[str]] = {}
+        self._local_managers: dict[tuple[str, ...], Any] = {}  # the local folders' tasks alone
+        self._task_managers: dict[tuple[str, ...], Any] = {}  # the local folders' and lm-eval's
 
     def check(self, benchmarks: Sequence[BenchmarkConfig]) -> None:
         """Fail now, before any training, when a benchmark's task is unknown.
@@ -153,21 +153,17 @@ class Scorer:
         thousands of tasks takes seconds), else of both."""
         from lm_eval.tasks import TaskManager
 
-        key = (include, set(tasks) <= self._local_tasks(include))
-        if key not in self._task_managers:
-            self._task_managers[key] = TaskManager(include_path=list(include), include_defaults=not key[1])
-        manager = self._task_managers[key]
+        if include not in self._local_managers:
+            self._local_managers[include] = TaskManager(include_path=list(include), include_defaults=False)
+        manager = self._local_managers[include]
+        if not set(tasks) <= set(manager.all_tasks):
+            if include not in self._task_managers:
+                self._task_managers[include] = TaskManager(include_path=list(include))
+            manager = self._task_managers[include]
         unknown = [t for t in tasks if t not in manager.all_tasks]
         if unknown:
             raise SetupError(f"unknown lm-eval task(s) {unknown}: not in lm-eval's registry nor in {list(include)}")
         return manager
-
-    def _local_tasks(self, include: tuple[str, ...]) -> set[str]:
-        from lm_eval.tasks import TaskManager
-
-        if include not in self._local_names:
-            self._local_names[include] = set(TaskManager(include_path=list(include), include_defaults=False).all_tasks)
-        return self._local_names[include]
 
 
 def _metric_key(row: dict[str, Any], benchmark: BenchmarkConfig) -> str:

@@ -293,3 +293,16 @@ def test_relative_paths_of_overrides_are_read_from_the_working_directory(tmp_pat
         "model.name_or_path=org/model",
         f"records.dir={tmp_path}",
     )
+
+
+def test_a_permission_to_run_code_leaves_the_fingerprint_alone() -> None:
+    """Whether a benchmark may run code changes no result: studies keep their fingerprint (and resume)."""
+    exp = load_experiment("paper_exp1")
+    benchmark = exp.objective.benchmark
+    assert benchmark is not None and not benchmark.allow_code_execution
+
+    def with_benchmark(**update: object) -> str:
+        objective = exp.objective.model_copy(update={"benchmark": benchmark.model_copy(update=update)})
+        return exp.model_copy(update={"objective": objective}).fingerprint()
+
+    assert with_benchmark(allow_code_execution=True) == exp.fingerprint() != with_benchmark(num_fewshot=3)

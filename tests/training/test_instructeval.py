@@ -216,3 +216,37 @@ def test_group_scores_as_instructeval_averages() -> None:
     ]
     assert len(list(TASKS_DIR.glob("instructeval_bbh_*.yaml"))) == 27
     assert len(list(TASKS_DIR.glob("instructeval_mmlu_*.yaml"))) == 57
+
+
+def test_an_experiment_allows_a_benchmark_to_run_code(tiny, tmp_path: Path) -> None:
+    """A benchmark whose task runs code fails without a permission; ``allow_code_execution = true`` in the
+    experiment is one (the shipped paper experiments give it to HumanEval), as ``--allow-code-execution`` is."""
+    from blackbox.core.errors import SetupError
+    from blackbox.core.experiment import BenchmarkConfig, DataConfig
+    from blackbox.training.benchmarks import Scorer
+
+    folder = tmp_path / "code_task"
+    folder.mkdir()
+    shutil.copy(TASKS_DIR / "scoring.py", folder / "scoring.py")
+    problems = [
+        {
+            "prompt": 'def one():\n    return 1\n_ = """',
+            "test": f'"""\ndef check(c):\n    assert c() == {n}\n',
+            "entry_point": "one",
+        }
+        for n in (1, 2)
+    ]
+    (folder / "items.jsonl").write_text("".join(json.dumps(p) + "\n" for p in problems))
+    shipped = (TASKS_DIR / "instructeval_humaneval.yaml").read_text()
+    local = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {json.dumps(str(folder / 'items.jsonl'))}"
+    text = re.sub(r"^dataset_path: .*$", local, shipped, flags=re.MULTILINE).replace(
+        "max_gen_toks: 512", "max_gen_toks: 8"
+    )
+    (folder / "tiny_code.yaml").write_text(text.replace("task: instructeval_humaneval", "task: tiny_code"))
+    model, tokenizer = tiny
+    scorer = Scorer(tokenizer, DataConfig(train=("unused.jsonl",)))
+    benchmark = BenchmarkConfig(task="tiny_code", metric="pass@1", include_path=str(folder), batch_size=1)
+    with pytest.raises(SetupError, match="benchmark:tiny_code:pass@1"):
+        scorer.score(model, benchmark)
+    score = scorer.score(model, benchmark.model_copy(update={"allow_code_execution": True}))
+    assert score.value == 0.5
