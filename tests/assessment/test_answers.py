@@ -105,8 +105,8 @@ def test_the_paper_preset_asks_the_authors_30_questions_raw(
     }  # fmt: skip
 
     out = tmp_path / "greedy.jsonl"
-    extra = ["--greedy", "--max-new-tokens", "6", "--batch-size", "1", "--no-base", "--out", str(out)]
-    result = CliRunner().invoke(main, [*args[:3], "--preset", "paper", *extra])
+    extra = ["--greedy", "--max-new-tokens", "6", "--batch-size", "1", "--out", str(out)]
+    result = CliRunner().invoke(main, [*args[:3], "--preset", "paper", *extra])  # the base model alone
     assert result.exit_code == 0, result.output
     first = json.loads(out.read_text().splitlines()[0])
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
