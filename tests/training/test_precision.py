@@ -26,7 +26,18 @@ def cpu_with_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(precision, "cpu_bf16", lambda: CpuBf16(True, "simulated: AMX"))
 
 
-@pytest.mark.parametrize("name", shipped_experiments())
+# The paper's experiments pin the authors' precision (fp32 weights, bf16 autocast: tests/test_paper.py); every
+# other shipped experiment lets the hardware decide.
+PINNED = {name for name in shipped_experiments() if name.startswith("paper_")}
+FOLLOWING = sorted(set(shipped_experiments()) - PINNED)
+
+
+def test_only_the_paper_experiments_pin_their_precision() -> None:
+    pinned = {name for name in shipped_experiments() if load_experiment(name).training.autocast != "auto"}
+    assert pinned == PINNED and "paper_exp1" in PINNED
+
+
+@pytest.mark.parametrize("name", FOLLOWING)
 def test_every_shipped_experiment_trains_in_fp32_on_a_cpu_without_native_bf16(cpu_without_bf16, name: str) -> None:
     experiment = load_experiment(name)
     chosen = resolve_precision(experiment.model, experiment.training, CPU)
@@ -38,6 +49,17 @@ def test_every_shipped_experiment_uses_bf16_autocast_where_the_cpu_has_it(cpu_wi
     experiment = load_experiment(name)
     chosen = resolve_precision(experiment.model, experiment.training, CPU)
     assert chosen == precision.Precision(torch.float32, torch.bfloat16)
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_a_paper_experiment_on_a_cpu_without_native_bf16_keeps_bf16_and_says_why_it_is_slow(
+    cpu_without_bf16, name: str, caplog
+) -> None:
+    experiment = load_experiment(name)
+    with caplog.at_level(logging.WARNING, logger="blackbox"):
+        chosen = resolve_precision(experiment.model, experiment.training, CPU)
+    assert chosen == precision.Precision(torch.float32, torch.bfloat16)
+    assert "emulated" in caplog.text
 
 
 def test_explicit_bf16_without_native_support_runs_with_one_warning(cpu_without_bf16, caplog) -> None:
