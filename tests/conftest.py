@@ -45,9 +45,27 @@ def offline_caches(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "HF_HOME": str(cache / "hf"),
             "LORA_BLACKBOX_CACHE": str(cache / "lora-blackbox"),
             "TOKENIZERS_PARALLELISM": "false",
+            # The runners' slot leases of this session (of this xdist worker): never another run's.
+            "LORA_BLACKBOX_LEASE_DIR": str(cache / "leases"),
         }
     )
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers share the cores: one torch thread each
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        os.environ.setdefault("MKL_NUM_THREADS", "1")
     return cache
+
+
+_ENGINE_FIXTURES = {"engine", "image", "no_leftovers"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under xdist (``make test``: ``-n 2 --dist loadgroup``), the tests of the container engine run on one
+    worker, one after the other: each checks that the runner leaves no container behind, which another test's
+    container would break."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("docker") or fixtures & _ENGINE_FIXTURES or "[container]" in item.nodeid:
+            item.add_marker(pytest.mark.xdist_group("engine"))
 
 
 @pytest.fixture(scope="session")
