@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,7 @@ def render_params(
         f"BB_INPUT_TYPE ( {' '.join(v.type for v in space.variables)} )",
         f"LOWER_BOUND ( {format_point(space.lower)} )",
         f"UPPER_BOUND ( {format_point(space.upper)} )",
-        f"X0 ( {format_point(space.x0)} )",
+        *x0_lines(space.starting_points),
     ]
     if any(v.granularity for v in space.variables):
         lines.append(f"GRANULARITY ( {' '.join(format_number(v.granularity) for v in space.variables)} )")
@@ -164,6 +165,16 @@ def render_params(
         "DISPLAY_STATS BBE BLK_EVA ( SOL ) OBJ",
     ]
     return "\n".join(lines) + "\n"
+
+
+def x0_lines(points: Sequence[tuple[float, ...]], *, first_index: int = 0) -> list[str]:
+    """NOMAD's X0 lines of several starting points: ``X0 ( ... )`` for the first, ``X0 1 ( ... )``, ``X0 2 ( ... )``
+    for the next ones (an X0 without its index would replace the first; NOMAD evaluates every starting point).
+    ``first_index``: the index of the first of them, after X0 lines that a file has already."""
+    return [
+        f"X0 {index} ( {format_point(point)} )" if index else f"X0 ( {format_point(point)} )"
+        for index, point in enumerate(points, start=first_index)
+    ]
 
 
 def _choices(values: tuple[Any, ...]) -> str:

@@ -100,7 +100,8 @@ def make_sampler(kind: Sampler, seed: int, blackbox: Blackbox) -> optuna.sampler
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "cmaes":
         # Categorical variables (choices) are sampled independently of CMA-ES: they have no starting value.
-        x0 = {v.name: v.x0 for v in blackbox.space.variables if v.decode != "choice"}
+        # The first starting point: CMA-ES has one mean.
+        x0 = {v.name: v.starts[0] for v in blackbox.space.variables if v.decode != "choice"}
         return optuna.samplers.CmaEsSampler(x0=x0, seed=seed, warn_independent_sampling=False)
     raise SetupError(f"unknown sampler {kind!r}; known: {', '.join(SAMPLERS)}")
 
