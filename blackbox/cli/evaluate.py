@@ -68,13 +68,15 @@ def eval_command(
     """
     from blackbox.core.point import read_point_lines
     from blackbox.runners.call import Spread, answer_call
+    from blackbox.studies.pruning import judge_from_env
 
     with exit_on_error(ctx), protocol_stdout() as emit:
         experiment = load_experiment(experiment_ref, overrides)
         lines = read_point_lines(point_file)
         install_signal_handlers()
         spread = Spread(experiment_ref, overrides, workers, gpus_per_eval, backend, ray_address)
-        answer = answer_call(experiment, lines, str(point_file.resolve()), spread)
+        judge = judge_from_env(experiment)  # an Optuna trial's pruner, when an Optuna study started this call
+        answer = answer_call(experiment, lines, str(point_file.resolve()), spread, judge=judge)
         for line in answer.lines:
             emit(line + "\n")
     end(answer.call, answer.error)
