@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from blackbox.core.errors import ConfigError
+from blackbox.core.errors import ConfigError, OptionError
 from blackbox.core.experiment import Experiment, read_snapshot
 from blackbox.core.failures import Status
 from blackbox.core.record import EvalRecord, RecordStore
@@ -39,27 +39,32 @@ def earlier_evaluations(experiment: Experiment, study_dirs: Sequence[Path]) -> l
     point wins), in the order they were recorded.
 
     Raises:
-        ConfigError: a folder holds no records or no such evaluation, or its evaluations are of another search
+        OptionError: a folder holds no records or no such evaluation, or its evaluations are of another search
             space or were evaluated with other settings (the message says what differs).
     """
     found: dict[tuple[float, ...], EvalRecord] = {}
     for folder in study_dirs:
         store = RecordStore(folder)
         if not store.exists():
-            raise ConfigError(f"--warm-start {folder}: no records there ({store.path})")
+            raise OptionError(f"--warm-start {folder}: no records there ({store.path})")
         records = [r for r in store.records() if r.point and _seeds(r)]
         if not records:
-            raise ConfigError(f"--warm-start {folder}: no finished evaluation to start from")
+            raise OptionError(f"--warm-start {folder}: no finished evaluation to start from")
         compatible = set()
         problems: list[str] = []
         for fingerprint in dict.fromkeys(r.fingerprint for r in records):
-            differ = differences(experiment, read_snapshot(folder, fingerprint))
+            try:
+                snapshot = read_snapshot(folder, fingerprint)
+            except ConfigError as e:  # records of an older version: their experiment is unknown
+                problems.append(f"its evaluations' experiment {fingerprint} is unknown ({e})")
+                continue
+            differ = differences(experiment, snapshot)
             if differ:
                 problems += differ
             else:
                 compatible.add(fingerprint)
         if not compatible:
-            raise ConfigError(f"--warm-start {folder}: refused, {problems[0]}")
+            raise OptionError(f"--warm-start {folder}: refused, {problems[0]}")
         kept = [r for r in records if r.fingerprint in compatible]
         logger.info("warm start: %d finished evaluation(s) of %s", len(kept), folder)
         for record in kept:

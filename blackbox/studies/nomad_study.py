@@ -37,7 +37,7 @@ from typing import TextIO
 
 import psutil
 
-from blackbox.core.errors import ConfigError, SetupError
+from blackbox.core.errors import OptionError, SetupError
 from blackbox.core.experiment import load_experiment
 from blackbox.core.failures import Status, describe_exit
 from blackbox.core.files import write_text_atomic
@@ -119,7 +119,7 @@ def warm_start(copy: Path, study_dir: Path, sources: Sequence[Path], *, top: int
     resumes as it is.
 
     Raises:
-        ConfigError: the folder holds a study already, the parameter file's BB_EXE is not ``lora-blackbox eval``,
+        OptionError: the folder holds a study already, the parameter file's BB_EXE is not ``lora-blackbox eval``,
             or an earlier study is of another search space or other settings.
     """
     text = copy.read_text(encoding="utf-8")
@@ -127,12 +127,12 @@ def warm_start(copy: Path, study_dir: Path, sources: Sequence[Path], *, top: int
         logger.info("the study was warm-started when it began (%s): resuming it", copy)
         return
     if RecordStore(study_dir).exists() or (study_dir / CACHE_FILE).exists():
-        raise ConfigError(
+        raise OptionError(
             f"--warm-start seeds a new study, and {study_dir} holds one already: use another study folder"
         )
     found = read_bb_exe_experiment(copy)
     if found is None:
-        raise ConfigError(f"--warm-start needs a parameter file whose BB_EXE is lora-blackbox eval ({copy})")
+        raise OptionError(f"--warm-start needs a parameter file whose BB_EXE is lora-blackbox eval ({copy})")
     reference, overrides = found
     experiment = load_experiment(reference, (*overrides, f"records.dir={study_dir.resolve()}"))
     records = earlier_evaluations(experiment, sources)
@@ -260,7 +260,7 @@ def run_study(
 
     Raises:
         SetupError: bad parameter file or study folder, or no way to run NOMAD.
-        ConfigError: a warm start from an earlier study of another search space (or into a folder that holds a study).
+        OptionError: a warm start from an earlier study of another search space (or into a folder that holds a study).
     """
     with writing_records(study_dir):
         copy = prepare_study_dir(param_file, study_dir)

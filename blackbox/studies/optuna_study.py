@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from blackbox.api import Blackbox, Result
-from blackbox.core.errors import ConfigError, SetupError
+from blackbox.core.errors import OptionError, SetupError
 from blackbox.core.experiment import RecordsConfig
 from blackbox.core.failures import Call, Status, call_after, trial_state
 from blackbox.core.folders import OPTUNA_STORAGE_FILE
@@ -148,7 +148,7 @@ def run_optuna(
     Raises:
         SetupError: the storage holds a study of another experiment or sampler, another study runs in the
             records folder, or a trial could not run.
-        ConfigError: the pruner cannot prune this experiment, or a warm start from another search space.
+        OptionError: the pruner cannot prune this experiment, or a warm start from another search space.
     """
     import optuna
 
@@ -337,7 +337,7 @@ def warm_start(study: optuna.Study, blackbox: Blackbox, sources: Sequence[Path])
     command again (its warm-start trials are there).
 
     Raises:
-        ConfigError: the study holds trials of its own, or an earlier study is of another space or other settings.
+        OptionError: the study holds trials of its own, or an earlier study is of another space or other settings.
     """
     import optuna
     from optuna.trial import TrialState
@@ -346,7 +346,7 @@ def warm_start(study: optuna.Study, blackbox: Blackbox, sources: Sequence[Path])
         logger.info("the study was warm-started when it began: resuming it")
         return
     if study.trials:
-        raise ConfigError(
+        raise OptionError(
             f"--warm-start seeds a new study, and {study.study_name!r} holds {len(study.trials)} trial(s) already: "
             "use another --study-name or --dir"
         )

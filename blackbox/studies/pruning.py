@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal
 
 from blackbox.core.curves import CurvePoint
 from blackbox.core.early_stopping import Verdict
-from blackbox.core.errors import ConfigError, SetupError
+from blackbox.core.errors import OptionError, SetupError
 from blackbox.core.experiment import Experiment
 
 if TYPE_CHECKING:
@@ -59,17 +59,17 @@ def check_pruning(experiment: Experiment, kind: Pruner) -> None:
     """A pruner needs checkpoints, and a validation-loss objective (it compares the checkpoints' losses).
 
     Raises:
-        ConfigError: it cannot prune this experiment's trials.
+        OptionError: it cannot prune this experiment's trials.
     """
     if kind == "none":
         return
     if not experiment.validation.checkpoints:
-        raise ConfigError(
+        raise OptionError(
             f"--pruner {kind} decides at checkpoints: set [validation] checkpoints in the experiment (or "
             "--set 'validation.checkpoints=[0.25, 0.5, 0.75]')"
         )
     if experiment.objective.name != "validation_loss":
-        raise ConfigError(
+        raise OptionError(
             f"--pruner {kind} compares validation-loss curves, but the objective is {experiment.objective.describe()}"
         )
 
