@@ -5,6 +5,7 @@ study keeps a stopped point stopped."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 from blackbox.core.failures import Status
 from blackbox.core.nomad import read_cache
+from blackbox.reports import write_report
 from tests.records import read_records
 
 pytestmark = pytest.mark.slow
@@ -66,6 +68,14 @@ def test_a_hopeless_point_stops_at_its_first_checkpoint_and_the_best_is_the_same
     [entry] = [e for e in read_cache(tmp_path / "runs" / "stopping" / "cache.txt") if list(e.point) == stopped["point"]]
     assert entry.ok and float(entry.outputs[0]) == value
     assert f"best objective: {best_loss!r}" in result.stdout and "1 STOPPED" in result.stdout
+    # The report shows the stopped point apart (not among the failures) and draws the study's learning curves.
+    files = write_report([str(tmp_path / "runs" / "stopping")], tmp_path / "report")
+    assert set(files) >= {"learning_curves", "html", "summary"}
+    [run] = json.loads(files["summary"].read_text())["runs"]
+    assert [e["run_id"] for e in run["stopped"]] == [stopped["run_id"]] and run["stopped"][0]["solver_value"] == value
+    page = files["html"].read_text()
+    assert '<table id="stopped">' in page and stopped["run_id"] in page.split('<table id="stopped">')[1]
+    assert "No evaluation failed." in page
 
 
 def _study_processes(study_dir: Path) -> list[psutil.Process]:
