@@ -66,7 +66,7 @@ def check_pruning(experiment: Experiment, kind: Pruner) -> None:
     if not experiment.validation.checkpoints:
         raise OptionError(
             f"--pruner {kind} decides at checkpoints: set [validation] checkpoints in the experiment (or "
-            "--set 'validation.checkpoints=[0.25, 0.5, 0.75]')"
+            "--set 'validation.checkpoints=[0.25,0.5,0.75]')"
         )
     if experiment.objective.name != "validation_loss":
         raise OptionError(
