@@ -99,7 +99,7 @@ def prepare_study_dir(param_file: Path, study_dir: Path) -> Path:
             f"{study_dir} holds a study of a different parameter file ({copy}); resuming it with "
             f"{param_file} would mix two studies. Use another study folder, or remove {study_dir}."
         )
-    if copy.resolve() != param_file.resolve():
+    if not copy.exists():  # a resumed study's copy is the file already, maybe with a warm start's starting points
         shutil.copyfile(param_file, copy)
     return copy
 
