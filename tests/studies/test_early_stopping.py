@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import psutil
@@ -117,9 +116,7 @@ def test_kill_9_then_resume_keeps_a_stopped_point_stopped(
         wait_for(lambda: training_started(study_dir, not_in=done), process, "the next evaluation to train")
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        deadline = time.monotonic() + 10
-        while _study_processes(study_dir) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: not _study_processes(study_dir), None, "the study's processes to be gone", timeout=10)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
