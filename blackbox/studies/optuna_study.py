@@ -498,7 +498,8 @@ def _check_identity(
             raise SetupError(f"study {study.study_name!r} holds trials that lora-blackbox did not make")
         study.set_user_attr(_ATTR_IDENTITY, identity)
         return
-    changed = [k for k in identity.keys() | stored.keys() if stored.get(k) != identity.get(k)]
+    keys = [*identity, *(k for k in stored if k not in identity)]  # a pruner the study had and this run has not
+    changed = [k for k in keys if stored.get(k) != identity.get(k)]
     if changed:
         shown = ("experiment", "sampler", "seed", "pruner")
         was = [f"{k} {stored.get(k)!r}, now {identity.get(k)!r}" for k in sorted(changed) if k in shown]

@@ -166,6 +166,7 @@ class Evaluator:
         config = self.experiment.with_settings(hparams.settings)
         _seed_everything(config.training.seed)
         model = None
+        curve = None
         try:
             model = attach_lora(loaded.base_model, hparams, config.model, config.lora)
             if self.world.size > 1:
@@ -191,7 +192,6 @@ class Evaluator:
             attempt.step_losses = stats.losses
             metrics = _training_metrics(stats, loaded.precision, config, trainable=trainable, attention=attention)
             if curve is not None:
-                attempt.curve = tuple(curve.points)
                 attempt.timings["checkpoint_s"] = stats.checkpoint_seconds
                 metrics["checkpoint_rows"] = len(curve.rows)
                 metrics["checkpoint_seconds"] = stats.checkpoint_seconds
@@ -223,6 +223,8 @@ class Evaluator:
                     save_adapter(model, attempt.run_dir / "adapter", initial=initial)
             scores = self._score_benchmarks(model, loaded, attempt) if loaded.scorer else {}
         finally:
+            if curve is not None:  # kept whatever ended the training (a diverged one's too)
+                attempt.curve = tuple(curve.points)
             if model is not None:
                 loaded.base_model = detach_lora(model)
                 model = None
