@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from blackbox.core.early_stopping import Judge
 from blackbox.core.errors import ConfigError, PointError
 from blackbox.core.experiment import HPARAM_NAMES, Experiment, load_experiment
 from blackbox.core.failures import Status, raise_if_call_ends
@@ -218,10 +219,27 @@ class Blackbox:
         raise_if_call_ends(result.status, result.error)  # the failure policy's end of a call, as an exception
         return result
 
-    def run_line(self, line: str, *, point_file: str | None = None, block_index: int | None = None) -> Result:
+    def run_line(
+        self,
+        line: str,
+        *,
+        point_file: str | None = None,
+        block_index: int | None = None,
+        judge: Judge | None = None,
+    ) -> Result:
         """Evaluate one line of a point file and return its result, whatever ended it: a model that cannot load
         (NOT_RUN) or a Ctrl-C (INTERRUPTED) is a result too, for a driver that asks the failure policy
-        (``failures.call_after``) what comes next, as ``lora-blackbox optuna`` does."""
+        (``failures.call_after``) what comes next, as ``lora-blackbox optuna`` does.
+
+        ``judge`` decides at the checkpoints of an evaluation in this process (default: the experiment's
+        ``[stopping]`` rule); a subprocess (``isolate``) finds its own, e.g. an Optuna trial named in its
+        environment (``studies.pruning``).
+
+        Raises:
+            ValueError: a judge with ``isolate``.
+        """
+        if self.isolate and judge is not None:
+            raise ValueError("a judge decides in this process: with isolate=True the subprocess finds its own")
         if self.isolate:
             from blackbox.runners.isolated import evaluate_in_subprocess
 
@@ -234,12 +252,12 @@ class Blackbox:
                 quiet=self.quiet,
             )
         else:
-            record = self.evaluator.evaluate_line(line, point_file=point_file, block_index=block_index)
+            record = self.evaluator.evaluate_line(line, point_file=point_file, block_index=block_index, judge=judge)
         return Result.from_record(record, self.experiment.study.outputs)
 
-    def run_point(self, point: Sequence[float]) -> Result:
+    def run_point(self, point: Sequence[float], *, judge: Judge | None = None) -> Result:
         """:meth:`run_line` of a point in the optimizer's coordinates."""
-        return self.run_line(" ".join(repr(float(x)) for x in point))
+        return self.run_line(" ".join(repr(float(x)) for x in point), judge=judge)
 
     @property
     def evaluator(self) -> Evaluator:

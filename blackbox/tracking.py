@@ -13,7 +13,8 @@ fluent API's active-run stack, and imports mlflow only when tracking is on.
   study, by whatever driver, goes on in the same parent run.
 - Each evaluation (:class:`Tracker`, used by ``training.objective``) is a child run, named by the
   evaluation's run id: parameters are the decoded hyperparameters and the experiment's fixed settings;
-  metrics the training loss per step (``train_step_loss``) and every number of the record; tags the status,
+  metrics the training loss per step (``train_step_loss``), the learning curve (``checkpoint_loss`` by step, with
+  ``[validation] checkpoints``) and every number of the record; tags the status,
   run id, point line, solver, evaluation number and device; artifacts ``eval.log``, ``record.json`` and the
   adapter when saved. The record names the child run (``mlflow_run_id``).
 - The parent run carries the study's settings, every evaluation's objective and the best so far (metrics
@@ -182,6 +183,8 @@ class Tracker:
             now_ms = int(time.time() * 1000)
             number, objective, best = self._standing(record)
             metrics = [Metric("train_step_loss", float(v), now_ms, step) for step, v in enumerate(step_losses, 1)]
+            # The learning curve ([validation] checkpoints): the loss on the checkpoint rows, by training step.
+            metrics += [Metric("checkpoint_loss", p.loss, now_ms, p.step) for p in record.curve]
             metrics += [Metric(k, v, now_ms, 0) for k, v in numbers_of(record).items()]
             tags = {
                 "status": record.status.value,
@@ -452,7 +455,7 @@ def _run_exists(client: MlflowClient, run_id: str) -> bool:
 
 
 def _run_status(status: Status) -> str:
-    if status is Status.OK:
+    if status in (Status.OK, Status.STOPPED):  # stopped early by design (its tag says STOPPED), not a failure
         return "FINISHED"
     return "KILLED" if not status.counted else "FAILED"
 

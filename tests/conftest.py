@@ -262,11 +262,13 @@ def make_study(tmp_path: Path, make_experiment: MakeExperiment) -> MakeStudy:
 
 @pytest.fixture
 def run_nomad(repo: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """``./run_nomad.sh PARAM STUDY_DIR`` with an environment (a ``nomad_env``)."""
+    """``./run_nomad.sh PARAM STUDY_DIR [OPTION ...]`` with an environment (a ``nomad_env``)."""
 
-    def run(param: Path, study_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    def run(
+        param: Path, study_dir: Path, env: dict[str, str], options: Sequence[str] = ()
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(repo / "run_nomad.sh"), str(param), str(study_dir)],
+            [str(repo / "run_nomad.sh"), str(param), str(study_dir), *options],
             env=env,
             capture_output=True,
             text=True,

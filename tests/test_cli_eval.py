@@ -326,6 +326,20 @@ def test_decode_without_a_point_file_shows_x0_and_the_bounds(run_blackbox) -> No
     assert "X0 (3 6 3 -4 1 1 3):" in stderr and "upper bounds (7 32 4 -3 3 3 3):" in stderr
 
 
+def test_decode_shows_every_starting_point(run_blackbox, tmp_path: Path) -> None:
+    from importlib import resources
+
+    demo = resources.files("blackbox").joinpath("experiments", "demo.toml").read_text()
+    experiment = tmp_path / "starts.toml"
+    experiment.write_text(demo.replace("x0 = -4.5", "x0 = [-4.5, -3]"))
+    result = run_blackbox(["decode", "-e", str(experiment)])
+    assert result.returncode == 0, result.stderr.decode()
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["learning_rate"] for line in lines[:2]] == [10**-4.5, 10**-3] and len(lines) == 4
+    stderr = result.stderr.decode()
+    assert "X0 1 (2 2 -4.5):" in stderr and "X0 2 (2 2 -3):" in stderr
+
+
 def test_data_kept_beside_the_experiment_is_found_from_any_folder(
     tmp_path, tiny_data, write_tiny_experiment, run_blackbox
 ) -> None:

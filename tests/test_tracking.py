@@ -132,7 +132,9 @@ def test_the_study_folders_own_store(tmp_path: Path, make_experiment, run_blackb
         f.write("\n[tracking]\nmlflow = true\n")
     env = {"MLFLOW_TRACKING_URI": "", "LORA_BLACKBOX_MLFLOW_PARENT_RUN_ID": ""}
     points = point_file(tmp_path, "2 -3 0.1", "3 -2.5 0", name="points.txt")
-    result = run_blackbox(["eval", "-e", str(experiment), "--set", "records.save_adapter=true", str(points)], env=env)
+    curve = ["--set", "validation.checkpoints=[0.5]"]  # a learning curve of one checkpoint, at step 1 of 2
+    args = ["eval", "-e", str(experiment), "--set", "records.save_adapter=true", *curve, str(points)]
+    result = run_blackbox(args, env=env)
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     lines = result.stdout.decode().splitlines()  # the result lines, nothing of mlflow's
     assert len(lines) == 2 and all(len(line.split()) == 3 for line in lines)
@@ -151,6 +153,9 @@ def test_the_study_folders_own_store(tmp_path: Path, make_experiment, run_blackb
         _check_evaluation_run(uri, run, record, steps=2)
         adapter = {a.path for a in _client(uri).list_artifacts(run.info.run_id, "adapter")}
         assert "adapter/adapter_model.safetensors" in adapter
+        # The learning curve as a stepped metric.
+        history = _client(uri).get_metric_history(run.info.run_id, "checkpoint_loss")
+        assert [(m.step, m.value) for m in history] == [(p["step"], p["loss"]) for p in record["curve"]] != []
     # The parent follows the study: every objective, the best so far, and the best point.
     client = _client(uri)
     objectives = client.get_metric_history(parent.info.run_id, "objective")

@@ -68,13 +68,15 @@ def eval_command(
     """
     from blackbox.core.point import read_point_lines
     from blackbox.runners.call import Spread, answer_call
+    from blackbox.studies.pruning import judge_from_env
 
     with exit_on_error(ctx), protocol_stdout() as emit:
         experiment = load_experiment(experiment_ref, overrides)
         lines = read_point_lines(point_file)
         install_signal_handlers()
         spread = Spread(experiment_ref, overrides, workers, gpus_per_eval, backend, ray_address)
-        answer = answer_call(experiment, lines, str(point_file.resolve()), spread)
+        judge = judge_from_env(experiment)  # an Optuna trial's pruner, when an Optuna study started this call
+        answer = answer_call(experiment, lines, str(point_file.resolve()), spread, judge=judge)
         for line in answer.lines:
             emit(line + "\n")
     end(answer.call, answer.error)
@@ -89,7 +91,7 @@ def decode_command(
 ) -> None:
     """Print the hyperparameters and settings of every point of POINT_FILE, one JSON object per line (no training).
 
-    Without POINT_FILE: of X0, of the lower bounds and of the upper bounds (named on stderr).
+    Without POINT_FILE: of X0 (each starting point), of the lower bounds and of the upper bounds (named on stderr).
     An invalid point prints {"error": ...}, and the exit status is then 1.
     """
     from blackbox.core.point import format_point, parse_point, read_point_lines, shorten
@@ -100,7 +102,9 @@ def decode_command(
         space = SearchSpace.from_experiment(experiment)
         logger.info("objective: %s", experiment.objective.describe())
         if point_file is None:
-            landmarks = {"X0": space.x0, "lower bounds": space.lower, "upper bounds": space.upper}
+            starts = space.starting_points
+            landmarks = {f"X0 {i}" if len(starts) > 1 else "X0": p for i, p in enumerate(starts, start=1)}
+            landmarks |= {"lower bounds": space.lower, "upper bounds": space.upper}
             lines = [(f"{name} ({format_point(point)})", format_point(point)) for name, point in landmarks.items()]
         else:
             lines = [(f"line {i + 1}", line) for i, line in enumerate(read_point_lines(point_file)) if line.strip()]

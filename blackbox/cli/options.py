@@ -77,6 +77,19 @@ def mlflow_option(command: Command) -> Command:
     )(command)
 
 
+def warm_start_option(command: Command) -> Command:
+    """``--warm-start STUDY_DIR`` (repeatable): the command gets ``warm_start``, a tuple of folders."""
+    return click.option(
+        "--warm-start",
+        "warm_start",
+        multiple=True,
+        type=click.Path(path_type=Path, file_okay=False),
+        metavar="STUDY_DIR",
+        help="Seed a new study with the finished evaluations of an earlier study of the same search space "
+        "(repeatable): they are answered without training; another space is refused.",
+    )(command)
+
+
 @dataclass(frozen=True)
 class Selection:
     """The models an assessment compares beside the base model: a study's evaluations by rank or run id, adapter

@@ -8,7 +8,7 @@ from typing import Literal
 
 import click
 
-from blackbox.cli.options import experiment_options, mlflow_option
+from blackbox.cli.options import experiment_options, mlflow_option, warm_start_option
 from blackbox.cli.protocol import exit_on_error, install_signal_handlers, protocol_stdout
 from blackbox.core.experiment import load_experiment
 
@@ -24,8 +24,24 @@ logger = logging.getLogger("blackbox")
     help="Study folder (default: runs/<PARAM_FILE name>). Rerun with the same folder to resume.",
 )
 @mlflow_option
+@warm_start_option
+@click.option(
+    "--warm-start-top",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    metavar="K",
+    help="With --warm-start: the K best earlier evaluations become starting points (X0) besides the file's own.",
+)
 @click.pass_context
-def study_command(ctx: click.Context, param_file: Path, study_dir: Path | None, mlflow_uri: str | None) -> None:
+def study_command(
+    ctx: click.Context,
+    param_file: Path,
+    study_dir: Path | None,
+    mlflow_uri: str | None,
+    warm_start: tuple[Path, ...],
+    warm_start_top: int,
+) -> None:
     """Run or resume the NOMAD study of PARAM_FILE in its own folder (what ./run_nomad.sh does).
 
     Uses the nomad executable ($NOMAD_EXE, or nomad on PATH), else the NOMAD library of PyNomadBBO.
@@ -36,7 +52,15 @@ def study_command(ctx: click.Context, param_file: Path, study_dir: Path | None, 
     with exit_on_error(ctx):
         quiet = ctx.obj.get("quiet", False)
         folder = study_dir or Path("runs") / param_file.stem
-        ctx.exit(run_study(param_file, folder, quiet=quiet, mlflow_uri=mlflow_uri))
+        code = run_study(
+            param_file,
+            folder,
+            quiet=quiet,
+            mlflow_uri=mlflow_uri,
+            warm_start_from=warm_start,
+            warm_start_top=warm_start_top,
+        )
+        ctx.exit(code)
 
 
 @click.command("optuna")
@@ -69,7 +93,17 @@ def study_command(ctx: click.Context, param_file: Path, study_dir: Path | None, 
     is_flag=True,
     help="Evaluate in this process (model loaded once) instead of one lora-blackbox eval subprocess per trial.",
 )
+@click.option(
+    "--pruner",
+    type=click.Choice(["median", "successive-halving", "hyperband", "none"]),
+    default="none",
+    show_default=True,
+    help="Optuna's MedianPruner (n_startup_trials: [stopping] min_finished), SuccessiveHalvingPruner or "
+    "HyperbandPruner, deciding at the experiment's [validation] checkpoints; pruned trials are PRUNED and their "
+    "records STOPPED.",
+)
 @mlflow_option
+@warm_start_option
 @click.pass_context
 def optuna_command(
     ctx: click.Context,
@@ -82,13 +116,16 @@ def optuna_command(
     study_name: str | None,
     study_dir: Path | None,
     in_process: bool,
+    pruner: Literal["median", "successive-halving", "hyperband", "none"],
     mlflow_uri: str | None,
+    warm_start: tuple[Path, ...],
 ) -> None:
     """Run or resume an Optuna study of the experiment's search space (same space, evaluations and records
     as NOMAD's). Prints a JSON summary on stdout; trials and progress go to stderr.
 
-    A failed evaluation (nan) is a failed trial; a diverged one (inf) a completed, very bad one. Ctrl-C
-    stops after recording the running trial (exit status 130); the same command resumes the study.
+    A failed evaluation (nan) is a failed trial; a diverged one (inf) a completed, very bad one; one stopped at a
+    checkpoint (--pruner) a pruned one. Ctrl-C stops after recording the running trial (exit status 130); the
+    same command resumes the study.
     """
     from blackbox.api import Blackbox
     from blackbox.studies.optuna_study import default_storage, run_optuna
@@ -113,6 +150,8 @@ def optuna_command(
             storage=storage,
             study_name=study_name or f"{experiment.study.name}-{sampler}",
             mlflow_uri=mlflow_uri,
+            pruner=pruner,
+            warm_start_from=warm_start,
         )
         emit(summary.as_json() + "\n")
         if summary.best:

@@ -36,6 +36,16 @@ class ConfigError(BlackboxError):
         super().__init__(message)
 
 
+class OptionError(ConfigError):
+    """An option of a command does not go with the experiment (``--warm-start`` from another search space,
+    ``--pruner`` without checkpoints): the call ends as for an invalid experiment (exit status 2), its message as
+    it is."""
+
+    def __init__(self, message: str) -> None:
+        self.problems, self.source = [message], ""
+        BlackboxError.__init__(self, message)
+
+
 class SetupError(BlackboxError):
     """The call cannot proceed: a file, a model or a data set cannot be read."""
 

@@ -18,6 +18,7 @@ where they parse (``5``, ``true``, ``["q_proj", "v_proj"]``) and taken as string
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import tomllib
@@ -228,7 +229,9 @@ class VariableConfig(_Section):
     type: Literal["I", "R", "B"]
     lower: float
     upper: float
-    x0: float
+    # One value, or a list: one per starting point (NOMAD's X0 lines; e.g. one per LoRA variant). Variables with a
+    # list give them in the same number; a single value is every starting point's.
+    x0: float | tuple[float, ...] = Field(description="the starting value, or a list: one per starting point")
     decode: Literal["plain", "choice", "power_of_two", "log10", "multiple", "sqrt_multiple"] = "plain"
     values: tuple[Any, ...] = ()
     of: Literal["lora_r", "lora_alpha", "lora_dropout", "learning_rate", ""] = ""
@@ -245,6 +248,11 @@ class VariableConfig(_Section):
         return data
 
     @property
+    def starts(self) -> tuple[float, ...]:
+        """Its value at each starting point it names (one, unless ``x0`` is a list)."""
+        return self.x0 if isinstance(self.x0, tuple) else (self.x0,)
+
+    @property
     def is_setting(self) -> bool:
         """Whether the variable sets an experiment setting (a dotted key or a section), not a LoRA hyperparameter."""
         return self.name not in HPARAM_NAMES
@@ -252,10 +260,13 @@ class VariableConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> VariableConfig:
         problems = []
-        if not self.lower <= self.x0 <= self.upper:
-            problems.append(f"lower <= x0 <= upper must hold, got ({self.lower}, {self.x0}, {self.upper})")
+        if not self.starts:
+            problems.append("x0 is a value or a non-empty list of values")
+        for x0 in self.starts:
+            if not self.lower <= x0 <= self.upper:
+                problems.append(f"lower <= x0 <= upper must hold, got ({self.lower}, {x0}, {self.upper})")
         if self.type in ("I", "B"):
-            for label, value in (("lower", self.lower), ("upper", self.upper), ("x0", self.x0)):
+            for label, value in (("lower", self.lower), ("upper", self.upper), *(("x0", x) for x in self.starts)):
                 if value != math.floor(value):
                     problems.append(f"{label} of an integer variable must be integral, got {value}")
         if self.type == "B" and (self.lower < 0 or self.upper > 1):
@@ -317,7 +328,7 @@ class VariableConfig(_Section):
         time, so that a value the experiment refuses fails the experiment, not a point in the middle of a study."""
         if self.decode == "choice":
             return list(self.values[int(self.lower) - 1 : int(self.upper)])
-        return [self.decode_value(x) for x in sorted({self.lower, self.x0, self.upper})]
+        return [self.decode_value(x) for x in sorted({self.lower, *self.starts, self.upper})]
 
 
 class HyperparametersConfig(_Section):
@@ -430,6 +441,7 @@ _NOT_SEARCHABLE = {
     "validation": "it changes how the validation loss is computed, not the adapter",
     "fidelity": "the study sets it for its low-fidelity evaluations",
     "records": "it says where records go",
+    "stopping": "it decides when a study stops a training, not what a training is",
     "objective": "it is what the study measures",
     "constraints": "they are what the study measures",
     "downstream": "it is scored after the study",
@@ -532,7 +544,49 @@ class TrainingConfig(_Section):
 
 
 class ValidationConfig(_Section):
+    """How the validation loss is computed; ``checkpoints``: a learning curve besides it.
+
+    ``checkpoints``: fractions of the training steps (each in (0, 1), increasing, e.g. ``[0.25, 0.5, 0.75]``) at
+    which the training validates on the first ``checkpoint_rows`` rows of the validation split (0: all of them):
+    the same rows for every point, so that curves compare. Each record keeps its curve (``blackbox.core.curves``);
+    stopping rules (``[stopping]``) and Optuna's pruners decide there. Empty (the default): no curve. The final
+    validation is on the whole split either way. Neither key enters the experiment's fingerprint: validating at a
+    checkpoint draws no random number and changes no weight, so an evaluation gives the same result with or
+    without them.
+    """
+
     batch_size: int = Field(default=8, ge=1, description="sequences per validation forward pass")
+    checkpoints: tuple[float, ...] = Field(default=(), description="fractions of the training steps; empty = none")
+    checkpoint_rows: int = Field(default=32, ge=0, description="validation rows of a checkpoint; 0 = all")
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _check_checkpoints(cls, fractions: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < f < 1 for f in fractions):
+            raise ValueError(f"checkpoints are fractions of the training steps, each in (0, 1), got {list(fractions)}")
+        if any(b <= a for a, b in itertools.pairwise(fractions)):
+            raise ValueError(f"checkpoints must increase, got {list(fractions)}")
+        return fractions
+
+
+class StoppingConfig(_Section):
+    """Early stopping of the trainings of a study (NOMAD's, or any caller of ``eval``): at each checkpoint of
+    ``[validation] checkpoints``, a training stops when the study's finished evaluations of the same experiment
+    show that it cannot win (``blackbox.core.early_stopping``).
+
+    ``rule``: ``median`` (its best checkpoint loss so far is worse than the median of the finished evaluations'
+    at the same step), ``incumbent`` (worse than the best evaluation's at the same step), or ``none``. ``margin``:
+    the comparison's tolerance, relative (0.05: stop only when more than 5% worse). ``min_finished``: no stop
+    before that many finished evaluations with a curve (also Optuna's ``MedianPruner(n_startup_trials)``).
+
+    A stopped evaluation is recorded STOPPED (counted) with its curve, and NOMAD receives a value that never looks
+    better than the incumbent (``failures.value_of_stopped``). The section does not enter the fingerprint: an
+    evaluation that is not stopped gives the same result with or without a rule.
+    """
+
+    rule: Literal["none", "median", "incumbent"] = Field(default="none", description="none = no early stopping")
+    min_finished: int = Field(default=3, ge=1, description="finished evaluations with a curve before any stop")
+    margin: float = Field(default=0.0, ge=0, description="relative: stop only what is worse by more than this")
 
 
 class FidelityConfig(_Section):
@@ -577,6 +631,7 @@ class Experiment(_Section):
     fidelity: FidelityConfig = FidelityConfig()
     records: RecordsConfig = RecordsConfig()
     tracking: TrackingConfig = TrackingConfig()
+    stopping: StoppingConfig = StoppingConfig()
     objective: ObjectiveConfig = ObjectiveConfig()
     constraints: tuple[ConstraintConfig, ...] = ()
     # What `lora-blackbox downstream` scores when no --tasks are given (it changes no evaluation).
@@ -605,6 +660,23 @@ class Experiment(_Section):
         for name in constraints:
             if name not in printed:
                 problems.append(f"constraint {name!r} is not printed: add '{constraints[name].type}:{name}' to outputs")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _check_stopping(self) -> Experiment:
+        problems = []
+        if self.stopping.rule != "none" and not self.validation.checkpoints:
+            problems.append(
+                f"[stopping] rule = {self.stopping.rule!r} decides at checkpoints: set [validation] checkpoints "
+                "(e.g. [0.25, 0.5, 0.75])"
+            )
+        if self.stopping.rule != "none" and self.objective.name != "validation_loss":
+            problems.append(
+                f"[stopping] rule = {self.stopping.rule!r} compares validation-loss curves, but the objective is "
+                f"{self.objective.describe()}: use rule = 'none'"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -639,6 +711,10 @@ class Experiment(_Section):
                 problems.append(f"{hp} is both a search variable and fixed in [hyperparameters]")
             if hp not in names and not fixed:
                 problems.append(f"{hp} is neither a search variable nor fixed in [hyperparameters]")
+        lengths = {len(v.starts) for v in self.space if isinstance(v.x0, tuple)}
+        if len(lengths) > 1:
+            listed = {v.name: len(v.starts) for v in self.space if isinstance(v.x0, tuple)}
+            problems.append(f"the x0 lists name the same number of starting points, got {listed}")
         multiples = {v.name: v.of for v in self.space if v.of}
         for name, of in multiples.items():
             if of in multiples:
@@ -720,7 +796,10 @@ class Experiment(_Section):
         are tracked, nor what ``downstream`` scores afterwards)."""
         # The LoRA variant counts only when it is not plain LoRA: experiments from before [lora] keep their fingerprint.
         plain = {"lora"} if self.lora == LoraVariantConfig() else set()
-        exclude: dict[str, Any] = {name: True for name in ("records", "tracking", "downstream", *plain)}
+        # Learning curves and early stopping change no result of an evaluation that runs to its end (and a stopped
+        # one says so: STOPPED); left out, they keep every fingerprint from before them.
+        exclude: dict[str, Any] = {name: True for name in ("records", "tracking", "downstream", "stopping", *plain)}
+        exclude["validation"] = {"checkpoints", "checkpoint_rows"}
         # Whether a benchmark may run code is a permission, not a setting of the result: experiments from before it
         # keep their fingerprint.
         permission = {"allow_code_execution"}

@@ -40,6 +40,7 @@ class Status(enum.StrEnum):
     INTERRUPTED = "INTERRUPTED"  # SIGINT/SIGTERM arrived during the evaluation
     KILLED = "KILLED"  # killed before it could record anything, its caller with it (found from its run folder)
     NOT_RUN = "NOT_RUN"  # the call failed (e.g. the model could not be loaded) before this point ran
+    STOPPED = "STOPPED"  # a stopping rule or an Optuna pruner stopped the training at a checkpoint: it cannot win
 
     @property
     def counted(self) -> bool:
@@ -47,7 +48,8 @@ class Status(enum.StrEnum):
 
     @property
     def finished(self) -> bool:
-        """Whether the evaluation has values of its own (its objective is a number, not ``nan``)."""
+        """Whether the evaluation has values of its own (its objective is a number, not ``nan``). A STOPPED one has
+        not: the value it gives the solver is :func:`value_of_stopped`'s, not its own result."""
         return self in (Status.OK, Status.DIVERGED)
 
 
@@ -114,10 +116,37 @@ def call_of(error: BaseException) -> Call | None:
 def value_of_failure(status: Status, kind: str) -> float:
     """The value an output of ``kind`` (``OBJ``, ``PB``, ``EB``, ``EXTRA_O``) carries for an evaluation that did
     not finish OK: ``inf`` for the objective and constraints of a diverged one (a valid, very bad, infeasible
-    point, as NOMAD reads ``inf``), ``nan`` otherwise (NOMAD: an undefined value, the point failed)."""
+    point, as NOMAD reads ``inf``) and for the constraints of a stopped one (whose objective is
+    :func:`value_of_stopped`'s), ``nan`` otherwise (NOMAD: an undefined value, the point failed)."""
     if status is Status.DIVERGED and kind in ("OBJ", "PB", "EB"):
         return math.inf
+    if status is Status.STOPPED and kind in ("PB", "EB"):
+        return math.inf  # its constraints were never scored: taken as violated, so it is never the incumbent
     return math.nan
+
+
+def value_of_stopped(checkpoint_loss: float, incumbent: float | None) -> float:
+    """The objective a solver receives for an evaluation stopped early at a checkpoint where its loss on the
+    checkpoint rows was ``checkpoint_loss``, in a study whose best finished evaluation (the incumbent) has the
+    objective ``incumbent`` (None: none yet).
+
+    Its checkpoint loss, raised to just above the incumbent's value when it is lower. Why:
+
+    - A stopped point must never look better than the incumbent, nor as good: NOMAD would move its poll centre
+      (and the mesh) to a point that was stopped because it cannot win, and the study's best would be a training
+      that never ended. The checkpoint loss alone can be lower than the incumbent's final loss: it is measured on
+      other rows (the checkpoint subset), and a run that overfits ends above its earlier checkpoint.
+    - Above that floor the value keeps the checkpoint's information (how bad the point looked when it stopped), so
+      that NOMAD's quadratic models still see the shape of the landscape; ``inf`` or ``nan`` would leave the point
+      out of the models, or fail it, and a constant would flatten them. A training loss falls as it goes on, so the
+      checkpoint loss overstates rather than understates the point's final value: a pessimistic value, like
+      Optuna's pruned trials, which its samplers rank below every complete trial.
+    """
+    if incumbent is None or not math.isfinite(incumbent) or math.isnan(checkpoint_loss):
+        return checkpoint_loss
+    if checkpoint_loss > incumbent:
+        return checkpoint_loss
+    return math.nextafter(incumbent, math.inf)  # strictly worse: a tie would not be "never as good"
 
 
 def raise_if_call_ends(status: Status, error: str | None) -> None:
@@ -187,12 +216,15 @@ def container_returncode(ended: str, status: int | None) -> int:
     return status
 
 
-def trial_state(status: Status) -> Literal["complete", "fail", "not_counted"]:
+def trial_state(status: Status) -> Literal["complete", "pruned", "fail", "not_counted"]:
     """How an Optuna study takes an evaluation: ``complete`` (its objective; ``inf`` when diverged, as NOMAD
-    reads it), ``fail`` (a counted failure), ``not_counted`` (failed, left out of ``--n-trials``, and its
-    point queued to run first when the study resumes)."""
+    reads it), ``pruned`` (stopped early: Optuna's PRUNED, counted), ``fail`` (a counted failure),
+    ``not_counted`` (failed, left out of ``--n-trials``, and its point queued to run first when the study
+    resumes)."""
     if status.finished:
         return "complete"
+    if status is Status.STOPPED:
+        return "pruned"
     return "fail" if status.counted else "not_counted"
 
 
@@ -247,6 +279,8 @@ class Rule:
         counted = f"CNT {int(self.status.counted)}"
         if self.status is Status.OK:
             return f"values, {counted}"
+        if self.status is Status.STOPPED:
+            return f"OBJ: its checkpoint loss, raised above the incumbent's when lower (value_of_stopped), {counted}"
         value = value_of_failure(self.status, "OBJ")
         return f"OBJ {value!r}, {counted}" if not math.isnan(value) else f"nan, {counted}"
 
@@ -255,6 +289,11 @@ _STOPPING = "while the study is stopping (its Ctrl-C)"
 POLICY: tuple[Rule, ...] = (
     Rule("the evaluation finished", Status.OK),
     Rule("the loss became NaN or infinite", Status.DIVERGED),
+    Rule(
+        "a stopping rule (`[stopping]`) or an Optuna pruner stopped the training at a checkpoint",
+        Status.STOPPED,
+        recorded_by="by the evaluation, with its curve and the checkpoint it stopped at",
+    ),
     Rule("out of memory (CUDA, the host allocator, MemoryError)", Status.OOM),
     Rule("training ran past `training.timeout_s`", Status.TIMEOUT),
     Rule("the line is not a point of the search space", Status.INVALID_POINT),

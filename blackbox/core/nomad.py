@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,7 @@ def render_params(
         f"BB_INPUT_TYPE ( {' '.join(v.type for v in space.variables)} )",
         f"LOWER_BOUND ( {format_point(space.lower)} )",
         f"UPPER_BOUND ( {format_point(space.upper)} )",
-        f"X0 ( {format_point(space.x0)} )",
+        *x0_lines(space.starting_points),
     ]
     if any(v.granularity for v in space.variables):
         lines.append(f"GRANULARITY ( {' '.join(format_number(v.granularity) for v in space.variables)} )")
@@ -164,6 +165,16 @@ def render_params(
         "DISPLAY_STATS BBE BLK_EVA ( SOL ) OBJ",
     ]
     return "\n".join(lines) + "\n"
+
+
+def x0_lines(points: Sequence[tuple[float, ...]], *, first_index: int = 0) -> list[str]:
+    """NOMAD's X0 lines of several starting points: ``X0 ( ... )`` for the first, ``X0 1 ( ... )``, ``X0 2 ( ... )``
+    for the next ones (an X0 without its index would replace the first; NOMAD evaluates every starting point).
+    ``first_index``: the index of the first of them, after X0 lines that a file has already."""
+    return [
+        f"X0 {index} ( {format_point(point)} )" if index else f"X0 ( {format_point(point)} )"
+        for index, point in enumerate(points, start=first_index)
+    ]
 
 
 def _choices(values: tuple[Any, ...]) -> str:
@@ -224,6 +235,37 @@ def drop_from_cache(path: Path, points: list[tuple[float, ...]] | None) -> int:
     if dropped:
         write_text_atomic(path, "".join(kept))
     return dropped
+
+
+def write_cache(
+    path: Path, output_types: Sequence[str], entries: Sequence[tuple[tuple[float, ...], Sequence[str]]]
+) -> None:
+    """Write a NOMAD 4 cache file (text format) of evaluated points: ``(point, output tokens)`` each, in
+    ``output_types`` order (BB_OUTPUT_TYPE). NOMAD reads it at its start (CACHE_FILE): a point it holds is a cache
+    hit, answered without calling the blackbox and not counted against MAX_BB_EVAL."""
+    lines = ["CACHE_HITS 0", f"BB_OUTPUT_TYPE {' '.join(output_types)}"]
+    for point, outputs in entries:
+        # NOMAD 4.5 reads an entry only with its surrogate part, even an empty one.
+        lines.append(f"( {format_point(point)} ) BB_EVAL_OK ( {' '.join(outputs)} ) SURROGATE_EVAL_NOT_STARTED ( )")
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+WARM_START_MARKER = "# --- warm start (lora-blackbox study --warm-start) ---"
+"""Opens the lines a warm start appends to a study's copy of its parameter file (``param.txt``)."""
+
+
+def with_warm_start(text: str, points: Sequence[tuple[float, ...]], comment: str) -> str:
+    """A parameter file's text with more starting points (X0 lines after its own, indexed on from them), under
+    :data:`WARM_START_MARKER` and ``comment``."""
+    own = sum(1 for line in text.splitlines() if line.split("#", 1)[0].split()[:1] == ["X0"])
+    block = [WARM_START_MARKER, *[f"# {line}" for line in comment.splitlines()], *x0_lines(points, first_index=own)]
+    return text.rstrip("\n") + "\n\n" + "\n".join(block) + "\n"
+
+
+def without_warm_start(text: str) -> str:
+    """A parameter file's text without the lines a warm start appended (:func:`with_warm_start`)."""
+    head, marker, _ = text.partition(WARM_START_MARKER)
+    return head.rstrip("\n") + "\n" if marker else text
 
 
 def read_outputs_and_budget(param_file: Path) -> tuple[list[str], int | None]:

@@ -2,7 +2,8 @@
 
 The values of a point that did not finish OK, and whether it counts (``CNT_EVAL``), are the failure policy's
 (``blackbox.core.failures``): ``nan`` for a failed point (NOMAD: EVAL_FAILED), ``inf`` as the objective and
-constraints of a diverged run (a valid, very bad, infeasible point) beside whatever extra values it has.
+constraints of a diverged run (a valid, very bad, infeasible point) beside whatever extra values it has, and for a
+run stopped early the objective it was given when it stopped (``failures.value_of_stopped``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ def output_tokens(specs: tuple[str, ...], status: Status, metrics: dict[str, Any
             value = int(status.counted)
         elif status is Status.OK:
             value = metrics[f"constraint:{metric}" if kind in ("PB", "EB") else metric]
-        elif status is Status.DIVERGED and kind == "EXTRA_O":
-            value = metrics.get(metric, value_of_failure(status, kind))  # what it measured before it diverged
+        elif status is Status.STOPPED and kind == "OBJ":
+            value = metrics["objective"]  # the failure policy's value_of_stopped, decided when it stopped
+        elif status in (Status.DIVERGED, Status.STOPPED) and kind == "EXTRA_O":
+            value = metrics.get(metric, value_of_failure(status, kind))  # what it measured before it ended
         else:
             value = value_of_failure(status, kind)  # the failure policy's (blackbox.core.failures)
         tokens.append(_token(value))

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from blackbox._version import __version__
+from blackbox.core.curves import CurvePoint, Stop, curve_from_dicts, stop_from_dict
 from blackbox.core.errors import PointError, RecordsError
 from blackbox.core.failures import Status, unrecorded_status
 from blackbox.core.files import write_text_atomic
@@ -41,8 +42,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
-"""2: records name their outputs (``output_specs``)."""
+SCHEMA_VERSION = 3
+"""2: records name their outputs (``output_specs``); 3: they keep their learning curve (``curve``) and, when a rule
+stopped them early, where and why (``stopped``)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,9 @@ class EvalRecord:
     block_index: int | None = None
     mlflow_run_id: str | None = None  # the evaluation's MLflow run, when tracked (blackbox.tracking)
     output_specs: tuple[str, ...] = ()  # empty in records of schema 1
+    # The validation loss on the checkpoint rows at each checkpoint ([validation] checkpoints); empty without them.
+    curve: tuple[CurvePoint, ...] = ()
+    stopped: Stop | None = None  # where and why a stopping rule or a pruner stopped it (status STOPPED)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -143,6 +148,8 @@ class EvalRecord:
             values["point"] = tuple(float(v) for v in values["point"])
         for name in ("metrics", "timings", "memory", "versions"):
             values[name] = dict(values.get(name) or {})
+        values["curve"] = curve_from_dicts(values.get("curve") or ())
+        values["stopped"] = stop_from_dict(values.get("stopped"))
         return cls(**values)
 
 

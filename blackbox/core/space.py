@@ -79,7 +79,16 @@ class SearchSpace:
 
     @property
     def x0(self) -> tuple[float, ...]:
-        return tuple(v.x0 for v in self.variables)
+        """The first starting point."""
+        return self.starting_points[0]
+
+    @property
+    def starting_points(self) -> tuple[tuple[float, ...], ...]:
+        """Every starting point (NOMAD's X0 lines): one, or as many as the variables' ``x0`` lists give."""
+        count = max(len(v.starts) for v in self.variables)
+        return tuple(
+            tuple(v.starts[i] if len(v.starts) > 1 else v.starts[0] for v in self.variables) for i in range(count)
+        )
 
     @property
     def lower(self) -> tuple[float, ...]:

@@ -23,9 +23,9 @@ from blackbox.core.extras import require
 from blackbox.core.folders import VOTES_FILE
 from blackbox.core.votes import read_votes
 from blackbox.reports.downstream import BenchmarkScores, benchmark_scores
-from blackbox.reports.html import CHECKPOINTS, render_page
+from blackbox.reports.html import CHECKPOINTS, render_page, stopped_html
 from blackbox.reports.load import Run, load_run
-from blackbox.reports.plots import convergence_png, downstream_png, parallel_coordinates_png
+from blackbox.reports.plots import convergence_png, downstream_png, learning_curves_png, parallel_coordinates_png
 from blackbox.reports.preferences import group_preferences, preferences_summary, results_html
 
 __all__ = ["load_run", "top_points", "write_report"]
@@ -47,10 +47,11 @@ def write_report(
         votes: a votes file of ``lora-blackbox compare``; default: the first run folder's ``votes.sqlite``, if any.
 
     Returns:
-        The files written: ``convergence`` and ``parallel_coordinates`` (PNG), ``html`` (the page, with
-        the PNGs embedded), ``summary`` (JSON: per run, counts, best point and best after 1, 5, 10, 20,
-        50, 100 evaluations; the top points; the blind comparison's results when there are votes), and
-        ``downstream`` (PNG) when a run has benchmark scores. ``objective``: the metric that was minimised; by
+        The files written: ``convergence`` and ``parallel_coordinates`` (PNG), ``learning_curves`` (PNG) when
+        evaluations have curves, ``html`` (the page, with the PNGs embedded), ``summary`` (JSON: per run, counts,
+        the evaluations stopped early, best point and best after 1, 5, 10, 20, 50, 100 evaluations; the top points;
+        the blind comparison's results when there are votes), and ``downstream`` (PNG) when a run has benchmark
+        scores. ``objective``: the metric that was minimised; by
         default what the solver saw (``load_run``).
 
     Raises:
@@ -69,6 +70,8 @@ def write_report(
         "convergence": convergence_png(runs, objective=minimised),
         "parallel_coordinates": parallel_coordinates_png(runs, objective=minimised),
     }
+    if any(e.curve for run in runs for e in run.evaluations):
+        figures["learning_curves"] = learning_curves_png(runs)
     scores = [entry for entries in downstream.values() for entry in entries]
     if scores:
         figures["downstream"] = downstream_png(scores)
@@ -78,7 +81,11 @@ def write_report(
         files[name] = out_dir / f"{name}.png"
         files[name].write_bytes(png)
     files["html"] = out_dir / "report.html"
-    sections = [] if groups is None else [(f"Blind comparison ({votes})", results_html(groups))]
+    sections = []
+    if any(run.stopped for run in runs):
+        sections.append(("Stopped early", stopped_html(runs)))
+    if groups is not None:
+        sections.append((f"Blind comparison ({votes})", results_html(groups)))
     page = render_page(runs, objective=minimised, figures=figures, top_rows=rows, downstream=scores, sections=sections)
     files["html"].write_text(page, encoding="utf-8")
     summary = _summary(runs, rows, minimised, downstream)
@@ -135,6 +142,19 @@ def _summary(
                 "solver": run.solver,
                 "evaluations": len(run.evaluations),
                 "statuses": run.statuses,
+                "stopped": [
+                    {
+                        "evaluation": e.number,
+                        "run_id": e.run_id,
+                        "step": e.stopped.step,
+                        "total_steps": e.stopped.total_steps,
+                        "rule": e.stopped.rule,
+                        "checkpoint_loss": e.curve[-1].loss if e.curve else None,
+                        "solver_value": finite(e.solver_value),
+                    }
+                    for e in run.stopped
+                    if e.stopped is not None
+                ],
                 "infeasible": run.infeasible,
                 "low_fidelity_evaluations": run.low_fidelity,
                 "hours": run.evaluations[-1].cumulative_hours if run.evaluations else 0.0,

@@ -53,6 +53,7 @@ def render_page(
                 "solver",
                 "evaluations",
                 "OK",
+                "stopped",
                 "failed",
                 "best",
                 *[f"best after {c}" for c in checkpoints],
@@ -120,7 +121,7 @@ def _downstream(scores: Sequence[BenchmarkScores]) -> str:
 
 def _run_row(run: Run, checkpoints: Sequence[int]) -> list[str]:
     statuses = run.statuses
-    failed = sum(n for s, n in statuses.items() if s != "OK")
+    failed = sum(n for s, n in statuses.items() if s not in ("OK", "STOPPED"))
     best = run.best
     hours = run.evaluations[-1].cumulative_hours if run.evaluations else 0.0
     nomad = ""
@@ -136,6 +137,7 @@ def _run_row(run: Run, checkpoints: Sequence[int]) -> list[str]:
         run.solver or "-",
         str(len(run.evaluations)),
         str(statuses.get("OK", 0)),
+        str(statuses.get("STOPPED", 0)),
         str(failed),
         number(best.objective if best else None),
         *[number(run.best_after(c)) for c in checkpoints],
@@ -144,11 +146,39 @@ def _run_row(run: Run, checkpoints: Sequence[int]) -> list[str]:
     ]
 
 
+def stopped_html(runs: Sequence[Run]) -> str:
+    """The evaluations stopped early (a stopping rule or an Optuna pruner), apart from the failures: where they
+    stopped, why, and the value their solver received."""
+    rows = [
+        [
+            run.label,
+            str(e.number),
+            f"{e.stopped.step}/{e.stopped.total_steps}",
+            number(e.curve[-1].loss if e.curve else None),
+            number(e.solver_value),
+            e.stopped.rule,
+            e.stopped.reason,
+            e.run_id,
+        ]
+        for run in runs
+        for e in run.evaluations
+        if e.stopped is not None
+    ]
+    intro = (
+        "<p>Counted evaluations whose training a stopping rule (<code>[stopping]</code>) or an Optuna pruner "
+        "stopped at a checkpoint, because the study's finished evaluations showed it could not win. The solver "
+        "received their checkpoint loss, raised to just above the incumbent's value when lower: never as good as "
+        "the incumbent.</p>"
+    )
+    header = ["run", "evaluation", "stopped at step", "checkpoint loss", "solver's value", "rule", "why", "run id"]
+    return intro + _table(header, rows, table_id="stopped")
+
+
 def _failures(runs: Sequence[Run]) -> str:
     rows = []
     for run in runs:
         for e in run.evaluations:
-            if e.status != "OK":
+            if e.status not in ("OK", "STOPPED"):  # stopped evaluations are shown apart
                 rows.append([run.label, str(e.number), e.status, e.run_id, (e.error or "")[:300]])
         for r in run.not_counted:
             rows.append([run.label, "(not counted)", r.status.value, r.run_id, (r.error or "")[:300]])

@@ -6,7 +6,9 @@ Which records count: evaluations at full fidelity, in the order they finished (t
 order). Low-fidelity (surrogate) evaluations are kept apart, as in ``blackbox.studies.nomad_study``; INTERRUPTED,
 KILLED and NOT_RUN records are listed as failures but not counted (a resumed study evaluates those points
 again). An evaluation that started and left no record (killed with its study) is read as KILLED.
-Failed evaluations count: they spent the budget.
+Failed evaluations count: they spent the budget. So do evaluations stopped early (STOPPED, by a stopping rule or an
+Optuna pruner): they are shown apart, with their learning curves, and their objective here is undefined (the value
+their solver received is no result of theirs: ``failures.value_of_stopped``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blackbox.core.curves import CurvePoint, Stop
 from blackbox.core.errors import ConfigError, SetupError
 from blackbox.core.folders import CACHE_FILE, DOWNSTREAM_FILE, OPTUNA_STORAGE_FILE, PARAM_COPY, RECORDS_FILE, STATS_FILE
 from blackbox.core.nomad import read_cache, read_outputs_and_budget
@@ -42,6 +45,9 @@ class Evaluation:
     run_dir: str | None  # its folder (eval.log, record.json, adapter/ when saved)
     fingerprint: str | None  # of the experiment it ran (experiments/<fingerprint>.json in the study folder)
     metrics: dict[str, Any]
+    curve: tuple[CurvePoint, ...] = ()  # its learning curve ([validation] checkpoints)
+    stopped: Stop | None = None  # where and why it was stopped early (status STOPPED)
+    solver_value: float | None = None  # the objective its solver received (OBJ), when it printed one
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,11 @@ class Run:
             return None
         value = self.evaluations[count - 1].best_so_far
         return None if math.isnan(value) else value
+
+    @property
+    def stopped(self) -> tuple[Evaluation, ...]:
+        """The evaluations stopped early (counted, shown apart)."""
+        return tuple(e for e in self.evaluations if e.stopped is not None)
 
     @property
     def statuses(self) -> dict[str, int]:
@@ -172,6 +183,9 @@ def _evaluations(records: list[EvalRecord], objective: str | None) -> list[Evalu
                 run_dir=record.run_dir,
                 fingerprint=record.fingerprint or None,
                 metrics=metrics,
+                curve=record.curve,
+                stopped=record.stopped,
+                solver_value=record.output("OBJ"),
             )
         )
     return rows

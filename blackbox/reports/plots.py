@@ -5,6 +5,9 @@
 - Parallel coordinates: one line per evaluation across the decoded hyperparameters and settings and the
   objective, coloured by the objective; one panel per label. Failed evaluations are grey and dashed. A setting
   whose values are not numbers (a variant, target modules) is a categorical axis labelled by its values.
+- Learning curves (when evaluations have them): the loss on the checkpoint rows against training tokens, one line
+  per evaluation, one panel per label; evaluations stopped early are red and dashed, ending with a cross where they
+  stopped.
 """
 
 from __future__ import annotations
@@ -117,8 +120,33 @@ def parallel_coordinates_png(runs: Sequence[Run], *, objective: str) -> bytes:
         panel.set_xticks(xs, [f"{n}{' (log)' if scales[n].log else ''}" for n in axes_names], fontsize=8, rotation=10)
         panel.set_yticks([])
         panel.set_ylim(-0.12, 1.12)
-        panel.set_title(f"{label}: {len(evaluations[label])} evaluations (grey dashed: failed or diverged)")
+        panel.set_title(f"{label}: {len(evaluations[label])} evaluations (grey dashed: failed, diverged or stopped)")
         figure.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=panel, label=f"{objective} (lower is better)")
+    figure.tight_layout()
+    return _png(plt, figure)
+
+
+def learning_curves_png(runs: Sequence[Run]) -> bytes:
+    """One panel per label: each evaluation's checkpoint losses against its training tokens; stopped ones red and
+    dashed, a cross where they stopped."""
+    plt = _pyplot()
+    labels = list(dict.fromkeys(r.label for r in runs))
+    figure, panels = plt.subplots(len(labels), 1, figsize=(10, 3.6 * len(labels)), squeeze=False)
+    for panel, label in zip(panels[:, 0], labels, strict=True):
+        evaluations = [e for r in runs if r.label == label for e in r.evaluations if e.curve]
+        for e in evaluations:
+            tokens = [p.train_tokens for p in e.curve]
+            losses = [p.loss for p in e.curve]
+            if e.stopped is not None:
+                panel.plot(tokens, losses, color="#d62728", linestyle="--", linewidth=1.0, alpha=0.8)
+                panel.scatter(tokens[-1:], losses[-1:], color="#d62728", marker="x", s=40, zorder=3)
+            else:
+                panel.plot(tokens, losses, color="#1f77b4", linewidth=1.2, alpha=0.7, marker=".")
+        stopped = sum(e.stopped is not None for e in evaluations)
+        panel.set_title(f"{label}: {len(evaluations)} learning curves ({stopped} stopped early: red, dashed)")
+        panel.set_xlabel("training tokens")
+        panel.set_ylabel("loss on the checkpoint rows")
+        panel.grid(alpha=0.3)
     figure.tight_layout()
     return _png(plt, figure)
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from blackbox.core.early_stopping import Judge
 from blackbox.core.errors import PointError, RecordsError
 from blackbox.core.experiment import Experiment, experiment_reference
 from blackbox.core.failures import Call, Status, call_after
@@ -80,12 +81,16 @@ def declined(experiment: Experiment, lines: Sequence[str], point_file: str) -> A
     return Answer(tuple(record_not_run(experiment, list(lines), point_file, reason=STOPPING)))
 
 
-def answer_call(experiment: Experiment, lines: Sequence[str], point_file: str, spread: Spread) -> Answer:
+def answer_call(
+    experiment: Experiment, lines: Sequence[str], point_file: str, spread: Spread, *, judge: Judge | None = None
+) -> Answer:
     """Answer the lines of one point file: ``lora-blackbox eval`` without its command line.
 
     A stopping study's call evaluates nothing; a resumed study's finished points are answered from their
     records (``blackbox.core.resume``) before torch is imported; the other points are evaluated, in their
-    places. Under torchrun every rank evaluates the points together and rank 0 alone answers.
+    places. Under torchrun every rank evaluates the points together and rank 0 alone answers. ``judge``: who
+    decides at the checkpoints of the points evaluated in this process (default: the experiment's ``[stopping]``
+    rule); processes started for the others find their own.
 
     Raises:
         RecordsError: the records folder cannot be written (checked before anything is loaded).
@@ -107,7 +112,7 @@ def answer_call(experiment: Experiment, lines: Sequence[str], point_file: str, s
     evaluator = Evaluator(experiment)
     runner = spread.runner(experiment)
     if runner is None:
-        evaluated = evaluate_here(evaluator, left, point_file)
+        evaluated = evaluate_here(evaluator, left, point_file, judge=judge)
     else:
         evaluated = evaluate_spread(evaluator, runner, left, point_file)
     distributed.stop()
@@ -119,7 +124,7 @@ def answer_call(experiment: Experiment, lines: Sequence[str], point_file: str, s
     return Answer(tuple(answered[i] if i in answered else next(new) for i in points))
 
 
-def evaluate_here(evaluator: Evaluator, lines: list[str], point_file: str) -> Answer:
+def evaluate_here(evaluator: Evaluator, lines: list[str], point_file: str, *, judge: Judge | None = None) -> Answer:
     """Each point in this process, one after the other (one model load for the block).
 
     A study that is stopping (``blackbox.core.stopping``) gets no new evaluation: the points not reached are
@@ -137,7 +142,7 @@ def evaluate_here(evaluator: Evaluator, lines: list[str], point_file: str) -> An
             outputs += record_not_run(experiment, lines[index:], point_file, reason=STOPPING, first_block_index=index)
             break
         try:
-            record = evaluator.evaluate_line(line, point_file=point_file, block_index=index)
+            record = evaluator.evaluate_line(line, point_file=point_file, block_index=index, judge=judge)
         except RecordsError as e:  # its record could not be written: nor can the others'
             record_not_run(experiment, rest, point_file, reason=f"the call failed: {e}", first_block_index=index + 1)
             return Answer.ended(Call.FAILS, str(e))

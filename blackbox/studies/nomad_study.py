@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -36,22 +37,30 @@ from typing import TextIO
 
 import psutil
 
-from blackbox.core.errors import SetupError
+from blackbox.core.errors import OptionError, SetupError
 from blackbox.core.experiment import load_experiment
 from blackbox.core.failures import Status, describe_exit
+from blackbox.core.files import write_text_atomic
 from blackbox.core.folders import CACHE_FILE, HOT_RESTART_FILE, PARAM_COPY, STATS_FILE, STOP_FILE
 from blackbox.core.nomad import (
+    WARM_START_MARKER,
     drop_from_cache,
     is_crash_stub,
     read_bb_exe_experiment,
     read_cache,
     read_outputs_and_budget,
+    with_warm_start,
+    without_warm_start,
+    write_cache,
 )
+from blackbox.core.output import output_tokens
 from blackbox.core.point import format_point
 from blackbox.core.progress import format_duration
 from blackbox.core.record import EvalRecord, RecordStore, writing_records
 from blackbox.core.resume import ENV_ANSWER_FINISHED
+from blackbox.core.space import SearchSpace
 from blackbox.core.stopping import ENV_STOP_FILE
+from blackbox.core.warm_start import best_points, earlier_evaluations
 from blackbox.studies.guard import Unit, lock_study
 from blackbox.tracking import ENV_TRACKING_URI, StudyTracking, start_study
 
@@ -85,14 +94,68 @@ def prepare_study_dir(param_file: Path, study_dir: Path) -> Path:
         raise SetupError(f"no parameter file {param_file}")
     study_dir.mkdir(parents=True, exist_ok=True)
     copy = study_dir / PARAM_COPY
-    if copy.exists() and copy.resolve() != param_file.resolve() and not filecmp.cmp(copy, param_file, shallow=False):
+    if copy.exists() and copy.resolve() != param_file.resolve() and not _same_study(copy, param_file):
         raise SetupError(
             f"{study_dir} holds a study of a different parameter file ({copy}); resuming it with "
             f"{param_file} would mix two studies. Use another study folder, or remove {study_dir}."
         )
-    if copy.resolve() != param_file.resolve():
+    if not copy.exists():  # a resumed study's copy is the file already, maybe with a warm start's starting points
         shutil.copyfile(param_file, copy)
     return copy
+
+
+def _same_study(copy: Path, param_file: Path) -> bool:
+    """Whether a study's copy of its parameter file is ``param_file``, but for the starting points a warm start
+    added to it."""
+    if filecmp.cmp(copy, param_file, shallow=False):
+        return True
+    return without_warm_start(copy.read_text(encoding="utf-8")) == param_file.read_text(encoding="utf-8")
+
+
+def warm_start(copy: Path, study_dir: Path, sources: Sequence[Path], *, top: int) -> None:
+    """Seed a new study with the finished evaluations of earlier studies (``core.warm_start``): all of them go into
+    NOMAD's cache file (answered without training, not counted against MAX_BB_EVAL) and the ``top`` best become
+    starting points besides the file's own X0 (cache hits too). A study that was warm-started when it began
+    resumes as it is.
+
+    Raises:
+        OptionError: the folder holds a study already, the parameter file's BB_EXE is not ``lora-blackbox eval``,
+            or an earlier study is of another search space or other settings.
+    """
+    text = copy.read_text(encoding="utf-8")
+    if WARM_START_MARKER in text:
+        logger.info("the study was warm-started when it began (%s): resuming it", copy)
+        return
+    if RecordStore(study_dir).exists() or (study_dir / CACHE_FILE).exists():
+        raise OptionError(
+            f"--warm-start seeds a new study, and {study_dir} holds one already: use another study folder"
+        )
+    found = read_bb_exe_experiment(copy)
+    if found is None:
+        raise OptionError(f"--warm-start needs a parameter file whose BB_EXE is lora-blackbox eval ({copy})")
+    reference, overrides = found
+    experiment = load_experiment(reference, (*overrides, f"records.dir={study_dir.resolve()}"))
+    records = earlier_evaluations(experiment, sources)
+    entries = []
+    for record in records:
+        try:
+            outputs = output_tokens(experiment.study.outputs, record.status, record.metrics)
+        except KeyError as e:  # a metric the study prints and that evaluation did not record
+            logger.warning("warm start: %s is left out, it has no metric %s", record.run_id, e)
+            continue
+        assert record.point is not None
+        entries.append((record.point, outputs))
+    outputs_types = [spec.partition(":")[0] for spec in experiment.study.outputs]
+    write_cache(study_dir / CACHE_FILE, outputs_types, entries)
+    own = SearchSpace.from_experiment(experiment).starting_points
+    starts = [p for p in best_points(records, top) if p not in own]
+    comment = (
+        f"lora-blackbox study --warm-start {' '.join(str(s) for s in sources)}: {len(entries)} earlier evaluations "
+        f"in NOMAD's cache file ({CACHE_FILE}), answered without training;\nthe best {len(starts)} of them are "
+        "starting points too."
+    )
+    write_text_atomic(copy, with_warm_start(text, starts, comment))
+    _say(f"warm start: {len(entries)} earlier evaluations in NOMAD's cache, {len(starts)} more starting point(s)")
 
 
 def repair_after_crash(study_dir: Path) -> bool:
@@ -182,8 +245,13 @@ def run_study(
     out: TextIO = sys.stdout,
     quiet: bool = False,
     mlflow_uri: str | None = None,
+    warm_start_from: Sequence[Path] = (),
+    warm_start_top: int = 3,
 ) -> int:
     """Run (or resume) a study. Returns 0, 130 when interrupted, or NOMAD's non-zero exit status.
+
+    ``warm_start_from``: earlier study folders whose finished evaluations seed a new study (:func:`warm_start`; the
+    ``warm_start_top`` best become starting points).
 
     Unless ``quiet``, stderr shows evaluations done / budget, the best objective and an ETA as records
     arrive; ``quiet`` also makes the blackbox calls quiet (no training progress). With tracking on
@@ -192,11 +260,14 @@ def run_study(
 
     Raises:
         SetupError: bad parameter file or study folder, or no way to run NOMAD.
+        OptionError: a warm start from an earlier study of another search space (or into a folder that holds a study).
     """
     with writing_records(study_dir):
         copy = prepare_study_dir(param_file, study_dir)
     lock = lock_study(study_dir)
     try:
+        if warm_start_from:
+            warm_start(copy, study_dir, warm_start_from, top=warm_start_top)
         return _run_locked(copy, study_dir, lock, out=out, quiet=quiet, mlflow_uri=mlflow_uri)
     finally:
         os.close(lock)
@@ -327,6 +398,7 @@ class StudySummary:
     best: EvalRecord | None  # the best evaluation
     objective_index: int
     nomad_best: float | None  # the best objective in NOMAD's cache, to cross-check the records
+    warm_started: bool = False  # NOMAD's cache holds earlier studies' evaluations too (--warm-start)
 
     @property
     def ok(self) -> int:
@@ -345,7 +417,8 @@ class StudySummary:
             lines.append("best point: " + format_point(best.point or ()))
             lines.append("hyperparameters: " + ", ".join(f"{k}={v}" for k, v in (best.hparams or {}).items()))
             if self.nomad_best is not None and float(objective) != self.nomad_best:
-                lines.append(f"note: NOMAD's cache holds a different best objective ({self.nomad_best})")
+                source = ": an earlier study's evaluation (--warm-start)" if self.warm_started else ""
+                lines.append(f"note: NOMAD's cache holds a different best objective ({self.nomad_best}){source}")
             lines.append(f"its run folder: {best.run_dir}")
         lines.append(f"records: {RecordStore(self.study_dir).path}")
         lines.append(
@@ -371,7 +444,8 @@ def read_summary(study_dir: Path, param_file: Path) -> StudySummary:
     if cache.exists():
         values = [float(e.outputs[objective_index]) for e in read_cache(cache) if e.ok]
         nomad_best = min(values, default=None)
-    return StudySummary(study_dir, budget, statuses, best, objective_index, nomad_best)
+    warm = WARM_START_MARKER in param_file.read_text(encoding="utf-8")
+    return StudySummary(study_dir, budget, statuses, best, objective_index, nomad_best, warm)
 
 
 class _ProgressWatcher(threading.Thread):

@@ -13,6 +13,16 @@ a diverged run (``inf``) is a COMPLETE, very bad trial, as NOMAD reads it. A tri
 failed and the study stops. Neither counts toward ``--n-trials``, and their points are queued to
 run first when the study resumes.
 
+Pruning (``--pruner``, ``studies.pruning``): every checkpoint of a trial's training (``[validation] checkpoints``)
+is reported to the trial, and Optuna's pruner may stop it there: the trial is PRUNED (it counts toward
+``--n-trials``) and its record STOPPED, as a NOMAD point stopped by the experiment's ``[stopping]`` rule. In an
+Optuna study the pruner decides, not that rule.
+
+Warm start (``--warm-start STUDY_DIR``, ``core.warm_start``): a new study gets the finished evaluations of earlier
+studies of the same search space as trials (``study.add_trials``: complete, or pruned for stopped ones, with their
+learning curves as intermediate values); they guide the sampler and the pruner from the first trial, and do not
+count toward ``--n-trials``.
+
 Resume: the same storage and study name continue the study. ``n_trials`` is the total of counted
 trials (completed and failed); a resumed study runs only the missing ones. The sampler's seed is
 the study seed plus the number of trials already in the study, so that a resumed random sampler does
@@ -27,19 +37,23 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from blackbox.api import Blackbox, Result
-from blackbox.core.errors import SetupError
+from blackbox.core.errors import OptionError, SetupError
 from blackbox.core.experiment import RecordsConfig
 from blackbox.core.extras import require
-from blackbox.core.failures import Call, call_after, trial_state
+from blackbox.core.failures import Call, Status, call_after, trial_state
 from blackbox.core.folders import OPTUNA_STORAGE_FILE
 from blackbox.core.progress import format_duration
+from blackbox.core.space import Categorical
+from blackbox.core.warm_start import earlier_evaluations
 from blackbox.studies.guard import holding_lock
+from blackbox.studies.pruning import Pruner, TrialJudge, TrialLink, check_pruning, make_pruner
 from blackbox.tracking import start_study
 
 if TYPE_CHECKING:
@@ -52,6 +66,7 @@ SAMPLERS: tuple[Sampler, ...] = ("tpe", "tpe-nni", "random", "cmaes")
 # Study attributes: what the study was created with (checked on resume), and trials that do not count.
 _ATTR_IDENTITY = "lora_blackbox"
 _ATTR_NOT_COUNTED = "not_counted_trials"
+_ATTR_WARM_START = "warm_start"  # a trial's: the study folder of the earlier evaluation it holds
 
 
 @dataclass(frozen=True)
@@ -132,7 +147,8 @@ def make_sampler(kind: Sampler, seed: int, blackbox: Blackbox) -> optuna.sampler
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "cmaes":
         # Categorical variables (choices) are sampled independently of CMA-ES: they have no starting value.
-        x0 = {v.name: v.x0 for v in blackbox.space.variables if v.decode != "choice"}
+        # The first starting point: CMA-ES has one mean.
+        x0 = {v.name: v.starts[0] for v in blackbox.space.variables if v.decode != "choice"}
         return optuna.samplers.CmaEsSampler(x0=x0, seed=seed, warn_independent_sampling=False)
     raise SetupError(f"unknown sampler {kind!r}; known: {', '.join(SAMPLERS)}")
 
@@ -146,8 +162,12 @@ def run_optuna(
     storage: str,
     study_name: str,
     mlflow_uri: str | None = None,
+    pruner: Pruner = "none",
+    warm_start_from: Sequence[Path] = (),
 ) -> OptunaSummary:
-    """Run or resume the study until it holds ``n_trials`` counted trials.
+    """Run or resume the study until it holds ``n_trials`` counted trials; with ``pruner``, Optuna's pruner stops
+    trials at their checkpoints (``studies.pruning``); ``warm_start_from``: earlier study folders whose finished
+    evaluations become trials of a new study (:func:`warm_start`).
 
     With tracking on (``mlflow_uri``, ``$MLFLOW_TRACKING_URI`` or the experiment's ``[tracking]``), the study
     is a parent run in MLflow (one per study folder, reused on resume) and every trial's evaluation a run
@@ -160,6 +180,7 @@ def run_optuna(
     Raises:
         SetupError: the storage holds a study of another experiment or sampler, another study runs in the
             records folder, or a trial could not run.
+        OptionError: the pruner cannot prune this experiment, or a warm start from another search space.
     """
     require("optuna", *(("cmaes",) if sampler == "cmaes" else ()), purpose="lora-blackbox optuna")
     import optuna
@@ -167,12 +188,22 @@ def run_optuna(
     logger.info("Optuna study folder %s; storage %s", blackbox.experiment.records_dir, storage)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours, on the package's logger
+    check_pruning(blackbox.experiment, pruner)
     folder = blackbox.experiment.records_dir
     # One study per folder, as for NOMAD: another process's running trials would look stale to this one.
     with holding_lock(folder):
-        study = optuna.create_study(storage=storage, study_name=study_name, direction="minimize", load_if_exists=True)
-        _check_identity(study, blackbox, sampler, seed)
+        min_finished = blackbox.experiment.stopping.min_finished
+        study = optuna.create_study(
+            storage=storage,
+            study_name=study_name,
+            direction="minimize",
+            load_if_exists=True,
+            pruner=make_pruner(pruner, min_finished=min_finished),
+        )
+        _check_identity(study, blackbox, sampler, seed, pruner=pruner)
         _fail_stale_trials(study)
+        if warm_start_from:
+            warm_start(study, blackbox, warm_start_from)
         study.sampler = make_sampler(sampler, seed + len(study.trials), blackbox)
         done = _counted(study)
         if done:
@@ -185,7 +216,8 @@ def run_optuna(
         )
         with tracking.environment() if tracking else contextlib.nullcontext():
             try:
-                done, interrupted = _run_trials(study, blackbox, n_trials, done, progress)
+                link = partial(TrialLink, storage, study_name, pruner=pruner)
+                done, interrupted = _run_trials(study, blackbox, n_trials, done, progress, link)
             finally:
                 if tracking is not None:
                     tracking.end(interrupted=interrupted or done < n_trials)
@@ -193,9 +225,15 @@ def run_optuna(
 
 
 def _run_trials(
-    study: optuna.Study, blackbox: Blackbox, n_trials: int, done: int, progress: _Progress
+    study: optuna.Study,
+    blackbox: Blackbox,
+    n_trials: int,
+    done: int,
+    progress: _Progress,
+    link: Callable[[int], TrialLink],
 ) -> tuple[int, bool]:
-    """Ask, evaluate and tell trials until ``n_trials`` are counted; returns (counted, interrupted).
+    """Ask, evaluate and tell trials until ``n_trials`` are counted; returns (counted, interrupted). ``link``: how
+    an evaluation reaches its trial (by the trial's id), to report its checkpoints and be pruned.
 
     Raises:
         SetupError: a trial could not run (the study stops; the trial is not counted).
@@ -204,7 +242,12 @@ def _run_trials(
     while done < n_trials:
         trial = study.ask()
         point = blackbox.space.suggest(trial)
-        result = blackbox.run_point(point)
+        trial_link = link(trial._trial_id)  # Optuna keeps a trial's storage id private; its number is not the id
+        if blackbox.isolate:  # the eval subprocess reaches the trial through the storage (studies.pruning)
+            with trial_link.environment():
+                result = blackbox.run_point(point)
+        else:
+            result = blackbox.run_point(point, judge=TrialJudge(trial, trial_link.pruner))
         # The failure policy decides (blackbox.core.failures): an interrupted trial, or one that could not run, ends
         # the study (not counted, and run first at the resume); any other end is the trial's own.
         call = call_after(result.status, stopping=False)
@@ -268,9 +311,14 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: Result) -> None:
     trial.set_user_attr("extras", {k: v for k, v in result.extras.items() if k != "run_id"})
     # <= 0: satisfied, as NOMAD reads them; a failed evaluation's (nan) are unknown: taken as violated.
     trial.set_user_attr("constraints", [math.inf if math.isnan(v) else v for v in result.constraints.values()])
+    stopped = result.record.get("stopped")
+    if stopped:
+        trial.set_user_attr("stopped", stopped)
     state = trial_state(result.status)
     if state == "complete":
         study.tell(trial, result.objective)  # inf (diverged) is a valid, very bad value
+    elif state == "pruned":  # its last reported checkpoint loss becomes its value, as Optuna does
+        study.tell(trial, state=TrialState.PRUNED)
     elif state == "fail":
         study.tell(trial, state=TrialState.FAIL)
     else:
@@ -308,11 +356,103 @@ def _fail_stale_trials(study: optuna.Study) -> None:
 
 
 def _counted(study: optuna.Study) -> int:
+    """The trials that spent the study's budget: complete, pruned and failed, but for those that did not really run
+    and the earlier evaluations of a warm start."""
     from optuna.trial import TrialState
 
     not_counted = set(study.user_attrs.get(_ATTR_NOT_COUNTED, []))
-    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-    return sum(t.number not in not_counted for t in finished)
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    return sum(t.number not in not_counted and _ATTR_WARM_START not in t.user_attrs for t in finished)
+
+
+def warm_start(study: optuna.Study, blackbox: Blackbox, sources: Sequence[Path]) -> None:
+    """Add the finished evaluations of earlier studies of the same search space (``core.warm_start``) to a new
+    study as trials: complete (their objective), or pruned (stopped early), with their learning curves as
+    intermediate values and their records' ids. A study that holds trials already is refused, but for the same
+    command again (its warm-start trials are there).
+
+    Raises:
+        OptionError: the study holds trials of its own, or an earlier study is of another space or other settings.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    if any(_ATTR_WARM_START in t.user_attrs for t in study.trials):
+        logger.info("the study was warm-started when it began: resuming it")
+        return
+    if study.trials:
+        raise OptionError(
+            f"--warm-start seeds a new study, and {study.study_name!r} holds {len(study.trials)} trial(s) already: "
+            "use another --study-name or --dir"
+        )
+    records = earlier_evaluations(blackbox.experiment, sources)
+    trials = []
+    for record in records:
+        assert record.point is not None
+        replay = _Replay(record.point, blackbox.space.lower)
+        blackbox.space.suggest(replay)
+        stopped = record.status is Status.STOPPED
+        value = record.output("OBJ")
+        curve = {p.step: p.loss for p in record.curve}
+        trials.append(
+            optuna.trial.create_trial(
+                state=TrialState.PRUNED if stopped else TrialState.COMPLETE,
+                value=None if stopped else value,
+                params=replay.params,
+                distributions=replay.distributions(),
+                intermediate_values=curve,
+                user_attrs={
+                    _ATTR_WARM_START: str(Path(record.run_dir).parent.parent) if record.run_dir else "",
+                    "run_id": record.run_id,
+                    "status": record.status.value,
+                    "hparams": record.hparams,
+                    "point": list(record.point),
+                    "constraints": [v for k, v in record.metrics.items() if k.startswith("constraint:")],
+                },
+            )
+        )
+    study.add_trials(trials)
+    logger.info("warm start: %d earlier evaluations added to the study (not counted)", len(trials))
+
+
+class _Replay:
+    """A trial (``core.space.Trial``) that answers :meth:`SearchSpace.suggest` with a known point's values and keeps
+    what it was asked: the parameters and distributions Optuna's own trial would have for that point."""
+
+    def __init__(self, point: tuple[float, ...], lower: tuple[float, ...]) -> None:
+        self.values = iter(zip(point, lower, strict=True))  # a choice's coordinate is its index from its lower bound
+        self.params: dict[str, Any] = {}
+        self.asked: dict[str, tuple[str, tuple[Any, ...], float | None]] = {}
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        self.asked[name] = ("int", (low, high), None)
+        self.params[name] = int(next(self.values)[0])
+        return int(self.params[name])
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None) -> float:
+        self.asked[name] = ("float", (low, high), step)
+        self.params[name] = float(next(self.values)[0])
+        return float(self.params[name])
+
+    def suggest_categorical(self, name: str, choices: Sequence[Categorical]) -> Categorical:
+        self.asked[name] = ("categorical", tuple(choices), None)
+        x, lower = next(self.values)
+        picked = choices[int(x) - int(lower)]
+        self.params[name] = picked
+        return picked
+
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        made: dict[str, optuna.distributions.BaseDistribution] = {}
+        for name, (kind, bounds, step) in self.asked.items():
+            if kind == "int":
+                made[name] = IntDistribution(int(bounds[0]), int(bounds[1]))
+            elif kind == "float":
+                made[name] = FloatDistribution(float(bounds[0]), float(bounds[1]), step=step)
+            else:
+                made[name] = CategoricalDistribution(bounds)
+        return made
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -332,8 +472,10 @@ def _best_value(study: optuna.Study) -> float | None:
     return trial.value if trial is not None else None
 
 
-def _check_identity(study: optuna.Study, blackbox: Blackbox, sampler: Sampler, seed: int) -> None:
-    """A new study remembers its experiment, space and sampler; a resumed one must match them."""
+def _check_identity(
+    study: optuna.Study, blackbox: Blackbox, sampler: Sampler, seed: int, *, pruner: Pruner = "none"
+) -> None:
+    """A new study remembers its experiment, space, sampler and pruner; a resumed one must match them."""
     experiment = blackbox.experiment
     identity = {
         # records.dir may differ between machines; everything that changes the objective may not.
@@ -343,6 +485,8 @@ def _check_identity(study: optuna.Study, blackbox: Blackbox, sampler: Sampler, s
         "sampler": sampler,
         "seed": seed,
     }
+    if pruner != "none":  # (studies from before pruners have none)
+        identity["pruner"] = pruner
     choices = [v.name for v in blackbox.space.variables if v.decode == "choice"]
     if choices:
         # Sampled as categorical values: a study that sampled them as integer indices (older versions) differs.
@@ -354,9 +498,11 @@ def _check_identity(study: optuna.Study, blackbox: Blackbox, sampler: Sampler, s
             raise SetupError(f"study {study.study_name!r} holds trials that lora-blackbox did not make")
         study.set_user_attr(_ATTR_IDENTITY, identity)
         return
-    changed = [k for k in identity if stored.get(k) != identity[k]]
+    keys = [*identity, *(k for k in stored if k not in identity)]  # a pruner the study had and this run has not
+    changed = [k for k in keys if stored.get(k) != identity.get(k)]
     if changed:
-        was = [f"{k} {stored.get(k)!r}, now {identity[k]!r}" for k in changed if k in ("experiment", "sampler", "seed")]
+        shown = ("experiment", "sampler", "seed", "pruner")
+        was = [f"{k} {stored.get(k)!r}, now {identity.get(k)!r}" for k in sorted(changed) if k in shown]
         raise SetupError(
             f"study {study.study_name!r} was created with another {', '.join(changed)}"
             + (f" ({'; '.join(was)})" if was else "")

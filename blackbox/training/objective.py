@@ -25,9 +25,11 @@ import psutil
 import torch
 
 from blackbox._version import __version__
+from blackbox.core.curves import CurvePoint, Stop
+from blackbox.core.early_stopping import Judge, StudyRule, Verdict, incumbent_objective
 from blackbox.core.errors import PointError, RecordsError, SetupError, TrainingDiverged
 from blackbox.core.experiment import Experiment, write_snapshot
-from blackbox.core.failures import Status, status_of
+from blackbox.core.failures import Status, status_of, value_of_stopped
 from blackbox.core.logs import adopt_library_loggers, hand_over
 from blackbox.core.point import PointSource, parse_point, shorten
 from blackbox.core.record import RUNNING_FILE, EvalRecord, RecordStore, build_record, new_run_id, now, writing_records
@@ -35,6 +37,7 @@ from blackbox.core.space import HyperParams, SearchSpace
 from blackbox.tracking import Tracker
 from blackbox.training import distributed
 from blackbox.training.benchmarks import Scorer, base_score
+from blackbox.training.checkpoints import LearningCurve
 from blackbox.training.data import Splits, prepare_splits
 from blackbox.training.distributed import world_from_env
 from blackbox.training.model import (
@@ -48,7 +51,7 @@ from blackbox.training.model import (
     save_initial_adapter,
 )
 from blackbox.training.precision import Precision, resolve_precision
-from blackbox.training.train import train
+from blackbox.training.train import TrainStats, train
 from blackbox.training.validate import validate
 
 logger = logging.getLogger(__name__)
@@ -90,9 +93,12 @@ class Evaluator:
         self.tracker = Tracker.for_experiment(experiment) if self.world.main else None  # None: tracking is off
         self._startup_s: float | None = time.time() - psutil.Process().create_time()
 
-    def evaluate_line(self, line: str, *, point_file: str | None = None, block_index: int | None = None) -> EvalRecord:
+    def evaluate_line(
+        self, line: str, *, point_file: str | None = None, block_index: int | None = None, judge: Judge | None = None
+    ) -> EvalRecord:
         """Evaluate one non-blank line of a point file and return its record. An invalid point is recorded and
         fails alone; a model that cannot load is recorded NOT_RUN (the caller ends the call: ``failures.call_after``).
+        ``judge``: who decides at the checkpoints (:meth:`evaluate`).
 
         Raises:
             RecordsError: the record cannot be written.
@@ -107,16 +113,23 @@ class Evaluator:
             if self.world.main:
                 self.store.append(record)
             return record
-        return self.evaluate(hparams, PointSource(line, values, point_file, block_index))
+        return self.evaluate(hparams, PointSource(line, values, point_file, block_index), judge=judge)
 
-    def evaluate(self, hparams: HyperParams, source: PointSource | None = None) -> EvalRecord:
+    def evaluate(
+        self, hparams: HyperParams, source: PointSource | None = None, *, judge: Judge | None = None
+    ) -> EvalRecord:
         """Train and validate one set of hyperparameters; write and return its record, whatever ended it: a Ctrl-C
         (INTERRUPTED) or a model that cannot load (NOT_RUN) is recorded and returned, not raised.
+
+        With ``[validation] checkpoints`` the training validates at its checkpoints (a learning curve), and ``judge``
+        may stop it there (STOPPED): an Optuna trial's pruner (``studies.pruning``), or by default the experiment's
+        ``[stopping]`` rule (``core.early_stopping.StudyRule``; none when its rule is ``none``).
 
         Raises:
             RecordsError: the record cannot be written.
         """
         attempt = _Attempt.start(self.store, hparams, source or PointSource(), create=self.world.main)
+        attempt.judge = judge
         if self.world.main:
             self.store.mark_running(self._marker(attempt))
         try:
@@ -136,6 +149,8 @@ class Evaluator:
                 loaded = self._load(attempt.timings)
                 _reset_peak_memory(loaded.device)
                 attempt.metrics.update(self._train_and_validate(hparams, loaded, attempt))
+                if attempt.stop is not None:  # a judge stopped it at a checkpoint: it cannot win
+                    return self._finish(attempt, Status.STOPPED, None)
             # The one boundary of an evaluation: the failure policy (blackbox.core.failures) decides what a failure
             # of this point is (its status); what that status means for the call is decided by the caller, from
             # the record (failures.call_after): a Ctrl-C or a model that cannot load is recorded here, not raised.
@@ -151,6 +166,7 @@ class Evaluator:
         config = self.experiment.with_settings(hparams.settings)
         _seed_everything(config.training.seed)
         model = None
+        curve = None
         try:
             model = attach_lora(loaded.base_model, hparams, config.model, config.lora)
             if self.world.size > 1:
@@ -159,6 +175,7 @@ class Evaluator:
             saves = config.records.save_adapter and self.world.main
             initial = save_initial_adapter(model, config.lora, attempt.run_dir / "adapter-initial") if saves else None
             trainable, _ = count_parameters(model)
+            curve = self._learning_curve(model, loaded, config, attempt.judge)
             stats = train(
                 model=model,
                 split=loaded.splits.train,
@@ -169,9 +186,23 @@ class Evaluator:
                 pad_id=loaded.pad_id,
                 fidelity=config.fidelity.train,
                 world=self.world,
+                checkpoints=curve,
             )
             attempt.timings["train_s"] = stats.seconds
             attempt.step_losses = stats.losses
+            metrics = _training_metrics(stats, loaded.precision, config, trainable=trainable, attention=attention)
+            if curve is not None:
+                attempt.timings["checkpoint_s"] = stats.checkpoint_seconds
+                metrics["checkpoint_rows"] = len(curve.rows)
+                metrics["checkpoint_seconds"] = stats.checkpoint_seconds
+            if stats.stopped:
+                assert curve is not None  # only a learning curve stops a training
+                verdict = curve.verdict or Verdict("?", "stopped by rank 0")  # other ranks do not record
+                attempt.stop = Stop(stats.steps, stats.total_steps, verdict.rule, verdict.reason)
+                # What the solver receives: never better than the incumbent (the failure policy says why).
+                incumbent = incumbent_objective(self.store.records(), self.experiment.fingerprint())
+                metrics["objective"] = value_of_stopped(curve.points[-1].loss, incumbent)
+                return metrics
             validation = loaded.splits.validation
             validation = validation.head(math.ceil(len(validation) * config.fidelity.validation))
             result = validate(
@@ -192,6 +223,8 @@ class Evaluator:
                     save_adapter(model, attempt.run_dir / "adapter", initial=initial)
             scores = self._score_benchmarks(model, loaded, attempt) if loaded.scorer else {}
         finally:
+            if curve is not None:  # kept whatever ended the training (a diverged one's too)
+                attempt.curve = tuple(curve.points)
             if model is not None:
                 loaded.base_model = detach_lora(model)
                 model = None
@@ -201,28 +234,39 @@ class Evaluator:
                 loaded.base_model = None
             _release_memory(loaded.device)
         logger.info("validation loss %.6f (train loss %.4f)", result.loss, stats.train_loss)
-        metrics = {
+        metrics |= {
             "validation_loss": result.loss,
             "validation_tokens": result.target_tokens,
             "validation_seconds": result.seconds,
-            "train_loss": stats.train_loss,
-            "train_last_loss": stats.last_loss,
-            "train_steps": stats.steps,
-            "train_tokens": stats.real_tokens,
-            "train_padding_share": 1 - stats.real_tokens / stats.padded_tokens,
-            "train_target_tokens": stats.target_tokens,
-            "train_seconds": stats.seconds,
-            "tokens_per_second": stats.real_tokens / stats.seconds if stats.seconds else 0.0,
-            "trainable_params": trainable,
-            "micro_batch_size": stats.micro_batch_size,
-            "precision": loaded.precision.describe(),
-            "attention": attention,
-            "fidelity_train": config.fidelity.train,
-            "fidelity_validation": config.fidelity.validation,
             **scores,
         }
         metrics["objective"] = config.objective.value(metrics)
         return metrics
+
+    def _learning_curve(
+        self, model: Any, loaded: _Loaded, config: Experiment, judge: Judge | None
+    ) -> LearningCurve | None:
+        """The learning curve of a training, with ``[validation] checkpoints`` (None without): it validates on the
+        first ``checkpoint_rows`` of the validation split, and ``judge`` (by default the experiment's ``[stopping]``
+        rule) decides there."""
+        if not config.validation.checkpoints:
+            return None
+        validation = loaded.splits.validation
+        rows = validation.head(config.validation.checkpoint_rows or len(validation))
+        if judge is None and self.experiment.stopping.rule != "none":
+            judge = StudyRule(self.experiment, checkpoint_rows=len(rows), store=self.store)
+        return LearningCurve(
+            model=model,
+            rows=rows,
+            fractions=config.validation.checkpoints,
+            judge=judge,
+            batch_size=config.validation.batch_size,
+            device=loaded.device,
+            precision=loaded.precision,
+            pad_id=loaded.pad_id,
+            packed=config.training.packing,
+            world=self.world,
+        )
 
     def _score_benchmarks(self, model: Any, loaded: _Loaded, attempt: _Attempt) -> dict[str, Any]:
         """The scores of the experiment's benchmarks (objective and constraints) of the model just trained, and
@@ -298,7 +342,8 @@ class Evaluator:
                 (attempt.run_dir / "traceback.txt").write_text(traceback_text)
             if status is Status.ERROR:
                 logger.error("evaluation %s failed:\n%s", attempt.run_id, traceback_text.rstrip())
-        if status not in (Status.OK, Status.NOT_RUN):  # NOT_RUN: the call fails, and its one error line says why
+        # NOT_RUN: the call fails, and its one error line says why; STOPPED is no error (the curve's log says why).
+        if status not in (Status.OK, Status.NOT_RUN, Status.STOPPED):
             logger.error("evaluation %s: %s: %s", attempt.run_id, status.value, error)
         attempt.timings["total_s"] = time.perf_counter() - attempt.started
         attempt.metrics["total_seconds"] = attempt.timings["total_s"]
@@ -316,6 +361,8 @@ class Evaluator:
             run_dir=str(attempt.run_dir),
             started_at=attempt.started_at,
             mlflow_run_id=attempt.mlflow_run_id,
+            curve=attempt.curve,
+            stopped=attempt.stop,
         )
         attempt.record = record
         if self.world.main:
@@ -378,6 +425,9 @@ class _Attempt:
     log_failure: OSError | None = None  # the first error writing eval.log (full disk): it fails the call
     mlflow_run_id: str | None = None  # its MLflow run, when tracked
     step_losses: tuple[float, ...] = ()
+    judge: Judge | None = None  # who decides at the checkpoints (None: the experiment's [stopping] rule)
+    curve: tuple[CurvePoint, ...] = ()  # the learning curve, with [validation] checkpoints
+    stop: Stop | None = None  # where and why a judge stopped it
     record: EvalRecord | None = None  # once written
 
     @classmethod
@@ -388,6 +438,28 @@ class _Attempt:
             with writing_records(store.folder):
                 run_dir.mkdir(parents=True, exist_ok=True)
         return cls(run_id, run_dir, hparams, source, time.perf_counter(), now(), {"run_id": run_id}, {})
+
+
+def _training_metrics(
+    stats: TrainStats, precision: Precision, config: Experiment, *, trainable: int, attention: str | None
+) -> dict[str, Any]:
+    """What a training measured: its metrics in a record, whether it ran to its end or was stopped early."""
+    return {
+        "train_loss": stats.train_loss,
+        "train_last_loss": stats.last_loss,
+        "train_steps": stats.steps,
+        "train_tokens": stats.real_tokens,
+        "train_padding_share": 1 - stats.real_tokens / stats.padded_tokens,
+        "train_target_tokens": stats.target_tokens,
+        "train_seconds": stats.seconds,
+        "tokens_per_second": stats.real_tokens / stats.seconds if stats.seconds else 0.0,
+        "trainable_params": trainable,
+        "micro_batch_size": stats.micro_batch_size,
+        "precision": precision.describe(),
+        "attention": attention,
+        "fidelity_train": config.fidelity.train,
+        "fidelity_validation": config.fidelity.validation,
+    }
 
 
 def _describe(error: BaseException, status: Status) -> str:

@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -26,9 +26,17 @@ CPU_MICRO_BATCH = 8
 _SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
+class Checkpoints(Protocol):
+    """What the loop calls after every optimizer step (``training.checkpoints.LearningCurve``: at its checkpoints it
+    validates and asks a judge whether the training goes on). Returns True to stop the training after ``step``;
+    leaves the model in training mode."""
+
+    def after_step(self, step: int, total_steps: int, train_tokens: int) -> bool: ...
+
+
 @dataclass(frozen=True)
 class TrainStats:
-    steps: int
+    steps: int  # the steps trained: total_steps, or fewer when the training was stopped at a checkpoint
     train_loss: float  # mean of the step losses, as the HF Trainer reports it
     last_loss: float
     target_tokens: int
@@ -37,6 +45,9 @@ class TrainStats:
     seconds: float
     micro_batch_size: int  # sequences per forward pass, as configured or as found by the auto search
     losses: tuple[float, ...] = ()  # the loss of every step (MLflow's loss curve; records keep the summary)
+    total_steps: int = 0  # the steps it was to train
+    stopped: bool = False  # stopped at a checkpoint (Checkpoints.after_step)
+    checkpoint_seconds: float = 0.0  # spent in Checkpoints.after_step (not in ``seconds``)
 
 
 def total_steps(num_examples: int, config: TrainingConfig, fidelity: float = 1.0) -> int:
@@ -60,8 +71,10 @@ def train(
     pad_id: int,
     fidelity: float = 1.0,
     world: World = SINGLE,
+    checkpoints: Checkpoints | None = None,
 ) -> TrainStats:
-    """Train the trainable (LoRA) parameters of ``model`` in place, for ``fidelity`` of the full run.
+    """Train the trainable (LoRA) parameters of ``model`` in place, for ``fidelity`` of the full run; with
+    ``checkpoints``, ask it after every step whether to stop there (the time it takes is not training time).
 
     Raises:
         TrainingDiverged: a step loss is NaN or infinite.
@@ -89,6 +102,8 @@ def train(
     micro = config.micro_batch_size or (config.effective_batch_size if device.type == "cuda" else CPU_MICRO_BATCH)
     model.train()
     started = time.perf_counter()
+    paused = 0.0  # seconds in the checkpoints' hook
+    stopped = False
     losses: list[float] = []
     step_loss = math.nan
     target_tokens = real_tokens = padded_tokens = 0
@@ -127,7 +142,7 @@ def train(
         target_tokens += step_targets
         real_tokens += sum(b.real_tokens for b in batches)
         padded_tokens += sum(b.input_ids.numel() for b in batches)
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - started - paused
         if step % config.log_every_steps == 0 or step == steps:
             eta = elapsed / step * (steps - step)
             logger.info(
@@ -139,18 +154,28 @@ def train(
                 real_tokens / elapsed,
                 format_duration(eta),
             )
+        if checkpoints is not None:
+            hook_started = time.perf_counter()
+            stopped = checkpoints.after_step(step, steps, real_tokens)
+            paused += time.perf_counter() - hook_started
+            if stopped:
+                logger.info("stopped at step %d/%d", step, steps)
+                break
         if world.any(bool(config.timeout_s) and elapsed > config.timeout_s and step < steps, device):
             raise TrainingTimeout(f"training passed timeout_s={config.timeout_s:g} at step {step}/{steps}")
     return TrainStats(
-        steps=steps,
-        train_loss=sum(losses) / steps,
+        steps=len(losses),
+        train_loss=sum(losses) / len(losses),
         last_loss=step_loss,
         target_tokens=target_tokens,
         real_tokens=real_tokens,
         padded_tokens=padded_tokens,
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started - paused,
         micro_batch_size=micro,
         losses=tuple(losses),
+        total_steps=steps,
+        stopped=stopped,
+        checkpoint_seconds=paused,
     )
 
 

@@ -2,9 +2,10 @@ import re
 from importlib import resources
 
 import pytest
+from pydantic import ValidationError
 
 from blackbox.core.errors import ConfigError
-from blackbox.core.experiment import load_experiment, parse_value, shipped_experiments
+from blackbox.core.experiment import Experiment, load_experiment, parse_value, shipped_experiments
 
 
 def test_ships_the_paper_studies_and_the_demo() -> None:
@@ -216,6 +217,51 @@ def test_the_lora_section_and_target_presets() -> None:
         load_experiment("demo", ["model.target_modules=everything"])
     with pytest.raises(ConfigError, match="init_lora_weights"):
         load_experiment("demo", ["lora.init_lora_weights=pissa_niter_"])
+
+
+def test_several_starting_points_as_x0_lists() -> None:
+    """``x0`` as a list per variable: one starting point each; a single value is every starting point's."""
+    from blackbox.core.nomad import render_params
+    from blackbox.core.space import SearchSpace
+
+    study = _benchmark_study(["OBJ:validation_loss"])
+    study["space"] = [
+        {"name": "learning_rate", "type": "R", "lower": -5, "upper": -3, "x0": [-4, -3.5, -5], "decode": "log10"},
+        {"name": "lora_r", "type": "I", "lower": 1, "upper": 4, "x0": 2, "decode": "power_of_two"},
+    ]
+    study["hyperparameters"] = {"lora_alpha": 8, "lora_dropout": 0.0}
+    experiment = Experiment.model_validate(study)
+    space = SearchSpace.from_experiment(experiment)
+    assert space.starting_points == ((-4.0, 2.0), (-3.5, 2.0), (-5.0, 2.0)) and space.x0 == (-4.0, 2.0)
+    text = render_params(experiment, experiment_ref="e.toml")
+    assert [line for line in text.splitlines() if line.startswith("X0")] == [
+        "X0 ( -4 2 )",
+        "X0 1 ( -3.5 2 )",  # indexed: a second plain X0 line would replace the first (NOMAD 4)
+        "X0 2 ( -5 2 )",
+    ]
+    study["space"][1]["x0"] = [1, 2]  # lists of other lengths
+    with pytest.raises(ValidationError, match="the x0 lists name the same number of starting points"):
+        Experiment.model_validate(study)
+    study["space"][1]["x0"] = [2, 2.5]
+    with pytest.raises(ValidationError, match=r"x0 of an integer variable must be integral, got 2\.5"):
+        Experiment.model_validate(study)
+
+
+def test_checkpoints_and_stopping_are_checked_and_change_no_fingerprint() -> None:
+    demo = load_experiment("demo")
+    assert demo.fingerprint() == "21932a51c70dedaf"  # as before checkpoints and stopping existed
+    stopping = load_experiment(
+        "demo", ["validation.checkpoints=[0.25, 0.5, 0.75]", "validation.checkpoint_rows=8", "stopping.rule=median"]
+    )
+    assert stopping.fingerprint() == demo.fingerprint()
+    with pytest.raises(ConfigError, match=r"set \[validation\] checkpoints"):
+        load_experiment("demo", ["stopping.rule=incumbent"])
+    with pytest.raises(ConfigError, match=r"each in \(0, 1\)"):
+        load_experiment("demo", ["validation.checkpoints=[0.5, 1.0]"])
+    with pytest.raises(ConfigError, match="checkpoints must increase"):
+        load_experiment("demo", ["validation.checkpoints=[0.5, 0.25]"])
+    with pytest.raises(ConfigError, match="compares validation-loss curves"):
+        load_experiment("paper_exp1_heldout", ["validation.checkpoints=[0.5]", "stopping.rule=median"])
 
 
 def _write_beside(folder, text: str):

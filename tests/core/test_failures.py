@@ -34,6 +34,7 @@ from blackbox.core.failures import (
     trial_state,
     unrecorded_status,
     value_of_failure,
+    value_of_stopped,
 )
 from blackbox.core.output import output_tokens
 
@@ -73,15 +74,18 @@ def test_which_statuses_count_and_what_optuna_makes_of_them() -> None:
     assert {s for s in Status if not s.counted} == {Status.INTERRUPTED, Status.KILLED, Status.NOT_RUN}
     states = {s: trial_state(s) for s in Status}
     assert {s for s, state in states.items() if state == "complete"} == {Status.OK, Status.DIVERGED}
+    assert {s for s, state in states.items() if state == "pruned"} == {Status.STOPPED}
     assert {s for s, state in states.items() if state == "not_counted"} == {s for s in Status if not s.counted}
 
 
 @pytest.mark.parametrize("status", [s for s in Status if s is not Status.OK])
 def test_the_output_line_of_each_failure(status: Status) -> None:
-    tokens = output_tokens(SPECS, status, {"train_loss": 2.5})
+    tokens = output_tokens(SPECS, status, {"train_loss": 2.5, "objective": 1.25})
     objective, constraint, extra, counted = tokens
     if status is Status.DIVERGED:  # a valid, very bad and infeasible point; what it measured is kept
         assert (objective, constraint, extra) == ("inf", "inf", "2.5")
+    elif status is Status.STOPPED:  # the value decided when it stopped; never scored constraints: infeasible
+        assert (objective, constraint, extra) == ("1.25", "inf", "2.5")
     else:
         assert (objective, constraint, extra) == ("nan", "nan", "nan")
     assert counted == str(int(status.counted))
@@ -151,6 +155,15 @@ def test_a_container_end_as_a_return_code() -> None:
     assert container_returncode("interrupted", None) == 130
     assert container_returncode("exited", 128 + signal.SIGSEGV) == -signal.SIGSEGV
     assert container_returncode("exited", 3) == 3
+
+
+def test_the_value_a_stopped_point_gives_its_solver() -> None:
+    """Its checkpoint loss, but never as good as the incumbent's value."""
+    assert value_of_stopped(2.0, 1.5) == 2.0
+    assert value_of_stopped(1.2, 1.5) == math.nextafter(1.5, math.inf)  # lower rows or an overfitting incumbent
+    assert value_of_stopped(1.5, 1.5) > 1.5  # a tie would be "as good"
+    assert value_of_stopped(1.2, None) == 1.2  # no finished evaluation yet (an Optuna pruner's first rung)
+    assert value_of_stopped(1.2, math.inf) == 1.2
 
 
 def test_raise_if_call_ends() -> None:

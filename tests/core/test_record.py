@@ -1,6 +1,7 @@
 """The record store (``blackbox.core.record.RecordStore``): appends under a lock, typed records back, torn lines,
 records of the previous schema, and evaluations that never recorded their end."""
 
+import dataclasses
 import fcntl
 import json
 import multiprocessing
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from blackbox.core.curves import CurvePoint, Stop
 from blackbox.core.failures import Status
 from blackbox.core.record import RUNNING_FILE, EvalRecord, RecordStore
 from tests.records import read_records
@@ -106,10 +108,21 @@ def test_typed_round_trip(tmp_path: Path) -> None:
     store = RecordStore(tmp_path)
     store.append(record)
     [raw] = read_records(store.path)
-    assert raw["status"] == "DIVERGED" and raw["outputs"] == ["inf", "nan"] and raw["schema_version"] == 2
+    assert raw["status"] == "DIVERGED" and raw["outputs"] == ["inf", "nan"] and raw["schema_version"] == 3
     [read] = store.records()
     assert read.status is Status.DIVERGED and read.point == (1.0, -0.0) and read.output("OBJ") == float("inf")
     assert read.to_json() == record.to_json()
+    # A stopped evaluation keeps its learning curve and where it stopped, typed.
+    stopped = dataclasses.replace(
+        record,
+        run_id="s",
+        status=Status.STOPPED,
+        curve=(CurvePoint(3, 1200, 1.5), CurvePoint(6, 2400, 1.25)),
+        stopped=Stop(6, 12, "median", "worse than the median"),
+    )
+    store.append(stopped)
+    read = store.records()[-1]
+    assert read.curve == stopped.curve and read.stopped == stopped.stopped and read.status is Status.STOPPED
 
 
 def test_records_of_schema_1_and_later_keys_are_read(tmp_path: Path) -> None:

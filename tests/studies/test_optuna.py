@@ -252,3 +252,43 @@ def test_tpe_set_as_nnis_draws_its_first_20_points_at_random() -> None:
     optuna_tpe = points(optuna.samplers.TPESampler(seed=3, multivariate=False))
     assert nni[:20] == random_points[:20] and nni[20:] != random_points[20:]
     assert optuna_tpe[:10] == random_points[:10] and optuna_tpe[10:20] != random_points[10:20]
+
+
+def test_a_warm_start_trial_holds_what_optunas_own_trial_would_for_its_point() -> None:
+    """An earlier evaluation becomes a trial with the parameters and distributions that ``SearchSpace.suggest``
+    asks Optuna for (choices as categorical values, NOMAD's index kept in the point)."""
+    from blackbox.studies.optuna_study import _Replay
+
+    space = SearchSpace.from_experiment(load_experiment("demo_variants"))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(4):
+        trial = study.ask()
+        point = space.suggest(trial)
+        replay = _Replay(point, space.lower)
+        assert space.suggest(replay) == point
+        assert replay.params == trial.params and replay.distributions() == trial.distributions
+        study.tell(trial, 1.0)
+
+
+def test_pruners_and_how_an_evaluation_reaches_its_trial(monkeypatch: pytest.MonkeyPatch) -> None:
+    from blackbox.core.errors import OptionError, SetupError
+    from blackbox.studies.pruning import ENV_OPTUNA_TRIAL, TrialLink, check_pruning, make_pruner
+
+    median = make_pruner("median", min_finished=2)
+    assert isinstance(median, optuna.pruners.MedianPruner) and median._n_startup_trials == 2
+    assert isinstance(make_pruner("successive-halving", min_finished=2), optuna.pruners.SuccessiveHalvingPruner)
+    assert isinstance(make_pruner("hyperband", min_finished=2), optuna.pruners.HyperbandPruner)
+    assert isinstance(make_pruner("none", min_finished=2), optuna.pruners.NopPruner)
+    with pytest.raises(OptionError, match="decides at checkpoints"):
+        check_pruning(load_experiment("demo"), "median")
+    check_pruning(load_experiment("demo", ["validation.checkpoints=[0.5]"]), "hyperband")
+    check_pruning(load_experiment("demo"), "none")
+    link = TrialLink("sqlite:///x.db", "s", 7, "hyperband")
+    monkeypatch.delenv(ENV_OPTUNA_TRIAL, raising=False)
+    assert TrialLink.from_env() is None
+    with link.environment():
+        assert TrialLink.from_env() == link
+    assert TrialLink.from_env() is None
+    monkeypatch.setenv(ENV_OPTUNA_TRIAL, "{not json")
+    with pytest.raises(SetupError, match="does not name an Optuna trial"):
+        TrialLink.from_env()
