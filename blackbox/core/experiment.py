@@ -463,10 +463,16 @@ def searchable_problems(name: str, *, table: bool = False) -> list[str]:
 
 
 class DataConfig(_Section):
-    """Instruction data: sources, prompt template, tokenisation and the validation split."""
+    """Instruction data: sources, prompt template, tokenisation, the validation split and a test split.
+
+    ``test``: sources of a test split that no solver sees: its loss is computed only by an evaluation with
+    ``[validation] test = true`` (never an output), to check a study's best point on data it did not choose by.
+    Rows that also appear in the training or validation rows are dropped from it.
+    """
 
     train: tuple[str, ...]
     validation: tuple[str, ...] = ()
+    test: tuple[str, ...] = ()
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
     split_seed: int = 0
     template: Literal["alpaca", "chat"] = "alpaca"
@@ -476,8 +482,9 @@ class DataConfig(_Section):
     max_length: int = Field(default=512, ge=8)
     max_train_rows: int = Field(default=0, ge=0, description="0 = all rows")
     max_validation_rows: int = Field(default=0, ge=0, description="0 = all rows")
+    max_test_rows: int = Field(default=0, ge=0, description="0 = all rows")
 
-    @field_validator("train", "validation", mode="before")
+    @field_validator("train", "validation", "test", mode="before")
     @classmethod
     def _as_tuple(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -526,6 +533,11 @@ class TrainingConfig(_Section):
 
 class ValidationConfig(_Section):
     batch_size: int = Field(default=8, ge=1, description="sequences per validation forward pass")
+    test: bool = Field(
+        default=False,
+        description="also compute the loss of the test split (data.test): metric test_loss, never an output; "
+        "the loss of each test example in the run folder (test_losses.json)",
+    )
 
 
 class FidelityConfig(_Section):
@@ -654,6 +666,12 @@ class Experiment(_Section):
             raise ValueError("; ".join(problems))
         return self
 
+    @model_validator(mode="after")
+    def _check_test_split(self) -> Experiment:
+        if self.validation.test and not self.data.test:
+            raise ValueError("validation.test computes the loss of the test split: give its sources in data.test")
+        return self
+
     def _setting_problems(self, variable: VariableConfig) -> list[str]:
         """Values of a setting variable that its section refuses, found at load time (section by section: the whole
         experiment is validated again for each point, see :meth:`with_settings`)."""
@@ -713,7 +731,11 @@ class Experiment(_Section):
         are tracked, nor what ``downstream`` scores afterwards)."""
         # The LoRA variant counts only when it is not plain LoRA: experiments from before [lora] keep their fingerprint.
         plain = {"lora"} if self.lora == LoraVariantConfig() else set()
-        exclude = {"records", "tracking", "downstream", *plain}
+        exclude: dict[str, Any] = {name: True for name in ("records", "tracking", "downstream", *plain)}
+        # The test split counts only for an evaluation that computes its loss: experiments from before data.test
+        # keep their fingerprint, and so does a study's experiment with a test split that no evaluation sees.
+        if not self.validation.test:
+            exclude |= {"data": {"test", "max_test_rows"}, "validation": {"test"}}
         return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
 

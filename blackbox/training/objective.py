@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import json
 import logging
 import math
 import platform
@@ -28,6 +29,8 @@ from blackbox._version import __version__
 from blackbox.core.errors import PointError, RecordsError, SetupError, TrainingDiverged
 from blackbox.core.experiment import Experiment, write_snapshot
 from blackbox.core.failures import Status, status_of
+from blackbox.core.files import write_text_atomic
+from blackbox.core.folders import TEST_LOSSES_FILE
 from blackbox.core.point import PointSource, parse_point, shorten
 from blackbox.core.record import RUNNING_FILE, EvalRecord, RecordStore, build_record, new_run_id, now, writing_records
 from blackbox.core.space import HyperParams, SearchSpace
@@ -48,7 +51,7 @@ from blackbox.training.model import (
 )
 from blackbox.training.precision import Precision, resolve_precision
 from blackbox.training.train import train
-from blackbox.training.validate import validate
+from blackbox.training.validate import example_losses, validate
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +189,7 @@ class Evaluator:
             attempt.timings["validation_s"] = result.seconds
             if not math.isfinite(result.loss):
                 raise TrainingDiverged(f"validation loss is {result.loss}")
+            test = self._test(model, loaded, attempt) if config.validation.test else {}
             if saves:
                 with writing_records(self.records_dir):
                     save_adapter(model, attempt.run_dir / "adapter", initial=initial)
@@ -218,10 +222,46 @@ class Evaluator:
             "attention": attention,
             "fidelity_train": config.fidelity.train,
             "fidelity_validation": config.fidelity.validation,
+            **test,
             **scores,
         }
         metrics["objective"] = config.objective.value(metrics)
         return metrics
+
+    def _test(self, model: Any, loaded: _Loaded, attempt: _Attempt) -> dict[str, Any]:
+        """The loss of the test split (``[validation] test``), a metric that no output can print: a solver never
+        sees it. The loss of each test example goes to the run folder (``test_losses.json``, in the split's order),
+        for intervals over examples. Every rank computes it whole (no collective): rank 0 records it."""
+        split = loaded.splits.test
+        if split is None:  # the experiment checks that data.test is given
+            raise SetupError("validation.test needs a test split (data.test)")
+        losses = example_losses(
+            model=model,
+            split=split,
+            batch_size=self.experiment.validation.batch_size,
+            device=loaded.device,
+            precision=loaded.precision,
+            pad_id=loaded.pad_id,
+        )
+        attempt.timings["test_s"] = losses.seconds
+        if self.world.main:
+            with writing_records(self.records_dir):
+                write_text_atomic(
+                    attempt.run_dir / TEST_LOSSES_FILE,
+                    json.dumps(
+                        {
+                            "loss_sums": [round(float(v), 5) for v in losses.loss_sums],
+                            "target_tokens": losses.target_tokens.tolist(),
+                        }
+                    ),
+                )
+        logger.info("test loss %.6f (%d examples)", losses.loss, len(split))
+        return {
+            "test_loss": losses.loss,
+            "test_examples": len(split),
+            "test_tokens": int(losses.target_tokens.sum()),
+            "test_seconds": losses.seconds,
+        }
 
     def _score_benchmarks(self, model: Any, loaded: _Loaded, attempt: _Attempt) -> dict[str, Any]:
         """The scores of the experiment's benchmarks (objective and constraints) of the model just trained, and
