@@ -596,10 +596,15 @@ def main() -> None:
         ]
     if "downstream" in phases and untuned and load_experiment(args.experiment, args.overrides).downstream_defaults:
         # Each method's best adapter over its seeds (lowest validation loss), and the untuned settings.
-        chosen = {min(ts, key=lambda t: t.validation_loss).record.run_id: METHODS[m].label for m, ts in tuned.items()}
-        chosen |= {u.record.run_id: u.label for u in untuned}
+        # Methods whose best points coincide (TPE and random search share their first 10 trials) share the adapter.
+        chosen: dict[str, list[str]] = {}
+        for name, tested in tuned.items():
+            best = min(tested, key=lambda t: t.validation_loss)
+            chosen.setdefault(best.record.run_id, []).append(METHODS[name].label)
+        for u in untuned:
+            chosen.setdefault(u.record.run_id, []).append(u.label)
         rows = score_downstream(test_dir, list(chosen), log)
-        result["downstream"], downstream_md = downstream_table(rows, chosen)
+        result["downstream"], downstream_md = downstream_table(rows, {k: " = ".join(v) for k, v in chosen.items()})
         markdown += ["\nDownstream (each method's best adapter over its seeds):\n", downstream_md]
     result["wall_seconds"] = time.monotonic() - started
     if "report" in phases:

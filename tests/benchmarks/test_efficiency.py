@@ -109,7 +109,8 @@ def test_the_whole_harness_on_the_tiny_model(tmp_path: Path, repo: Path, write_t
         assert seed["test"]["low"] < seed["test"]["value"] < seed["test"]["high"]
         assert set(seed["minus"]) == {"peft-defaults", "recipe"}
     scores = result["downstream"]
-    assert {row["model"] for row in scores} >= {"base model", "NOMAD", "TPE", "random search"}
+    models = " = ".join(row["model"] for row in scores)  # methods with the same best point share a row
+    assert all(name in models for name in ("base model", "NOMAD", "TPE", "random search", "peft's defaults"))
     assert all(0 <= row["score"]["value"] <= 1 for row in scores)
     assert all("minus_base" in row for row in scores if row["model"] != "base model")
     for name in ("tokens.png", "report.html", "efficiency.md", "downstream.jsonl"):
