@@ -301,7 +301,11 @@ class Evaluator:
         tokenizer = load_tokenizer(config.model)
         timings["tokenizer_load_s"] = time.perf_counter() - started
         started = time.perf_counter()
-        splits = prepare_splits(config.data, tokenizer)
+        # The test split is read only by an evaluation that computes its loss: a solver's evaluations never load it.
+        data = (
+            config.data if config.validation.test else config.data.model_copy(update={"test": (), "max_test_rows": 0})
+        )
+        splits = prepare_splits(data, tokenizer)
         timings["data_prep_s"] = time.perf_counter() - started
         logger.info("data: %d train / %d validation examples", len(splits.train), len(splits.validation))
         base_model = self._load_base_model(device, precision, timings)
