@@ -24,16 +24,17 @@ import numpy as np
 
 from blackbox.core.cache import tokenized_dir
 from blackbox.core.errors import SetupError
-from blackbox.core.experiment import DataConfig
+from blackbox.core.experiment import DATA_FILE_SUFFIXES, DataConfig
 from blackbox.core.files import folder_published_at, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the cached arrays change meaning
 
-LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+LOCAL_SUFFIXES = DATA_FILE_SUFFIXES
 
-# The Stanford Alpaca prompt as the reference study used it, with its "#### Context:" (four #).
+# The Stanford Alpaca prompt as the reference study used it for the Alpaca + Dolly mix (its experiments 2 and 3,
+# train/train_with_LoRa_mixed_data.py), with its "#### Context:" (four #): template "alpaca".
 ALPACA_WITH_CONTEXT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request.\n\n"
@@ -44,6 +45,17 @@ ALPACA_WITHOUT_CONTEXT = (
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Response:"
 )
+# Stanford Alpaca's own prompt (tatsu-lab/stanford_alpaca train.py), with "### Input:", as the reference study trained
+# its experiment 1 on Alpaca alone (train_with_LoRa.py): template "alpaca_input". Without an input it is the
+# same as ALPACA_WITHOUT_CONTEXT.
+ALPACA_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{context}\n\n### Response:"
+)
+RAW = "raw"
+"""Not a training template: the instruction alone, as the reference study asked its human-study questions
+(``lora-blackbox answers --preset paper``)."""
 
 
 @dataclass(frozen=True)
@@ -284,7 +296,10 @@ def _load_records(source: str) -> list[dict[str, Any]]:
     path = Path(source).expanduser()
     builder = LOCAL_SUFFIXES.get(path.suffix.lower())
     if builder is not None and not path.is_file():
-        raise SetupError(f"data file {source} does not exist")
+        raise SetupError(
+            f"data file {path} does not exist (a relative path in an experiment file is read from that "
+            "file's folder; on the command line, from the working directory)"
+        )
     try:
         if builder is not None:
             dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
@@ -336,10 +351,13 @@ def _dedupe(rows: list[Row]) -> list[Row]:
 
 def prompt_formatter(template: str, tokenizer: Any, *, system_prompt: str | None = None) -> Callable[[Row], str]:
     """The function that turns a row into its prompt text (the response follows it)."""
-    if template == "alpaca":
-        return lambda row: (ALPACA_WITH_CONTEXT if row.context else ALPACA_WITHOUT_CONTEXT).format(
+    if template in ("alpaca", "alpaca_input"):
+        with_context = ALPACA_WITH_CONTEXT if template == "alpaca" else ALPACA_WITH_INPUT
+        return lambda row: (with_context if row.context else ALPACA_WITHOUT_CONTEXT).format(
             instruction=row.instruction, context=row.context
         )
+    if template == RAW:
+        return lambda row: f"{row.instruction}\n\n{row.context}" if row.context else row.instruction
     if template == "chat":
         if not getattr(tokenizer, "chat_template", None):
             raise SetupError("template 'chat' needs a tokenizer with a chat template")
@@ -358,9 +376,9 @@ def prompt_formatter(template: str, tokenizer: Any, *, system_prompt: str | None
 
 
 def adds_special_tokens(template: str) -> bool:
-    """Whether the tokenizer adds its special tokens to a prompt of ``template``: the Alpaca prompt is plain text
-    (the tokenizer adds BOS), a chat template writes its own markers."""
-    return template == "alpaca"
+    """Whether the tokenizer adds its special tokens to a prompt of ``template``: the Alpaca prompts and a raw
+    instruction are plain text (the tokenizer adds BOS), a chat template writes its own markers."""
+    return template != "chat"
 
 
 def tokenize_rows(
