@@ -67,21 +67,35 @@ def blackbox() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "blackbox.cli"]
 
 
-def run_nomad(work: Path, experiment: str, seed: int, budget: int, overrides: tuple[str, ...]) -> Path:
-    folder = work / f"nomad-s{seed}"
-    param = work / f"nomad-s{seed}.txt"
+def run_nomad(
+    work: Path, experiment: str, seed: int, budget: int, overrides: tuple[str, ...], *, name: str = "nomad"
+) -> Path:
+    """A NOMAD study (``lora-blackbox study`` on a generated parameter file) in ``work/<name>-s<seed>``."""
+    folder = work / f"{name}-s{seed}"
+    param = work / f"{name}-s{seed}.txt"
     settings = (*overrides, f"study.budget={budget}", f"study.seed={seed}")
     subprocess.run([*blackbox(), "-q", "params", "-e", experiment, *_sets(settings), "--out", str(param)], check=True)
-    with (work / f"nomad-s{seed}.stdout.txt").open("a") as display:
+    with (work / f"{name}-s{seed}.stdout.txt").open("a") as display:
         subprocess.run([*blackbox(), "study", str(param), "--dir", str(folder)], stdout=display, check=True)
     return folder
 
 
-def run_optuna(work: Path, experiment: str, sampler: str, seed: int, budget: int, overrides: tuple[str, ...]) -> Path:
-    folder = work / f"{sampler}-s{seed}"
+def run_optuna(
+    work: Path,
+    experiment: str,
+    sampler: str,
+    seed: int,
+    budget: int,
+    overrides: tuple[str, ...],
+    *,
+    name: str = "",
+    options: tuple[str, ...] = (),
+) -> Path:
+    """An Optuna study (``lora-blackbox optuna --sampler SAMPLER [OPTIONS]``) in ``work/<name or sampler>-s<seed>``."""
+    folder = work / f"{name or sampler}-s{seed}"
     command = [*blackbox(), "optuna", "-e", experiment, *_sets(overrides), "--n-trials", str(budget)]
-    command += ["--sampler", sampler, "--seed", str(seed), "--dir", str(folder)]
-    with (work / f"{sampler}-s{seed}.stdout.json").open("w") as summary:
+    command += ["--sampler", sampler, "--seed", str(seed), "--dir", str(folder), *options]
+    with (work / f"{name or sampler}-s{seed}.stdout.json").open("w") as summary:
         subprocess.run(command, stdout=summary, check=True)
     return folder
 

@@ -194,6 +194,7 @@ def test_missing_model_fails_the_call_and_records_every_point(tmp_path, tiny_exp
         (["--set", "training.max_step=5"], 2, "unknown key 'training.max_step'"),
         (["--set", "training.seed=abc"], 2, "training.seed"),
         (["-e", "no-such-experiment"], 2, "no experiment file"),
+        (["--set", "validation.test=true"], 2, "give its sources in data.test"),
     ],
 )
 def test_bad_experiments_exit_2(tmp_path, tiny_experiment, run_blackbox, args, code, message) -> None:
@@ -363,3 +364,33 @@ def test_data_kept_beside_the_experiment_is_found_from_any_folder(
     result = run_blackbox(["eval", "-e", str(experiment), str(points)])
     assert result.returncode == 1 and result.stdout == b""
     assert f"data file {project / 'train.jsonl'} does not exist" in result.stderr.decode()
+
+
+def test_the_test_loss_is_recorded_apart_and_never_printed(tmp_path, tiny_experiment, tiny_data, run_blackbox) -> None:
+    """``validation.test``: the loss of the test split joins the record (and each example's loss its run folder);
+    the output line, the validation loss and the training are those of the same point without it."""
+    from blackbox.training.data import load_rows
+    from blackbox.training.testing import instruction_rows
+
+    training_rows = [json.loads(line) for line in tiny_data[0].read_text().splitlines()[:3]]
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in [*training_rows, *instruction_rows(20, seed=7)]))
+    points = tmp_path / "x.txt"
+    points.write_text("2 -2 0.1\n")
+    plain = run_blackbox(["eval", "-e", str(tiny_experiment), str(points)])
+    tested = run_blackbox(
+        ["eval", "-e", str(tiny_experiment), "--set", f"data.test={test}", "--set", "validation.test=true", str(points)]
+    )
+    assert plain.returncode == tested.returncode == 0, tested.stderr.decode()[-3000:]
+    assert plain.stdout.split()[:2] == tested.stdout.split()[:2]  # validation and train loss, nothing more
+    first, second = _records(tiny_experiment)
+    assert "test_loss" not in first["metrics"]
+    assert second["metrics"]["validation_loss"] == first["metrics"]["validation_loss"]
+    examples = json.loads((Path(second["run_dir"]) / "test_losses.json").read_text())
+    seen = set(load_rows([str(tiny_data[0]), str(tiny_data[1])]))
+    fresh = set(load_rows([str(test)])) - seen
+    assert second["metrics"]["test_examples"] == len(examples["loss_sums"]) == len(fresh) <= 20  # training rows dropped
+    assert sum(examples["loss_sums"]) / sum(examples["target_tokens"]) == pytest.approx(
+        second["metrics"]["test_loss"], rel=1e-4
+    )
+    assert second["fingerprint"] != first["fingerprint"]

@@ -480,10 +480,16 @@ def searchable_problems(name: str, *, table: bool = False) -> list[str]:
 
 
 class DataConfig(_Section):
-    """Instruction data: sources, prompt template, tokenisation and the validation split."""
+    """Instruction data: sources, prompt template, tokenisation, the validation split and a test split.
+
+    ``test``: sources of a test split that no solver sees: its loss is computed only by an evaluation with
+    ``[validation] test = true`` (never an output), to check a study's best point on data it did not choose by.
+    Rows that also appear in the training or validation rows are dropped from it.
+    """
 
     train: tuple[str, ...]
     validation: tuple[str, ...] = ()
+    test: tuple[str, ...] = ()
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
     split_seed: int = 0
     # alpaca: the reference study's prompt for the Alpaca + Dolly mix ("#### Context:"); alpaca_input: Stanford Alpaca's
@@ -495,8 +501,9 @@ class DataConfig(_Section):
     max_length: int = Field(default=512, ge=8)
     max_train_rows: int = Field(default=0, ge=0, description="0 = all rows")
     max_validation_rows: int = Field(default=0, ge=0, description="0 = all rows")
+    max_test_rows: int = Field(default=0, ge=0, description="0 = all rows")
 
-    @field_validator("train", "validation", mode="before")
+    @field_validator("train", "validation", "test", mode="before")
     @classmethod
     def _as_tuple(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -558,6 +565,12 @@ class ValidationConfig(_Section):
     batch_size: int = Field(default=8, ge=1, description="sequences per validation forward pass")
     checkpoints: tuple[float, ...] = Field(default=(), description="fractions of the training steps; empty = none")
     checkpoint_rows: int = Field(default=32, ge=0, description="validation rows of a checkpoint; 0 = all")
+
+    test: bool = Field(
+        default=False,
+        description="also compute the loss of the test split (data.test): metric test_loss, never an output; "
+        "the loss of each test example in the run folder (test_losses.json)",
+    )
 
     @field_validator("checkpoints")
     @classmethod
@@ -737,6 +750,12 @@ class Experiment(_Section):
             raise ValueError("; ".join(problems))
         return self
 
+    @model_validator(mode="after")
+    def _check_test_split(self) -> Experiment:
+        if self.validation.test and not self.data.test:
+            raise ValueError("validation.test computes the loss of the test split: give its sources in data.test")
+        return self
+
     def _setting_problems(self, variable: VariableConfig) -> list[str]:
         """Values of a setting variable that its section refuses, found at load time (section by section: the whole
         experiment is validated again for each point, see :meth:`with_settings`)."""
@@ -805,6 +824,10 @@ class Experiment(_Section):
         permission = {"allow_code_execution"}
         exclude["objective"] = {"benchmark": permission, "test": permission}
         exclude["constraints"] = {"__all__": {"benchmark": permission}}
+        # The test split counts only for an evaluation that computes its loss: experiments from before data.test
+        # keep their fingerprint, and so does a study's experiment with a test split that no evaluation sees.
+        if not self.validation.test:
+            exclude |= {"data": {"test", "max_test_rows"}, "validation": {"test"}}
         return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
 
@@ -935,12 +958,12 @@ DATA_FILE_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parque
 
 def absolute_paths(raw: dict[str, Any], base: Path) -> None:
     """Make the local paths of a raw experiment absolute, relative ones against ``base``: data files and folders
-    (``data.train``, ``data.validation``), a local model folder (``model.name_or_path``), ``records.dir`` and the
-    benchmarks' ``include_path``. A name that is no local path stays as it is: a hub id (``meta-llama/Llama-2-7b-hf``
-    unless such a folder exists under ``base``), a hub data set, ``embedded:...``."""
+    (``data.train``, ``data.validation``, ``data.test``), a local model folder (``model.name_or_path``),
+    ``records.dir`` and the benchmarks' ``include_path``. A name that is no local path stays as it is: a hub id
+    (``meta-llama/Llama-2-7b-hf`` unless such a folder exists under ``base``), a hub data set, ``embedded:...``."""
     data = raw.get("data")
     if isinstance(data, dict):
-        for key in ("train", "validation"):
+        for key in ("train", "validation", "test"):
             value = data.get(key)
             if isinstance(value, str):
                 data[key] = _local_source(value, base)

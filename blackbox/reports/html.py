@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from blackbox.reports.downstream import BenchmarkScores
+from blackbox.reports.downstream import Z95, BenchmarkScores
 from blackbox.reports.load import Run
 
 CHECKPOINTS = (1, 5, 10, 20, 50, 100)
@@ -102,21 +102,33 @@ def _downstream(scores: Sequence[BenchmarkScores]) -> str:
     scores with their validation losses (``lora-blackbox downstream``)."""
     intro = (
         "<p>Benchmark scores of evaluated points (lm-evaluation-harness, <code>downstream.jsonl</code>) against "
-        "their validation loss. Spearman's ρ &lt; 0: a lower validation loss went with a higher score.</p>"
+        "their validation loss, ± half the width of their 95% interval (lm-eval's standard error): scores whose "
+        "intervals overlap are not told apart. Spearman's ρ &lt; 0: a lower validation loss went with a higher "
+        "score; over fewer than 5 points it is marked as too few to rank.</p>"
     )
-    rows = [
-        [
-            entry.run,
-            entry.key.removeprefix("benchmark:"),
-            number(entry.base),
-            str(len(entry.points)),
-            number(max((p[1] for p in entry.points), default=None)),
-            number(entry.spearman),
-        ]
-        for entry in scores
-    ]
+    rows = []
+    for entry in scores:
+        best = max(entry.points, key=lambda p: p.value, default=None)
+        base_half = None if entry.base_stderr is None else Z95 * entry.base_stderr
+        rows.append(
+            [
+                entry.run,
+                entry.key.removeprefix("benchmark:"),
+                _with_interval(entry.base, base_half),
+                str(len(entry.points)),
+                _with_interval(best.value, best.half_width) if best else "-",
+                entry.describe_spearman(),
+            ]
+        )
     header = ["run", "benchmark", "base model", "points", "best score", "Spearman ρ (loss, score)"]
     return intro + _table(header, rows, table_id="downstream")
+
+
+def _with_interval(value: float | None, half_width: float | None) -> str:
+    """A score ± half its 95% interval, where it has one."""
+    if value is None:
+        return "-"
+    return number(value) + ("" if half_width is None else f" ± {half_width:.3f}")
 
 
 def _run_row(run: Run, checkpoints: Sequence[int]) -> list[str]:

@@ -213,26 +213,31 @@ class _Scale:
 
 
 def downstream_png(scores: Sequence[BenchmarkScores]) -> bytes:
-    """One panel per benchmark and run: score against validation loss, the base model as a dashed line."""
+    """One panel per benchmark and run: score against validation loss with 95% error bars, the base model as a
+    dashed line in its grey 95% band; the rank correlation, marked when it rests on too few points."""
     plt = _pyplot()
     figure, axes_list = plt.subplots(1, len(scores), figsize=(5 * len(scores), 4), squeeze=False)
     for axes, entry in zip(axes_list[0], scores, strict=True):
-        losses = [p[0] for p in entry.points]
-        values = [p[1] for p in entry.points]
-        axes.scatter(losses, values, s=25)
-        for loss, value, label in entry.points:
-            axes.annotate(label, (loss, value), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        losses = [p.validation_loss for p in entry.points]
+        values = [p.value for p in entry.points]
+        errors = [p.half_width or 0.0 for p in entry.points]
+        axes.errorbar(losses, values, yerr=errors, fmt="o", markersize=5, capsize=3, label="adapters (95% interval)")
+        for point in entry.points:
+            axes.annotate(
+                point.label, (point.validation_loss, point.value), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
         if entry.base is not None:
             axes.axhline(entry.base, linestyle="--", color="grey", label=f"base model {entry.base:.4g}")
-            axes.legend(fontsize=8)
-        rho = entry.spearman
+            if entry.base_stderr:
+                half = 1.959963984540054 * entry.base_stderr
+                axes.axhspan(entry.base - half, entry.base + half, color="grey", alpha=0.15)
+        axes.legend(fontsize=8)
         axes.set_title(
-            f"{entry.run}: {entry.key.removeprefix('benchmark:')}\nSpearman ρ = "
-            + (f"{rho:.2f}" if rho is not None else "n/a"),
+            f"{entry.run}: {entry.key.removeprefix('benchmark:')}\nSpearman ρ = {entry.describe_spearman()}",
             fontsize=9,
         )
         axes.set_xlabel("validation loss")
-        axes.set_ylabel("score")
+        axes.set_ylabel("score (bars: 95% intervals)")
         axes.grid(alpha=0.3)
     figure.tight_layout()
     return _png(plt, figure)

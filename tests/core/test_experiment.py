@@ -352,3 +352,16 @@ def test_a_permission_to_run_code_leaves_the_fingerprint_alone() -> None:
         return exp.model_copy(update={"objective": objective}).fingerprint()
 
     assert with_benchmark(allow_code_execution=True) == exp.fingerprint() != with_benchmark(num_fewshot=3)
+
+
+def test_a_test_split_counts_in_the_fingerprint_only_where_its_loss_is_computed() -> None:
+    demo = load_experiment("demo")
+    with_test = load_experiment("demo", ["data.test=embedded:chitchat/test", "data.max_test_rows=100"])
+    assert with_test.data.test == ("embedded:chitchat/test",)
+    # A study that never computes the test loss runs the same evaluations: the same fingerprint, so a study of an
+    # experiment from before data.test resumes from its records.
+    assert with_test.fingerprint() == demo.fingerprint()
+    tested = load_experiment("demo", ["data.test=embedded:chitchat/test", "validation.test=true"])
+    assert tested.fingerprint() != demo.fingerprint()
+    with pytest.raises(ConfigError, match=r"validation.test .* data.test"):
+        load_experiment("demo", ["validation.test=true"])

@@ -12,6 +12,7 @@ from blackbox.training.data import (
     Row,
     adds_special_tokens,
     load_split_rows,
+    load_test_rows,
     prepare_splits,
     prompt_formatter,
     rows_from_records,
@@ -100,6 +101,48 @@ def test_holdout_is_disjoint_deterministic_and_deduplicated(tmp_path: Path) -> N
     assert load_split_rows(config.model_copy(update={"split_seed": 4})) != (train, validation)
 
 
+def test_a_test_split_is_disjoint_from_training_and_validation(tmp_path: Path) -> None:
+    def write(name: str, numbers: range) -> str:
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"instruction": f"q{i}", "response": f"a{i}"}) + "\n" for i in numbers))
+        return str(path)
+
+    config = DataConfig(
+        train=(write("train", range(0, 50)),),
+        validation=(write("validation", range(50, 70)),),
+        test=(write("test", range(45, 100)),),  # q45..q49 are training rows, q50..q69 validation rows
+        max_test_rows=20,
+    )
+    train, validation = load_split_rows(config)
+    test = load_test_rows(config, train, validation)
+    assert test is not None and len(test) == 20
+    assert not set(test) & (set(train) | set(validation))
+    assert {int(row.instruction[1:]) for row in test} <= set(range(70, 100))
+    assert load_test_rows(config, train, validation) == test  # shuffled by split_seed, the same every time
+    # The training and validation rows are those of the same data without a test split.
+    assert load_split_rows(config.model_copy(update={"test": (), "max_test_rows": 0})) == (train, validation)
+    assert load_test_rows(config.model_copy(update={"test": ()}), train, validation) is None
+    with pytest.raises(SetupError, match="no test row"):
+        load_test_rows(config.model_copy(update={"test": config.train}), train, validation)
+
+
+def test_the_test_split_is_tokenised_and_cached_apart(tokenizer, tiny_data, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LORA_BLACKBOX_CACHE", str(tmp_path / "cache"))
+    train, validation = tiny_data
+    config = DataConfig(train=(str(train),), validation=(str(validation),), max_length=128)
+    without = prepare_splits(config, tokenizer)
+    assert without.test is None
+    test_file = tmp_path / "test.jsonl"
+    test_file.write_text("".join(json.dumps({"instruction": f"t{i}", "response": f"r{i}"}) + "\n" for i in range(7)))
+    with_test = config.model_copy(update={"test": (str(test_file),)})
+    first, again = prepare_splits(with_test, tokenizer), prepare_splits(with_test, tokenizer)
+    assert first.key != without.key and not first.from_cache and again.from_cache
+    assert first.test is not None and again.test is not None and len(first.test) == len(again.test) == 7
+    assert np.array_equal(first.test.ids, again.test.ids)
+    assert np.array_equal(first.train.ids, without.train.ids)
+    assert np.array_equal(first.validation.ids, without.validation.ids)
+
+
 def test_tokenised_data_is_cached_and_keyed_by_content(tokenizer, tiny_data, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LORA_BLACKBOX_CACHE", str(tmp_path / "cache"))
     train, validation = tiny_data
@@ -147,6 +190,18 @@ def test_missing_local_file_is_a_setup_error(tokenizer) -> None:
 def test_hub_names_fail_fast_offline(tokenizer) -> None:
     with pytest.raises(SetupError, match="tatsu-lab/alpaca"):
         prepare_splits(DataConfig(train=("tatsu-lab/alpaca",)), tokenizer)
+
+
+def test_embedded_chitchat_dev_and_test_halve_the_validation_conversations() -> None:
+    validation = embedded.embedded_rows("embedded:chitchat/validation")
+    dev = embedded.embedded_rows("embedded:chitchat/dev")
+    test = embedded.embedded_rows("embedded:chitchat/test")
+    assert sorted(dev + test) == sorted(validation)
+    assert len(dev) > 5_000 and len(test) > 5_000
+    # No conversation in both: a reply of one turn is the next turn's message, so shared conversations share text.
+    dev_texts = {text for row in dev for text in (row[0], row[2])}
+    shared = [row for row in test if row[0] in dev_texts and row[2] in dev_texts]
+    assert len(shared) < 0.01 * len(test)
 
 
 def test_embedded_chitchat_splits_share_no_conversation() -> None:

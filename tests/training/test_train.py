@@ -11,7 +11,7 @@ from blackbox.training.data import DataConfig, prepare_splits
 from blackbox.training.model import attach_lora, detach_lora, load_base_model, load_tokenizer
 from blackbox.training.precision import Precision
 from blackbox.training.train import train
-from blackbox.training.validate import validate
+from blackbox.training.validate import example_losses, validate
 
 FP32 = Precision(torch.float32, None)
 CPU = torch.device("cpu")
@@ -174,3 +174,16 @@ def test_activation_checkpointing_learns_the_same(tiny_model: Path, tiny_data) -
         )
         losses.append(stats.train_loss)
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-5)
+
+
+def test_example_losses_add_up_to_the_validation_loss(setup) -> None:
+    _, splits, base, pad_id = setup
+    split = splits.validation
+    whole = validate(model=base, split=split, batch_size=8, device=CPU, precision=FP32, pad_id=pad_id, packed=True)
+    each = example_losses(model=base, split=split, batch_size=5, device=CPU, precision=FP32, pad_id=pad_id)
+    assert len(each.loss_sums) == len(each.target_tokens) == len(split)
+    assert each.target_tokens.sum() == whole.target_tokens == split.target_tokens
+    assert each.loss == pytest.approx(whole.loss, rel=1e-5)
+    # Each example's loss is its own, whatever batch it was padded into.
+    alone = example_losses(model=base, split=split.head(3), batch_size=1, device=CPU, precision=FP32, pad_id=pad_id)
+    torch.testing.assert_close(alone.loss_sums, each.loss_sums[:3], rtol=1e-5, atol=1e-5)
