@@ -518,7 +518,9 @@ class TrainingConfig(_Section):
     autocast: Literal["auto", "none", "bfloat16", "float16"] = "auto"
     gradient_checkpointing: bool = False
     # "liger": fused RMSNorm, SwiGLU and RoPE Triton kernels from liger-kernel (CUDA, Llama-family models).
-    fused_kernels: Literal["none", "liger"] = "none"
+    # "auto": liger where it applies (training on CUDA, a Llama-family model not quantised, liger-kernel
+    # installed: 1.29x the tokens/s on Llama-2-7B, benchmarks/RESULTS.md), else none, said in one log line.
+    fused_kernels: Literal["auto", "none", "liger"] = "auto"
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
     timeout_s: float = Field(default=0.0, ge=0, description="wall-clock limit of training; 0 = none")
     log_every_steps: int = Field(default=10, ge=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,14 @@ class TrainStats:
     seconds: float
     micro_batch_size: int  # sequences per forward pass, as configured or as found by the auto search
     losses: tuple[float, ...] = ()  # the loss of every step (MLflow's loss curve; records keep the summary)
+    # The wall time of every step; the first includes the automatic micro-batch search and kernel compilation.
+    step_seconds: tuple[float, ...] = ()
+
+    @property
+    def steady_step_seconds(self) -> float:
+        """The median time of a step after the first (of the first, when it is the only one)."""
+        later = self.step_seconds[1:] or self.step_seconds
+        return statistics.median(later) if later else math.nan
 
 
 def total_steps(num_examples: int, config: TrainingConfig, fidelity: float = 1.0) -> int:
@@ -90,6 +99,8 @@ def train(
     model.train()
     started = time.perf_counter()
     losses: list[float] = []
+    step_seconds: list[float] = []
+    step_started = started
     step_loss = math.nan
     target_tokens = real_tokens = padded_tokens = 0
     for step in range(1, steps + 1):
@@ -124,6 +135,9 @@ def train(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
+        step_ended = time.perf_counter()
+        step_seconds.append(step_ended - step_started)
+        step_started = step_ended
         target_tokens += step_targets
         real_tokens += sum(b.real_tokens for b in batches)
         padded_tokens += sum(b.input_ids.numel() for b in batches)
@@ -151,6 +165,7 @@ def train(
         seconds=time.perf_counter() - started,
         micro_batch_size=micro,
         losses=tuple(losses),
+        step_seconds=tuple(step_seconds),
     )
 
 
