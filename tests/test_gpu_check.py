@@ -39,6 +39,8 @@ def test_the_dry_run_runs_every_part_and_reports_each_check(tmp_path: Path, repo
     flat = rows[("block", "memory flat between points")]["numbers"]
     assert flat["memory_key"] == "process_rss_gib" and flat["second_gib"] > 0
     assert rows[("block", "point 2 of 2")]["numbers"]["fused_kernels"] == "none"
+    # Trained with the GPU's packed-only attention (its CPU stand-in), scored by lm-eval on padded batches
+    assert rows[("objective", "benchmark objective tiny_mc:acc")]["numbers"]["attention"] == "varlen"
     assert rows[("torchrun", "torchrun --nproc-per-node=1")]["status"] == "ok"
     assert rows[("objective", "benchmark objective tiny_mc:acc")]["numbers"]["requests_per_s"] > 0
     scored = rows[("adapter", "downstream scores the adapter")]["numbers"]

@@ -29,6 +29,7 @@ from blackbox.core.experiment import BenchmarkConfig, DataConfig, Experiment
 from blackbox.core.files import folder_published_at, write_text_atomic
 from blackbox.core.folders import BASE_SCORES_FILE
 from blackbox.core.record import writing_records
+from blackbox.training.attention import padded_batches
 from blackbox.training.data import Row, prompt_formatter
 from blackbox.training.embedded import PREFIX, embedded_rows
 
@@ -96,7 +97,8 @@ class Scorer:
         started = time.perf_counter()
         lm = HFLM(pretrained=model, tokenizer=self.tokenizer, batch_size=benchmark.batch_size)
         limit = benchmark.limit or None
-        with _code_execution(self.allow_code_execution), contextlib.redirect_stdout(sys.stderr):
+        # Padded batches: a model that trains with the packed-only 'varlen' attention is scored with SDPA.
+        with padded_batches(model), _code_execution(self.allow_code_execution), contextlib.redirect_stdout(sys.stderr):
             try:
                 results = lm_eval.simple_evaluate(
                     model=lm,

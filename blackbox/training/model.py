@@ -79,7 +79,7 @@ def load_base_model(
     kwargs: dict[str, Any] = {
         "revision": config.revision or None,
         "dtype": precision.weights,
-        "attn_implementation": resolve_attention(config, training, device),
+        "attn_implementation": resolve_attention(config, training, device, for_training=for_training),
     }
     if config.quantization != "none":
         kwargs["quantization_config"] = _quantization_config(config, precision)
@@ -109,9 +109,11 @@ def load_base_model(
     return model
 
 
-def resolve_attention(config: ModelConfig, training: TrainingConfig, device: torch.device) -> str:
+def resolve_attention(
+    config: ModelConfig, training: TrainingConfig, device: torch.device, *, for_training: bool = True
+) -> str:
     """The attention implementation: ``auto`` picks variable-length flash attention for packed batches
-    on CUDA when this torch has it, else SDPA.
+    on CUDA when this torch has it, else SDPA. A model for inference (padded batches) gets SDPA for either.
 
     Raises:
         SetupError: ``varlen`` without packing.
@@ -119,6 +121,8 @@ def resolve_attention(config: ModelConfig, training: TrainingConfig, device: tor
     from blackbox.training import attention
 
     choice: str = config.attn_implementation
+    if not for_training and choice in ("auto", attention.NAME):
+        return "sdpa"
     if choice == "auto":
         fast = device.type == "cuda" and training.packing and attention.varlen_available()
         choice = attention.NAME if fast else "sdpa"
