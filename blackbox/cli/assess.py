@@ -12,6 +12,7 @@ from blackbox.cli.options import Selection, optional_experiment_options, selecti
 from blackbox.cli.protocol import exit_on_error
 from blackbox.core.errors import SetupError
 from blackbox.core.experiment import load_experiment
+from blackbox.core.extras import require
 
 logger = logging.getLogger("blackbox")
 
@@ -215,6 +216,7 @@ def compare_command(
             if judge_model or results:
                 click.echo(results_text(group_preferences(votes)), nl=False)
             return
+        require("starlette", "uvicorn", "jinja2", "multipart", purpose="the rating page of lora-blackbox compare")
         from blackbox.assessment.compare.app import build_app, serve
 
         def ready(url: str) -> None:
