@@ -1,14 +1,15 @@
 """Answers of the base model and of chosen adapters to a set of open questions (``lora-blackbox answers``): what
 people (``compare``) and a judge model rate side by side.
 
-Every question is asked in the experiment's prompt template, of every model, with the same sampling settings
-and seed; the base model is loaded once and each adapter is put on it in turn. The answers file holds one JSON
-object per (question, model)::
+Every question is asked in the experiment's prompt template (or raw, as it is: ``--preset paper``), of every model,
+with the same sampling settings and seed; the base model is loaded once and each adapter is put on it in turn.
+Questions come from lora-blackbox's or FastChat's question files, or a shipped set (``vicuna80``, ``paper30``).
+The answers file holds one JSON object per (question, model)::
 
     {"question_id": "q1", "question": "...", "model": "best", "adapter": "runs/demo/evals/<id>/adapter",
      "run_id": "<id>", "objective": 2.31, "base_model": "...", "answer": "...", "seed": 0,
      "settings": {"max_new_tokens": 256, "temperature": 0.9, "top_p": 0.9, "greedy": false, "batch_size": 8,
-                  "template": "chat", "system_prompt": ""},
+                  "top_k": 0, "template": "chat", "system_prompt": ""},
      "timings": {"seconds": 0.41, "new_tokens": 57}}
 
 A rerun keeps the answers of every model that already has all the questions with the same settings and seed,
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from blackbox.assessment.questions import SHIPPED
 from blackbox.assessment.selection import BASE, Candidate
 from blackbox.core.errors import ConfigError, SetupError
 from blackbox.core.experiment import Experiment
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+RAW = "raw"  # the prompt of a question asked as it is (blackbox.training.data.RAW: this layer imports no torch)
+
 _QUESTION_KEYS = ("question", "prompt", "instruction", "text")
 
 
@@ -44,12 +48,34 @@ class Question:
     text: str
 
 
-def read_questions(path: Path) -> list[Question]:
-    """The questions of a file: JSON Lines (``{"id": ..., "question": ...}``; ``prompt``, ``instruction`` or
-    ``text`` also name the question; without ``id``: q1, q2, ... by line) or plain text, one question a line.
+def question_file(name_or_path: str) -> tuple[Path, tuple[int, ...] | None]:
+    """The file of ``--questions`` and the question ids it asks (None: all): a path, or the name of a shipped set
+    (``vicuna80``, ``paper30``: :mod:`blackbox.assessment.questions`).
 
     Raises:
-        SetupError: the file cannot be read, holds no question, a line is not a question, or an id repeats.
+        SetupError: neither a file nor a shipped set.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path, None
+    if name_or_path in SHIPPED:
+        return SHIPPED[name_or_path]
+    raise SetupError(
+        f"no question file {name_or_path!r} and no shipped question set of that name ({', '.join(SHIPPED)})"
+    )
+
+
+def read_questions(path: Path, *, ids: Sequence[int | str] | None = None) -> list[Question]:
+    """The questions of a file, or those of ``ids`` in their order.
+
+    JSON Lines, one question a line: lora-blackbox's ``{"id": ..., "question": ...}`` (``prompt``, ``instruction`` or
+    ``text`` also name the question; without an id: q1, q2, ... by line) and FastChat's question files, with an
+    integer ``question_id`` and the question under ``text`` (its first Vicuna benchmark) or as the one string of
+    ``turns`` (llm_judge's). Plain text: one question a line.
+
+    Raises:
+        SetupError: the file cannot be read or holds no question, a line is not a question (the message says what
+            is wrong with it), an id repeats, or an id of ``ids`` is not in the file.
     """
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -63,27 +89,75 @@ def read_questions(path: Path) -> list[Question]:
             questions.append(Question(f"q{count}", line))
             continue
         try:
-            item = json.loads(line)
+            questions.append(_question(json.loads(line), default_id=f"q{count}"))
         except json.JSONDecodeError as e:
             raise SetupError(f"{path}, line {n}: not JSON ({e})") from e
-        text = next((item[k] for k in _QUESTION_KEYS if isinstance(item, dict) and isinstance(item.get(k), str)), None)
-        if not text:
-            raise SetupError(f"{path}, line {n}: no question (a string under one of {', '.join(_QUESTION_KEYS)})")
-        questions.append(Question(str(item.get("id", f"q{count}")), text))
+        except ValueError as e:
+            raise SetupError(f"{path}, line {n}: {e}") from e
     if not questions:
         raise SetupError(f"{path} holds no question")
-    ids = [q.id for q in questions]
-    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    found = [q.id for q in questions]
+    repeated = sorted({i for i in found if found.count(i) > 1})
     if repeated:
         raise SetupError(f"{path}: question ids must be unique, repeated: {', '.join(repeated)}")
-    return questions
+    if ids is None:
+        return questions
+    by_id = {q.id: q for q in questions}
+    missing = [str(i) for i in ids if str(i) not in by_id]
+    if missing:
+        raise SetupError(f"{path} has no question of id {', '.join(missing)}")
+    return [by_id[str(i)] for i in ids]
+
+
+def _question(item: Any, *, default_id: str) -> Question:
+    """One line of a question file, parsed (ValueError: what is wrong with it)."""
+    if not isinstance(item, dict):
+        raise ValueError(f"a question is a JSON object, got {type(item).__name__}")
+    question_id = _id_of(item, ("question_id", "id"), default=default_id)
+    text = next((item[k] for k in _QUESTION_KEYS if isinstance(item.get(k), str)), None)
+    if text is None and "turns" in item:
+        text = _one_turn(item["turns"], what="question")
+    if not text:
+        raise ValueError(
+            f"no question: a non-empty string under one of {', '.join(_QUESTION_KEYS)}, or FastChat's 'turns' "
+            f"(keys found: {', '.join(sorted(item)) or 'none'})"
+        )
+    return Question(question_id, text)
+
+
+def _id_of(item: dict[str, Any], keys: tuple[str, ...], *, default: str | None = None) -> str:
+    """The id under the first of ``keys`` that the item has: a string, or an integer as FastChat writes it."""
+    key = next((k for k in keys if k in item), None)
+    if key is None:
+        if default is None:
+            raise ValueError(f"no question id ({' or '.join(keys)})")
+        return default
+    value = item[key]
+    if isinstance(value, bool) or not isinstance(value, int | str) or value == "":
+        raise ValueError(f"{key} must be an integer or a non-empty string, got {value!r}")
+    return str(value)
+
+
+def _one_turn(turns: Any, *, what: str) -> str:
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
+        raise ValueError(f"'turns' must be a list of strings, got {turns!r:.60}")
+    if len(turns) > 1:
+        raise ValueError(f"the {what} has {len(turns)} turns: only one-turn {what}s are supported (as Vicuna's)")
+    text: str = turns[0]
+    return text
 
 
 def read_answers(path: Path) -> list[dict[str, Any]]:
-    """The lines of an answers file.
+    """The answers of a file, each a dict with at least ``question_id`` (a string), ``model``, ``answer`` and
+    ``question`` (None where the file does not say it).
+
+    Reads lora-blackbox's answers files (``lora-blackbox answers``: every key kept) and FastChat's, one model per
+    file, as FastChat writes them: ``{"question_id": 1, "text": ANSWER, "model_id": ..., "answer_id": ...}`` (its first
+    Vicuna evaluation) or ``{"question_id": 1, "model_id": ..., "choices": [{"index": 0, "turns": [ANSWER]}]}``
+    (llm_judge's ``model_answer`` files).
 
     Raises:
-        SetupError: the file cannot be read or a line is not an answer.
+        SetupError: the file cannot be read or a line is not an answer (the message says what is wrong with it).
     """
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -94,13 +168,77 @@ def read_answers(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            answers.append(_answer(json.loads(line)))
         except json.JSONDecodeError as e:
             raise SetupError(f"{path}, line {n}: not JSON ({e})") from e
-        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("question_id", "model")):
-            raise SetupError(f"{path}, line {n}: not an answer (question_id, model, question, answer)")
-        answers.append(item)
+        except ValueError as e:
+            raise SetupError(f"{path}, line {n}: {e}") from e
     return answers
+
+
+def _answer(item: Any) -> dict[str, Any]:
+    """One line of an answers file, as :func:`read_answers` returns it (ValueError: what is wrong with it)."""
+    if not isinstance(item, dict):
+        raise ValueError(f"an answer is a JSON object, got {type(item).__name__}")
+    question_id = _id_of(item, ("question_id",))
+    if "model" in item:  # lora-blackbox's
+        if not isinstance(item["model"], str) or not item["model"]:
+            raise ValueError(f"model must be a non-empty string, got {item['model']!r}")
+        if not isinstance(item.get("answer"), str):
+            raise ValueError(f"no answer: 'answer' must be a string, got {item.get('answer')!r:.60}")
+        question = item.get("question")
+        return {**item, "question_id": question_id, "question": question if isinstance(question, str) else None}
+    model = item.get("model_id")
+    if not isinstance(model, str) or not model:
+        raise ValueError(
+            f"no model: lora-blackbox's 'model' or FastChat's 'model_id' (a non-empty string; keys found: "
+            f"{', '.join(sorted(item))})"
+        )
+    if isinstance(item.get("text"), str):
+        answer = item["text"]
+    elif isinstance(item.get("choices"), list) and item["choices"] and isinstance(item["choices"][0], dict):
+        answer = _one_turn(item["choices"][0].get("turns"), what="answer")
+    else:
+        raise ValueError("no answer: FastChat's 'text', or 'choices' with the answer in choices[0].turns")
+    return {"question_id": question_id, "model": model, "answer": answer, "question": None}
+
+
+def with_questions(answers: list[dict[str, Any]], questions: Sequence[Question]) -> list[dict[str, Any]]:
+    """The answers with the text of their questions where they lack it (FastChat's answers files do not hold it).
+
+    Raises:
+        SetupError: a question is neither in the answers file nor among ``questions``.
+    """
+    texts = {q.id: q.text for q in questions}
+    missing = sorted({a["question_id"] for a in answers if a["question"] is None and a["question_id"] not in texts})
+    if missing:
+        where = (
+            "the question file" if questions else "the answers (FastChat's answers files hold none: give --questions)"
+        )
+        raise SetupError(f"no text for question(s) {', '.join(missing)} in {where}")
+    return [a if a["question"] is not None else {**a, "question": texts[a["question_id"]]} for a in answers]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Settings of ``lora-blackbox answers --preset NAME``; an option given on the command line wins."""
+
+    questions: str
+    prompt: str  # "template" (the experiment's) or "raw" (the question alone)
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+
+
+PRESETS = {
+    # The human study of Tribes et al. as its answers were made (bbopt/Nomad_HPO_Llama-2_With_LoRa, blind_eval/
+    # pipeline.py at the commit that added blind_eval_base_llama.json and blind_eval_nomad3_worst.json, b95d142):
+    # the 30 questions of blind_eval/sampled_question.jsonl asked raw, with no prompt template, sampled at
+    # temperature 0.7 with transformers' defaults for the rest (top-k 50, top-p 1.0), up to 1,024 new tokens.
+    # The script's later version (4df3306) samples at temperature 0.9 and top-p 0.9 up to 2,048 tokens in all.
+    "paper": Preset(questions="paper30", prompt="raw", max_new_tokens=1024, temperature=0.7, top_p=1.0, top_k=50),
+}
 
 
 def generate_answers(
@@ -111,9 +249,11 @@ def generate_answers(
     *,
     sampling: Sampling,
     seed: int,
+    raw_prompt: bool = False,
 ) -> list[dict[str, Any]]:
     """Answer every question with the base model and every candidate (an adapter), write ``out`` after each
     model, and return all its lines. Models already answered in ``out`` with the same settings are kept.
+    ``raw_prompt``: ask each question as it is, without the experiment's prompt template (``template`` "raw").
 
     Raises:
         ConfigError: two candidates share a label.
@@ -122,11 +262,9 @@ def generate_answers(
     labels = [c.label for c in candidates]
     if len(set(labels)) < len(labels):
         raise ConfigError(f"each model needs its own label, got {labels}")
-    settings = {
-        **sampling.as_dict(),
-        "template": experiment.data.template,
-        "system_prompt": experiment.data.system_prompt,
-    }
+    template = RAW if raw_prompt else experiment.data.template
+    system_prompt = None if raw_prompt else experiment.data.system_prompt
+    settings = {**sampling.as_dict(), "template": template, "system_prompt": system_prompt}
     existing = read_answers(out) if out.exists() else []
     kept = _complete_answers(existing, candidates, questions, settings, seed)
     todo = [c for c in candidates if c.label not in kept]
@@ -142,9 +280,7 @@ def generate_answers(
 
     inference = load_for_inference(experiment)  # padded batches: SDPA, not the packed-only 'varlen' attention
     logger.info("base model %s loaded in %.1f s", experiment.model.name_or_path, inference.load_seconds)
-    format_prompt = prompt_formatter(
-        experiment.data.template, inference.tokenizer, system_prompt=experiment.data.system_prompt
-    )
+    format_prompt = prompt_formatter(template, inference.tokenizer, system_prompt=system_prompt)
     prompts = [format_prompt(Row(q.text, "", "")) for q in questions]
     out.parent.mkdir(parents=True, exist_ok=True)
     for candidate in todo:
@@ -158,7 +294,7 @@ def generate_answers(
                 seed=seed,
                 device=inference.device,
                 precision=inference.precision,
-                add_special_tokens=adds_special_tokens(experiment.data.template),
+                add_special_tokens=adds_special_tokens(template),
             )
         for question, answer in zip(questions, generated, strict=True):
             lines.append(

@@ -82,9 +82,16 @@ def downstream_command(
 @click.argument("study_dir", required=False, type=click.Path(path_type=Path, file_okay=False))
 @click.option(
     "--questions",
-    required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help='Question file: JSON Lines ({"id": ..., "question": ...}) or plain text, one question a line.',
+    metavar="FILE|SET",
+    help='Question file: JSON Lines (lora-blackbox\'s {"id": ..., "question": ...}, or FastChat\'s question files) '
+    "or plain text, one question a line; or a shipped set: vicuna80 (FastChat's 80 Vicuna questions), paper30 (the "
+    "30 of the reference study's human study). Required unless --preset names one.",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(["paper"]),
+    help="paper: the reference study's human study (paper30, raw questions, temperature 0.7, top-k 50, top-p 1, "
+    "1,024 new tokens); options given here win.",
 )
 @selection_options
 @click.option("--base/--no-base", default=True, show_default=True, help="Include the base model (the reference).")
@@ -92,25 +99,36 @@ def downstream_command(
 @click.option(
     "--out", type=click.Path(path_type=Path, dir_okay=False), help="Answers file (default: STUDY_DIR/answers.jsonl)."
 )
+@click.option(
+    "--prompt",
+    type=click.Choice(["template", "raw"]),
+    default="template",
+    show_default=True,
+    help="template: each question in the experiment's prompt template; raw: the question as it is.",
+)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.9, show_default=True)
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=0.9, show_default=True)
-@click.option("--greedy", is_flag=True, help="Greedy decoding instead of sampling (temperature and top-p unused).")
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="0: no top-k cut.")
+@click.option("--greedy", is_flag=True, help="Greedy decoding instead of sampling (temperature, top-p, top-k unused).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same answers.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Questions per batch.")
 @click.pass_context
 def answers_command(
     ctx: click.Context,
     study_dir: Path | None,
-    questions: Path,
+    questions: str | None,
+    preset: str | None,
     selection: Selection,
     base: bool,
     experiment_ref: str | None,
     overrides: tuple[str, ...],
     out: Path | None,
+    prompt: str,
     max_new_tokens: int,
     temperature: float,
     top_p: float,
+    top_k: int,
     greedy: bool,
     seed: int,
     batch_size: int,
@@ -118,34 +136,59 @@ def answers_command(
     """Answers of the base model and of chosen adapters to the questions of a file, for compare. Prints the
     answers file's path.
 
-    Every model answers in the experiment's prompt template with the same sampling settings and seed (the same
-    command gives the same answers); the base model is loaded once. Models already answered in the file with the
-    same settings are kept, so an interrupted call resumes. Example:
+    Every model answers with the same prompt, sampling settings and seed (the same command gives the same
+    answers); the base model is loaded once. Models already answered in the file with the same settings are kept,
+    so an interrupted call resumes. Examples:
 
     \b
         lora-blackbox answers runs/demo --best --worst --questions examples/demo_questions.jsonl
+        lora-blackbox answers runs/paper_exp2 --best --worst --preset paper
     """
-    from blackbox.assessment.answers import generate_answers, read_questions
+    from blackbox.assessment.answers import PRESETS, generate_answers, question_file, read_questions
     from blackbox.assessment.selection import experiment_of
     from blackbox.core.folders import ANSWERS_FILE
     from blackbox.training.generation import Sampling
 
     with exit_on_error(ctx):
+        if preset:
+            chosen_preset = PRESETS[preset]
+
+            def given(name: str) -> bool:
+                return ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+
+            questions = questions or chosen_preset.questions
+            prompt = prompt if given("prompt") else chosen_preset.prompt
+            max_new_tokens = max_new_tokens if given("max_new_tokens") else chosen_preset.max_new_tokens
+            temperature = temperature if given("temperature") else chosen_preset.temperature
+            top_p = top_p if given("top_p") else chosen_preset.top_p
+            top_k = top_k if given("top_k") else chosen_preset.top_k
+        if not questions:
+            raise click.UsageError("give --questions FILE (or a shipped set), or --preset")
+        path, ids = question_file(questions)
+        asked = read_questions(path, ids=ids)
         chosen = selection.candidates(study_dir, base=base)
-        given = load_experiment(experiment_ref, overrides) if experiment_ref else None
-        experiment = experiment_of(chosen, given, study_dir)
+        experiment_given = load_experiment(experiment_ref, overrides) if experiment_ref else None
+        experiment = experiment_of(chosen, experiment_given, study_dir)
         out = out or (study_dir or Path()) / ANSWERS_FILE
-        sampling = Sampling(max_new_tokens, temperature, top_p, greedy, batch_size)
-        generate_answers(chosen, experiment, read_questions(questions), out, sampling=sampling, seed=seed)
+        sampling = Sampling(max_new_tokens, temperature, top_p, greedy, batch_size, top_k)
+        generate_answers(chosen, experiment, asked, out, sampling=sampling, seed=seed, raw_prompt=prompt == "raw")
         click.echo(str(out))
 
 
 @click.command("compare")
-@click.argument("answers_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument(
+    "answers_files", metavar="ANSWERS_FILE...", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False)
+)
+@click.option(
+    "--questions",
+    metavar="FILE|SET",
+    help="The questions' texts where the answers lack them (FastChat's answers files): a question file or a "
+    "shipped set (vicuna80).",
+)
 @click.option(
     "--db",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Votes file (SQLite; default: votes.sqlite beside ANSWERS_FILE). The same file resumes.",
+    help="Votes file (SQLite; default: votes.sqlite beside the first ANSWERS_FILE). The same file resumes.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: for a team).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free port.")
@@ -165,7 +208,8 @@ def answers_command(
 @click.pass_context
 def compare_command(
     ctx: click.Context,
-    answers_file: Path,
+    answers_files: tuple[Path, ...],
+    questions: str | None,
     db: Path | None,
     host: str,
     port: int,
@@ -176,8 +220,8 @@ def compare_command(
     judge_batch_size: int,
     device: str,
 ) -> None:
-    """Blind pairwise rating of the answers of ANSWERS_FILE (lora-blackbox answers): a web page for people, or
-    a judge model.
+    """Blind pairwise rating of the answers of ANSWERS_FILE... (lora-blackbox answers, or FastChat's answers files,
+    one model each: their questions come from --questions): a web page for people, or a judge model.
 
     The page (http://127.0.0.1:8000/ by default; its address is printed on stderr) shows one question and two
     answers of different models at a time, in random order and unlabelled; each rater, by name, picks A, B, tie
@@ -186,15 +230,17 @@ def compare_command(
     agreement; --csv exports the votes. --judge MODEL asks a judge model about every pair in both orders
     (MT-Bench's pairwise prompt); its votes count as rater judge:MODEL.
     """
-    from blackbox.assessment.answers import read_answers
+    from blackbox.assessment.answers import question_file, read_answers, read_questions, with_questions
     from blackbox.assessment.compare.pairs import index_answers
     from blackbox.core.folders import VOTES_FILE
     from blackbox.core.votes import fetch_votes, votes_db
     from blackbox.reports.preferences import group_preferences, results_text, votes_csv
 
     with exit_on_error(ctx):
-        answers = index_answers(read_answers(answers_file))
-        db = db or answers_file.parent / VOTES_FILE
+        lines = [line for answers_file in answers_files for line in read_answers(answers_file)]
+        known = read_questions(question_file(questions)[0]) if questions else []
+        answers = index_answers(with_questions(lines, known))
+        db = db or answers_files[0].parent / VOTES_FILE
         if judge_model:
             from blackbox.assessment.compare.judge import judge_with_model
 

@@ -49,10 +49,11 @@ def study_command(ctx: click.Context, param_file: Path, study_dir: Path | None, 
 )
 @click.option(
     "--sampler",
-    type=click.Choice(["tpe", "random", "cmaes"]),
+    type=click.Choice(["tpe", "tpe-nni", "random", "cmaes"]),
     default="tpe",
     show_default=True,
-    help="Optuna's TPESampler, RandomSampler, or CmaEsSampler (started at the experiment's X0).",
+    help="Optuna's TPESampler; TPE set as NNI's (tpe-nni: 20 random start-up trials, NNI's split of good trials: the "
+    "reference study's baseline); RandomSampler; or CmaEsSampler (started at the experiment's X0).",
 )
 @click.option("--seed", type=int, help="The sampler's seed (default: the experiment's study.seed).")
 @click.option("--storage", metavar="URL", help="Optuna storage (default: sqlite:///DIR/optuna.db).")
@@ -75,7 +76,7 @@ def optuna_command(
     experiment_ref: str,
     overrides: tuple[str, ...],
     n_trials: int,
-    sampler: Literal["tpe", "random", "cmaes"],
+    sampler: Literal["tpe", "tpe-nni", "random", "cmaes"],
     seed: int | None,
     storage: str | None,
     study_name: str | None,

@@ -105,7 +105,10 @@ class BenchmarkConfig(_Section):
     ``pass@1``), with its filter after a comma when it is not ``none`` (``exact_match,strict-match``); empty: the
     first metric the task reports (``downstream --tasks``; an objective or a constraint names its metric).
     ``limit``: 0 for every example; below 1 a fraction, else a count per task (for tests and smoke runs).
-    ``label``: the name of the score in records and reports (default: the task).
+    ``label``: the name of the score in records and reports (default: the task). ``allow_code_execution``: the
+    experiment lets this benchmark run model-written code (HumanEval) without ``--allow-code-execution``.
+    Besides lm-eval's registry, the tasks that score as InstructEval did ship with the package
+    (``instructeval_mmlu``, ``instructeval_bbh``, ``instructeval_drop``, ``instructeval_humaneval``).
     """
 
     task: str
@@ -116,6 +119,7 @@ class BenchmarkConfig(_Section):
     limit: float = Field(default=0.0, ge=0)
     include_path: str = ""
     batch_size: int = Field(default=8, ge=1)
+    allow_code_execution: bool = False
 
     @property
     def key(self) -> str:
@@ -470,7 +474,9 @@ class DataConfig(_Section):
     validation: tuple[str, ...] = ()
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
     split_seed: int = 0
-    template: Literal["alpaca", "chat"] = "alpaca"
+    # alpaca: the reference study's prompt for the Alpaca + Dolly mix ("#### Context:"); alpaca_input: Stanford Alpaca's
+    # own ("### Input:"), as the study trained on Alpaca alone; chat: the tokenizer's chat template.
+    template: Literal["alpaca", "alpaca_input", "chat"] = "alpaca"
     # chat only: the system message of every prompt; unset: the chat template's own default (SmolLM2's
     # is 16 tokens long, most of a short chat example); "": an empty system message.
     system_prompt: str | None = None
@@ -522,7 +528,7 @@ class TrainingConfig(_Section):
     # "auto": liger where it applies (1.29x the tokens/s on Llama-2-7B, benchmarks/RESULTS.md), else none.
     fused_kernels: Literal["auto", "none", "liger"] = Field(
         default="auto",
-        description="auto: liger's for a Llama-family model trained on CUDA, not quantised, where liger-kernel "
+        description="auto: liger's for a Llama-family model with bf16 weights trained on CUDA, where liger-kernel "
         "imports; else none, said in one log line",
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
@@ -719,7 +725,12 @@ class Experiment(_Section):
         are tracked, nor what ``downstream`` scores afterwards)."""
         # The LoRA variant counts only when it is not plain LoRA: experiments from before [lora] keep their fingerprint.
         plain = {"lora"} if self.lora == LoraVariantConfig() else set()
-        exclude = {"records", "tracking", "downstream", *plain}
+        exclude: dict[str, Any] = {name: True for name in ("records", "tracking", "downstream", *plain)}
+        # Whether a benchmark may run code is a permission, not a setting of the result: experiments from before it
+        # keep their fingerprint.
+        permission = {"allow_code_execution"}
+        exclude["objective"] = {"benchmark": permission, "test": permission}
+        exclude["constraints"] = {"__all__": {"benchmark": permission}}
         return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
 

@@ -2,8 +2,10 @@
 
 The model is scored as it is (a PeftModel with its adapter, or the base model): never loaded a second time.
 Any lm-eval task or group works, from its registry or from a folder of task YAMLs (``include_path``); lm-eval
-fetches hub datasets itself, so the registry's tasks need the hub or its cache. One benchmark ships with the
-project and runs offline: ``embedded:chitchat-replies`` (:func:`chitchat_replies_task`).
+fetches hub datasets itself, so the registry's tasks need the hub or its cache. The tasks that score as InstructEval
+did (``instructeval_mmlu``, ``instructeval_bbh``, ``instructeval_drop``, ``instructeval_humaneval``: the benchmark
+table of the reference study, :mod:`blackbox.training.instructeval`) ship with the package and are found by name.
+One benchmark ships with the project and runs offline: ``embedded:chitchat-replies`` (:func:`chitchat_replies_task`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from blackbox.core.record import writing_records
 from blackbox.training.attention import padded_batches
 from blackbox.training.data import Row, prompt_formatter
 from blackbox.training.embedded import PREFIX, embedded_rows
+from blackbox.training.instructeval import TASKS_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +75,8 @@ class Scorer:
         self.tokenizer = tokenizer
         self.data = data
         self.allow_code_execution = allow_code_execution
-        self._task_managers: dict[tuple[str, ...], Any] = {}
+        self._local_managers: dict[tuple[str, ...], Any] = {}  # the local folders' tasks alone
+        self._task_managers: dict[tuple[str, ...], Any] = {}  # the local folders' and lm-eval's
 
     def check(self, benchmarks: Sequence[BenchmarkConfig]) -> None:
         """Fail now, before any training, when a benchmark's task is unknown.
@@ -99,8 +103,11 @@ class Scorer:
         started = time.perf_counter()
         lm = HFLM(pretrained=model, tokenizer=self.tokenizer, batch_size=benchmark.batch_size)
         limit = benchmark.limit or None
+        allow_code = self.allow_code_execution or benchmark.allow_code_execution
+        if benchmark.allow_code_execution and not self.allow_code_execution:
+            logger.warning("benchmark %s runs model-written code: the experiment allows it", benchmark.key)
         # Padded batches: a model that trains with the packed-only 'varlen' attention is scored with SDPA.
-        with padded_batches(model), _code_execution(self.allow_code_execution), contextlib.redirect_stdout(sys.stderr):
+        with padded_batches(model), _code_execution(allow_code), contextlib.redirect_stdout(sys.stderr):
             try:
                 results = lm_eval.simple_evaluate(
                     model=lm,
@@ -110,7 +117,7 @@ class Scorer:
                     task_manager=manager,
                     log_samples=False,
                     bootstrap_iters=1000,
-                    confirm_run_unsafe_code=self.allow_code_execution,
+                    confirm_run_unsafe_code=allow_code,
                 )
             except ValueError as e:  # lm-eval's refusal to run code, among others
                 raise SetupError(f"benchmark {benchmark.key}: {e}") from e
@@ -133,8 +140,10 @@ class Scorer:
         )
 
     def _resolve(self, benchmark: BenchmarkConfig) -> tuple[str, tuple[str, ...]]:
-        """lm-eval's name of the task and the folders of task YAMLs it needs."""
-        include = (str(Path(benchmark.include_path).expanduser().resolve()),) if benchmark.include_path else ()
+        """lm-eval's name of the task and the folders of task YAMLs it needs: the shipped InstructEval tasks', and the
+        benchmark's own."""
+        own = (str(Path(benchmark.include_path).expanduser().resolve()),) if benchmark.include_path else ()
+        include = (str(TASKS_DIR), *own)
         if benchmark.task == CHITCHAT_REPLIES:
             return _CHITCHAT_TASK, (*include, str(chitchat_replies_task(self.tokenizer, self.data)))
         if benchmark.task.startswith(PREFIX):
@@ -146,12 +155,13 @@ class Scorer:
         thousands of tasks takes seconds), else of both."""
         from lm_eval.tasks import TaskManager
 
-        if include not in self._task_managers:
-            local = TaskManager(include_path=list(include), include_defaults=False) if include else None
-            if local is None or not set(tasks) <= set(local.all_tasks):
-                local = TaskManager(include_path=list(include) or None)
-            self._task_managers[include] = local
-        manager = self._task_managers[include]
+        if include not in self._local_managers:
+            self._local_managers[include] = TaskManager(include_path=list(include), include_defaults=False)
+        manager = self._local_managers[include]
+        if not set(tasks) <= set(manager.all_tasks):
+            if include not in self._task_managers:
+                self._task_managers[include] = TaskManager(include_path=list(include))
+            manager = self._task_managers[include]
         unknown = [t for t in tasks if t not in manager.all_tasks]
         if unknown:
             raise SetupError(f"unknown lm-eval task(s) {unknown}: not in lm-eval's registry nor in {list(include)}")

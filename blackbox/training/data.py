@@ -33,7 +33,8 @@ CACHE_FORMAT = 1  # bump when the cached arrays change meaning
 
 LOCAL_SUFFIXES = DATA_FILE_SUFFIXES
 
-# The Stanford Alpaca prompt as the reference study used it, with its "#### Context:" (four #).
+# The Stanford Alpaca prompt as the reference study used it for the Alpaca + Dolly mix (its experiments 2 and 3,
+# train/train_with_LoRa_mixed_data.py), with its "#### Context:" (four #): template "alpaca".
 ALPACA_WITH_CONTEXT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request.\n\n"
@@ -44,6 +45,17 @@ ALPACA_WITHOUT_CONTEXT = (
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Response:"
 )
+# Stanford Alpaca's own prompt (tatsu-lab/stanford_alpaca train.py), with "### Input:", as the reference study trained
+# its experiment 1 on Alpaca alone (train_with_LoRa.py): template "alpaca_input". Without an input it is the
+# same as ALPACA_WITHOUT_CONTEXT.
+ALPACA_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{context}\n\n### Response:"
+)
+RAW = "raw"
+"""Not a training template: the instruction alone, as the reference study asked its human-study questions
+(``lora-blackbox answers --preset paper``)."""
 
 
 @dataclass(frozen=True)
@@ -307,10 +319,13 @@ def _dedupe(rows: list[Row]) -> list[Row]:
 
 def prompt_formatter(template: str, tokenizer: Any, *, system_prompt: str | None = None) -> Callable[[Row], str]:
     """The function that turns a row into its prompt text (the response follows it)."""
-    if template == "alpaca":
-        return lambda row: (ALPACA_WITH_CONTEXT if row.context else ALPACA_WITHOUT_CONTEXT).format(
+    if template in ("alpaca", "alpaca_input"):
+        with_context = ALPACA_WITH_CONTEXT if template == "alpaca" else ALPACA_WITH_INPUT
+        return lambda row: (with_context if row.context else ALPACA_WITHOUT_CONTEXT).format(
             instruction=row.instruction, context=row.context
         )
+    if template == RAW:
+        return lambda row: f"{row.instruction}\n\n{row.context}" if row.context else row.instruction
     if template == "chat":
         if not getattr(tokenizer, "chat_template", None):
             raise SetupError("template 'chat' needs a tokenizer with a chat template")
@@ -329,9 +344,9 @@ def prompt_formatter(template: str, tokenizer: Any, *, system_prompt: str | None
 
 
 def adds_special_tokens(template: str) -> bool:
-    """Whether the tokenizer adds its special tokens to a prompt of ``template``: the Alpaca prompt is plain text
-    (the tokenizer adds BOS), a chat template writes its own markers."""
-    return template == "alpaca"
+    """Whether the tokenizer adds its special tokens to a prompt of ``template``: the Alpaca prompts and a raw
+    instruction are plain text (the tokenizer adds BOS), a chat template writes its own markers."""
+    return template != "chat"
 
 
 def tokenize_rows(

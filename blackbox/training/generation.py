@@ -22,13 +22,15 @@ from blackbox.training.precision import Precision
 
 @dataclass(frozen=True)
 class Sampling:
-    """How answers are drawn. The reference study's defaults: top-p 0.9, temperature 0.9."""
+    """How answers are drawn: temperature, nucleus (top-p) and top-k sampling (``top_k`` 0: no top-k cut), or greedy.
+    ``lora-blackbox answers --preset paper`` draws as the reference study's human study did."""
 
     max_new_tokens: int = 256
     temperature: float = 0.9
     top_p: float = 0.9
     greedy: bool = False  # the most likely token at each step instead of sampling
     batch_size: int = 8
+    top_k: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -68,7 +70,7 @@ def generate(
     encoded = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
     options: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "do_sample": not sampling.greedy}
     if not sampling.greedy:
-        options |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
+        options |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k}
     # On a CPU, autocast casts every weight at every step, which costs more than a decoding step saves (measured
     # on SmolLM2-135M: fp32 1.4-2.6x faster than bf16 autocast per token): fp32 there, the precision's autocast
     # elsewhere.

@@ -151,8 +151,9 @@ def choose_fused_kernels(
     """The fused kernels a model gets (``liger`` or ``none``) and why, for the setting ``training.fused_kernels``.
 
     ``auto`` is ``liger`` where it was measured to pay (1.29x the tokens/s of LoRA training on Llama-2-7B on an
-    H200, benchmarks/RESULTS.md) and applies: training on CUDA, a Llama-family model, not quantised, liger-kernel
-    importable; else ``none``. ``liger`` and ``none`` are what they say (``liger`` fails where it cannot apply).
+    H200, benchmarks/RESULTS.md) and applies: training on CUDA, a Llama-family model with bf16 weights (not
+    quantised), liger-kernel importable; else ``none`` (so the paper's fp32 weights stay unfused). ``liger`` and
+    ``none`` are what they say (``liger`` fails where it cannot apply).
     """
     if setting != "auto":
         return setting, "as set"
@@ -164,6 +165,9 @@ def choose_fused_kernels(
         return "none", f"liger is applied to Llama-family models only, not {model.config.model_type!r}"
     if quantized:
         return "none", "a quantised model (liger was measured on bf16 weights only)"
+    if getattr(model, "dtype", None) != torch.bfloat16:
+        weights = str(getattr(model, "dtype", None)).removeprefix("torch.")
+        return "none", f"{weights} weights (liger was measured on bf16 weights only)"
     try:
         import liger_kernel.transformers  # noqa: F401  # importable: its Triton kernels can be built
     except ImportError as e:

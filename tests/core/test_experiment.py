@@ -16,11 +16,13 @@ def test_the_held_out_variant_tests_on_the_subjects_it_does_not_optimise() -> No
     assert exp.objective.benchmark is not None and exp.objective.test is not None
     optimised, tested = set(exp.objective.benchmark.tasks), set(exp.objective.test.tasks)
     assert optimised and tested and not optimised & tested
-    assert optimised | tested == {"mmlu_stem", "mmlu_other", "mmlu_humanities", "mmlu_social_sciences"}
+    groups = {"stem", "other", "humanities", "social_sciences"}
+    assert optimised | tested == {f"instructeval_mmlu_{group}" for group in groups}
     assert exp.fingerprint() != load_experiment("paper_exp1").fingerprint()
     # downstream scores both parts by default, then the paper's other benchmarks
     labels = [b.label or b.task for b in exp.downstream_defaults]
-    assert labels == ["mmlu-stem-other", "mmlu-humanities-social", "bbh", "drop", "humaneval"]
+    table = ["instructeval_bbh", "instructeval_drop", "instructeval_humaneval"]
+    assert labels == ["mmlu-stem-other", "mmlu-humanities-social", *table]
 
 
 BENCHMARK = {"task": "tiny_mc", "metric": "acc"}
@@ -102,35 +104,6 @@ def test_a_maximised_score_is_negated_and_a_constraint_is_satisfied_at_or_below_
     # A diverged point is very bad and infeasible; a failed one is nan everywhere.
     assert output_tokens(exp.study.outputs, Status.DIVERGED, {})[:2] == ("inf", "inf")
     assert output_tokens(exp.study.outputs, Status.ERROR, metrics) == ("nan", "nan", "nan")
-
-
-@pytest.mark.parametrize(
-    ("name", "budget", "epochs"), [("paper_exp1", 50, 3), ("paper_exp2", 100, 2), ("paper_exp3", 50, 3)]
-)
-def test_paper_settings(name: str, budget: int, epochs: int) -> None:
-    exp = load_experiment(name)
-    assert exp.study.budget == budget
-    assert exp.training.epochs == epochs
-    assert exp.model.name_or_path == "meta-llama/Llama-2-7b-hf"
-    assert exp.model.target_modules == ("q_proj", "v_proj")
-    assert exp.data.train == ("tatsu-lab/alpaca", "databricks/databricks-dolly-15k")
-    assert exp.data.holdout_fraction == 0.2 and not exp.data.validation
-    assert (exp.data.max_length, exp.data.template) == (512, "alpaca")
-    t = exp.training
-    assert (t.effective_batch_size, t.lr_scheduler, t.warmup_ratio, t.weight_decay, t.seed) == (
-        128,
-        "cosine",
-        0.03,
-        0.0,
-        42,
-    )
-    if name == "paper_exp1":  # the paper's objective: 5-shot MMLU accuracy, maximised
-        assert exp.study.outputs[0] == "OBJ:objective"
-        assert (exp.objective.name, exp.objective.direction) == ("benchmark", "maximize")
-        assert exp.objective.benchmark is not None
-        assert (exp.objective.benchmark.task, exp.objective.benchmark.num_fewshot) == ("mmlu", 5)
-    else:
-        assert exp.study.outputs[0] == "OBJ:validation_loss"
 
 
 def test_overrides_parse_toml_values_or_strings() -> None:
@@ -320,3 +293,16 @@ def test_relative_paths_of_overrides_are_read_from_the_working_directory(tmp_pat
         "model.name_or_path=org/model",
         f"records.dir={tmp_path}",
     )
+
+
+def test_a_permission_to_run_code_leaves_the_fingerprint_alone() -> None:
+    """Whether a benchmark may run code changes no result: studies keep their fingerprint (and resume)."""
+    exp = load_experiment("paper_exp1")
+    benchmark = exp.objective.benchmark
+    assert benchmark is not None and not benchmark.allow_code_execution
+
+    def with_benchmark(**update: object) -> str:
+        objective = exp.objective.model_copy(update={"benchmark": benchmark.model_copy(update=update)})
+        return exp.model_copy(update={"objective": objective}).fingerprint()
+
+    assert with_benchmark(allow_code_execution=True) == exp.fingerprint() != with_benchmark(num_fewshot=3)

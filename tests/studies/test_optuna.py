@@ -228,3 +228,27 @@ def test_a_busy_folder_and_ctrl_c_then_resume_runs_the_interrupted_trial_first(
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].params == trial.params  # the interrupted point ran first
     assert json.loads(result.stdout)["counted_trials"] == 1
+
+
+def test_tpe_set_as_nnis_draws_its_first_20_points_at_random() -> None:
+    """--sampler tpe-nni (the reference study's baseline, NNI's TPE): 20 random start-up trials, where Optuna's TPE
+    has 10; the start-up points are those of RandomSampler with the same seed."""
+    from blackbox.studies.optuna_study import tpe_like_nni
+
+    space = SearchSpace.from_experiment(load_experiment("paper_exp2"))
+
+    def points(sampler: optuna.samplers.BaseSampler) -> list[tuple[float, ...]]:
+        study = optuna.create_study(sampler=sampler)
+        found = []
+        for _ in range(22):
+            trial = study.ask()
+            point = space.suggest(trial)
+            found.append(point)
+            study.tell(trial, sum((x - 2) ** 2 for x in point))  # a cheap objective: TPE moves towards it
+        return found
+
+    random_points = points(optuna.samplers.RandomSampler(seed=3))
+    nni = points(tpe_like_nni(3))
+    optuna_tpe = points(optuna.samplers.TPESampler(seed=3, multivariate=False))
+    assert nni[:20] == random_points[:20] and nni[20:] != random_points[20:]
+    assert optuna_tpe[:10] == random_points[:10] and optuna_tpe[10:20] != random_points[10:20]

@@ -10,6 +10,7 @@ from blackbox.training import embedded
 from blackbox.training.data import (
     ALPACA_WITH_CONTEXT,
     Row,
+    adds_special_tokens,
     load_split_rows,
     prepare_splits,
     prompt_formatter,
@@ -47,6 +48,21 @@ def test_the_paper_prompt() -> None:
         "Write a response that appropriately completes the request.\n\n### Instruction:\nHi.\n\n### Response:"
     )
     assert "#### Context:" in ALPACA_WITH_CONTEXT
+
+
+def test_stanford_alpacas_prompt_and_the_raw_question() -> None:
+    """Template alpaca_input: Stanford Alpaca's own prompt, as the reference study trained its experiment 1
+    (train_with_LoRa.py); raw: the question alone, as it asked its human-study questions."""
+    format_prompt = prompt_formatter("alpaca_input", tokenizer=None)
+    assert format_prompt(Row("Sum it.", "1 2", "3")) == (
+        "Below is an instruction that describes a task, paired with an input that provides further context. "
+        "Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\nSum it.\n\n### Input:\n1 2\n\n### Response:"
+    )
+    assert format_prompt(Row("Hi.", "", "Hello")) == prompt_formatter("alpaca", tokenizer=None)(Row("Hi.", "", "Hello"))
+    raw = prompt_formatter("raw", tokenizer=None)
+    assert raw(Row("What if the Beatles had never formed?", "", "")) == "What if the Beatles had never formed?"
+    assert adds_special_tokens("raw") and adds_special_tokens("alpaca_input") and not adds_special_tokens("chat")
 
 
 def test_tokens_are_prompt_then_response_then_eos(tokenizer) -> None:

@@ -15,14 +15,15 @@ from blackbox.core.experiment import ModelConfig, TrainingConfig
 from blackbox.training.model import choose_fused_kernels, load_base_model
 from blackbox.training.precision import Precision
 
-FP32 = Precision(torch.float32, None)
+FP32, BF16 = Precision(torch.float32, None), Precision(torch.bfloat16, None)
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device object only: nothing runs on it here
 LIGER = importlib.util.find_spec("liger_kernel") is not None
 
 
 @pytest.fixture(scope="module")
 def llama(tiny_model: Path):
-    return load_base_model(ModelConfig(name_or_path=str(tiny_model)), TrainingConfig(fused_kernels="none"), CPU, FP32)
+    """The tiny Llama with bf16 weights, as CUDA loads a model by default."""
+    return load_base_model(ModelConfig(name_or_path=str(tiny_model)), TrainingConfig(fused_kernels="none"), CPU, BF16)
 
 
 def test_auto_on_the_cpu_loads_no_fused_kernels_and_says_why(tiny_model: Path, caplog) -> None:
@@ -41,6 +42,15 @@ def test_auto_gives_liger_to_llama_training_on_cuda_only(llama) -> None:
     assert quantised == "none" and "quantised" in why
     inference, why = choose_fused_kernels("auto", llama, CUDA, quantized=False, for_training=False)
     assert inference == "none" and "inference" in why
+
+
+def test_auto_leaves_fp32_weights_unfused(tiny_model: Path) -> None:
+    """The paper's experiments keep fp32 weights (with bf16 autocast): liger was measured on bf16 weights only."""
+    fp32 = load_base_model(ModelConfig(name_or_path=str(tiny_model)), TrainingConfig(fused_kernels="none"), CPU, FP32)
+    assert choose_fused_kernels("auto", fp32, CUDA, quantized=False) == (
+        "none",
+        "float32 weights (liger was measured on bf16 weights only)",
+    )
 
 
 def test_auto_leaves_other_architectures_unfused(tmp_path: Path) -> None:
