@@ -26,5 +26,5 @@ cat "$OUT/environment.txt"
 timeout 330 python3 benchmarks/throughput.py --models "${MODELS:-llama2-7b,llama-1b}" --steps 3 \
   --variants "${VARIANTS:-baseline,padded,packed-varlen,packed-varlen-liger}" --out "$OUT/throughput.json" \
   2>&1 | grep -v -E "it/s\]|Warning|warn" | tee "$OUT/throughput.log"
-[ "${RUN_TESTS:-1}" = 1 ] && timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -30 | tee "$OUT/test_gpu.log"
+[ "${RUN_TESTS:-1}" = 1 ] && timeout 90 python3 -m pytest -q -p no:cacheprovider tests/training/test_gpu.py 2>&1 | tail -30 | tee "$OUT/test_gpu.log"
 exit 0

@@ -56,6 +56,16 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         tie_word_embeddings=True,
         rope_theta=500000.0,
     ),
+    # The shape of the tests' tiny model: every code path in seconds on a CPU (benchmarks/gpu_check.py --dry-run).
+    "llama-tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1024,
+        tie_word_embeddings=True,
+    ),
     # The 1B shape reduced to run on a CPU in a minute.
     "llama-1b-cpu": dict(
         hidden_size=512,
@@ -84,10 +94,10 @@ def synthetic_lengths(n: int, seed: int, max_length: int = 512) -> tuple[np.ndar
     return prompt, total
 
 
-def synthetic_split(n: int, vocab: int, seed: int) -> Any:
+def synthetic_split(n: int, vocab: int, seed: int, max_length: int = 512) -> Any:
     from blackbox.training.data import TokenizedSplit
 
-    prompt, total = synthetic_lengths(n, seed)
+    prompt, total = synthetic_lengths(n, seed, max_length)
     rng = np.random.default_rng(seed + 1)
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(total, out=offsets[1:])
@@ -135,24 +145,36 @@ class Measurement:
     seconds: float
     peak_memory_gib: float
     micro_batch_size: int
+    kernels: str = "none"  # the fused kernels the model trained with
+    warmup_loss: float = math.nan  # the loss of the warm-up step (the same weights and data: comparable across runs)
 
 
 def run_ours(
-    name: str, split: Any, *, device: torch.device, steps: int, packing: bool, attn: str, liger: bool = False
+    name: str,
+    split: Any,
+    *,
+    device: torch.device,
+    steps: int,
+    packing: bool,
+    attn: str,
+    kernels: str = "none",
+    effective_batch_size: int = 128,
 ) -> Measurement:
+    """``kernels``: ``training.fused_kernels`` (``none``, ``liger``, or ``auto``: what the blackbox picks here)."""
     from blackbox.core.experiment import TrainingConfig
+    from blackbox.training.model import apply_fused_kernels, choose_fused_kernels
     from blackbox.training.precision import Precision
     from blackbox.training.train import train
 
     precision = Precision(torch.bfloat16 if device.type == "cuda" else torch.float32, None)
     base = build_model(name, dtype=precision.weights, device=device, attn=attn)
-    if liger:
-        from blackbox.training.model import apply_fused_kernels
-
-        apply_fused_kernels(base, "liger", device)
+    kernels, _ = choose_fused_kernels(kernels, base, device, quantized=False)
+    apply_fused_kernels(base, kernels, device)
     model = attach_lora(base)
     n_params = sum(p.numel() for p in model.parameters())
-    config = TrainingConfig(max_steps=1, effective_batch_size=128, micro_batch_size=0, packing=packing, seed=0)
+    config = TrainingConfig(
+        max_steps=1, effective_batch_size=effective_batch_size, micro_batch_size=0, packing=packing, seed=0
+    )
     warm = train(
         model=model, split=split, learning_rate=1e-4, config=config, device=device, precision=precision, pad_id=0
     )  # warm-up step; finds the micro-batch that fits
@@ -176,6 +198,8 @@ def run_ours(
         seconds=stats.seconds,
         peak_memory_gib=_peak_memory(device),
         micro_batch_size=stats.micro_batch_size,
+        kernels=kernels,
+        warmup_loss=warm.losses[0],
     )
     del model
     _free(device)
@@ -317,7 +341,7 @@ def main() -> None:
         "packed-sdpa": lambda m, s: run_ours(m, s, device=device, steps=args.steps, packing=True, attn="sdpa"),
         "packed-varlen": lambda m, s: run_ours(m, s, device=device, steps=args.steps, packing=True, attn="varlen"),
         "packed-varlen-liger": lambda m, s: run_ours(
-            m, s, device=device, steps=args.steps, packing=True, attn="varlen", liger=True
+            m, s, device=device, steps=args.steps, packing=True, attn="varlen", kernels="liger"
         ),
     }
     variants = args.variants.split(",")

@@ -68,6 +68,9 @@ def test_a_block_as_nomad_writes_it(tmp_path: Path, tiny_experiment: Path, run_b
     }
     assert ok["versions"]["torch"] and ok["versions"]["peft"] and ok["versions"]["transformers"]
     assert ok["memory"]["peak_gib"] > 0 and ok["seed"] == 0
+    # The first step's time, and the median of the later ones
+    steps = ok["metrics"]["train_first_step_seconds"], ok["metrics"]["train_step_seconds"]
+    assert all(0 < s < ok["metrics"]["train_seconds"] for s in steps)
     assert (Path(ok["run_dir"]) / "eval.log").read_text().count("step ") >= 3
 
 

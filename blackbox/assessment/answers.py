@@ -278,10 +278,7 @@ def generate_answers(
     from blackbox.training.data import Row, adds_special_tokens, prompt_formatter
     from blackbox.training.generation import generate
 
-    if experiment.model.attn_implementation == "auto":  # padded batches: not the padding-free attention of packing
-        model = experiment.model.model_copy(update={"attn_implementation": "sdpa"})
-        experiment = experiment.model_copy(update={"model": model})
-    inference = load_for_inference(experiment)
+    inference = load_for_inference(experiment)  # padded batches: SDPA, not the packed-only 'varlen' attention
     logger.info("base model %s loaded in %.1f s", experiment.model.name_or_path, inference.load_seconds)
     format_prompt = prompt_formatter(template, inference.tokenizer, system_prompt=system_prompt)
     prompts = [format_prompt(Row(q.text, "", "")) for q in questions]

@@ -38,7 +38,7 @@ def load_for_inference(experiment: Experiment) -> InferenceModel:
     device = resolve_device(experiment.training.device)
     precision = resolve_precision(experiment.model, experiment.training, device)
     tokenizer = load_tokenizer(experiment.model)
-    model = load_base_model(experiment.model, experiment.training, device, precision)
+    model = load_base_model(experiment.model, experiment.training, device, precision, for_training=False)
     model.eval()
     return InferenceModel(model, tokenizer, device, precision, time.perf_counter() - started)
 

@@ -9,9 +9,11 @@ SDPA, which is exact and lets the CPU tests check the plumbing.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -41,6 +43,21 @@ def register() -> None:
 
 def _no_mask(*args: Any, **kwargs: Any) -> None:
     return None
+
+
+@contextlib.contextmanager
+def padded_batches(model: Any) -> Iterator[None]:
+    """``model`` (a transformers model, or a peft model on one) with SDPA attention while the block runs, when it
+    trains with ``varlen``, which takes packed batches only: for scoring it on padded batches (lm-eval)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "_attn_implementation", None) != NAME:
+        yield
+        return
+    base.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        base.set_attn_implementation(NAME)
 
 
 def varlen_attention_forward(

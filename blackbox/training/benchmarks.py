@@ -32,6 +32,7 @@ from blackbox.core.extras import require
 from blackbox.core.files import folder_published_at, write_text_atomic
 from blackbox.core.folders import BASE_SCORES_FILE
 from blackbox.core.record import writing_records
+from blackbox.training.attention import padded_batches
 from blackbox.training.data import Row, prompt_formatter
 from blackbox.training.embedded import PREFIX, embedded_rows
 from blackbox.training.instructeval import TASKS_DIR
@@ -105,7 +106,8 @@ class Scorer:
         allow_code = self.allow_code_execution or benchmark.allow_code_execution
         if benchmark.allow_code_execution and not self.allow_code_execution:
             logger.warning("benchmark %s runs model-written code: the experiment allows it", benchmark.key)
-        with _code_execution(allow_code), contextlib.redirect_stdout(sys.stderr):
+        # Padded batches: a model that trains with the packed-only 'varlen' attention is scored with SDPA.
+        with padded_batches(model), _code_execution(allow_code), contextlib.redirect_stdout(sys.stderr):
             try:
                 results = lm_eval.simple_evaluate(
                     model=lm,

@@ -26,7 +26,7 @@ def load_judge(name_or_path: str, *, device: str = "auto") -> InferenceModel:
     target = resolve_device(training.device)
     precision = resolve_precision(config, training, target)
     tokenizer = load_tokenizer(config)
-    model = load_base_model(config, training, target, precision)
+    model = load_base_model(config, training, target, precision, for_training=False)
     model.eval()
     return InferenceModel(model, tokenizer, target, precision, time.perf_counter() - started)
 

@@ -45,6 +45,7 @@ from blackbox.training.data import Splits, prepare_splits
 from blackbox.training.distributed import world_from_env
 from blackbox.training.model import (
     attach_lora,
+    choose_fused_kernels,
     count_parameters,
     detach_lora,
     load_base_model,
@@ -73,6 +74,7 @@ class _Loaded:
     precision: Precision
     pad_id: int
     scorer: Scorer | None  # when the experiment scores benchmarks (its objective or constraints)
+    fused_kernels: str  # what training.fused_kernels gave the base model: "liger" or "none"
 
 
 class Evaluator:
@@ -193,7 +195,7 @@ class Evaluator:
             )
             attempt.timings["train_s"] = stats.seconds
             attempt.step_losses = stats.losses
-            metrics = _training_metrics(stats, loaded.precision, config, trainable=trainable, attention=attention)
+            metrics = _training_metrics(stats, loaded, config, trainable=trainable, attention=attention)
             if curve is not None:
                 attempt.timings["checkpoint_s"] = stats.checkpoint_seconds
                 metrics["checkpoint_rows"] = len(curve.rows)
@@ -361,7 +363,10 @@ class Evaluator:
                 raise SetupError("benchmark objectives and constraints do not run under torchrun yet: one process")
             scorer = Scorer(tokenizer, config.data)
             scorer.check(config.benchmarks)  # an unknown task fails the call before any training
-        self._loaded = _Loaded(tokenizer, splits, base_model, device, precision, pad_id, scorer)
+        kernels, _ = choose_fused_kernels(
+            config.training.fused_kernels, base_model, device, quantized=config.model.quantization != "none"
+        )
+        self._loaded = _Loaded(tokenizer, splits, base_model, device, precision, pad_id, scorer, kernels)
         return self._loaded
 
     def _load_base_model(self, device: torch.device, precision: Precision, timings: dict[str, float]) -> Any:
@@ -485,7 +490,12 @@ class _Attempt:
 
 
 def _training_metrics(
-    stats: TrainStats, precision: Precision, config: Experiment, *, trainable: int, attention: str | None
+    stats: TrainStats,
+    loaded: _Loaded,
+    config: Experiment,
+    *,
+    trainable: int,
+    attention: str | None,
 ) -> dict[str, Any]:
     """What a training measured: its metrics in a record, whether it ran to its end or was stopped early."""
     return {
@@ -496,11 +506,14 @@ def _training_metrics(
         "train_padding_share": 1 - stats.real_tokens / stats.padded_tokens,
         "train_target_tokens": stats.target_tokens,
         "train_seconds": stats.seconds,
+        "train_first_step_seconds": stats.step_seconds[0] if stats.step_seconds else None,
+        "train_step_seconds": stats.steady_step_seconds,
         "tokens_per_second": stats.real_tokens / stats.seconds if stats.seconds else 0.0,
         "trainable_params": trainable,
         "micro_batch_size": stats.micro_batch_size,
-        "precision": precision.describe(),
+        "precision": loaded.precision.describe(),
         "attention": attention,
+        "fused_kernels": loaded.fused_kernels,
         "fidelity_train": config.fidelity.train,
         "fidelity_validation": config.fidelity.validation,
     }

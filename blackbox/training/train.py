@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -48,6 +49,14 @@ class TrainStats:
     total_steps: int = 0  # the steps it was to train
     stopped: bool = False  # stopped at a checkpoint (Checkpoints.after_step)
     checkpoint_seconds: float = 0.0  # spent in Checkpoints.after_step (not in ``seconds``)
+    # The wall time of every step; the first includes the automatic micro-batch search and kernel compilation.
+    step_seconds: tuple[float, ...] = ()
+
+    @property
+    def steady_step_seconds(self) -> float:
+        """The median time of a step after the first (of the first, when it is the only one)."""
+        later = self.step_seconds[1:] or self.step_seconds
+        return statistics.median(later) if later else math.nan
 
 
 def total_steps(num_examples: int, config: TrainingConfig, fidelity: float = 1.0) -> int:
@@ -105,6 +114,8 @@ def train(
     paused = 0.0  # seconds in the checkpoints' hook
     stopped = False
     losses: list[float] = []
+    step_seconds: list[float] = []
+    step_started = started
     step_loss = math.nan
     target_tokens = real_tokens = padded_tokens = 0
     for step in range(1, steps + 1):
@@ -139,6 +150,9 @@ def train(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
+        step_ended = time.perf_counter()
+        step_seconds.append(step_ended - step_started)
+        step_started = step_ended
         target_tokens += step_targets
         real_tokens += sum(b.real_tokens for b in batches)
         padded_tokens += sum(b.input_ids.numel() for b in batches)
@@ -157,7 +171,8 @@ def train(
         if checkpoints is not None:
             hook_started = time.perf_counter()
             stopped = checkpoints.after_step(step, steps, real_tokens)
-            paused += time.perf_counter() - hook_started
+            step_started = time.perf_counter()  # a step's time leaves the checkpoint's out
+            paused += step_started - hook_started
             if stopped:
                 logger.info("stopped at step %d/%d", step, steps)
                 break
@@ -176,6 +191,7 @@ def train(
         total_steps=steps,
         stopped=stopped,
         checkpoint_seconds=paused,
+        step_seconds=tuple(step_seconds),
     )
 
 

@@ -281,3 +281,27 @@ def test_an_optuna_study_of_a_benchmark_objective_keeps_its_constraints(
     best = summary["best"]  # the best feasible trial; none when no trial is feasible
     assert (best and best["value"]) == min((t.value for t in feasible), default=None)
     assert all(math.isfinite(t.value) for t in trials)
+
+
+def test_a_varlen_experiment_is_scored_on_padded_batches(
+    tmp_path: Path, tasks: Path, write_tiny_experiment, blackbox_cmd
+) -> None:
+    """The 'varlen' attention (the default on CUDA with packing) takes packed batches only, lm-eval pads its batches:
+    the evaluation scores the model it trained with SDPA (its objective, and the base model of its constraint), and
+    downstream loads the base model with SDPA."""
+    experiment = _benchmark_experiment(tmp_path / "e.toml", write_tiny_experiment, tasks, budget=1)
+    varlen = "model.attn_implementation=varlen"
+    _evaluate(blackbox_cmd, experiment, tmp_path, "3 -2.5\n", varlen, "records.save_adapter=true")
+    [record] = read_records(tmp_path / "runs" / "records.jsonl")
+    assert record["status"] == "OK", record["error"]
+    assert record["metrics"]["attention"] == "varlen" and 0 <= record["metrics"]["benchmark:tiny_mc:acc"] <= 1
+    assert "benchmark:tiny_gen:exact_match:base" in record["metrics"]
+    done = _downstream(
+        blackbox_cmd, "runs", "--best", "-e", str(experiment), "--set", varlen, "--tasks", "tiny_ll",
+        "--include-path", str(tasks), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["label"] for line in (tmp_path / "runs" / DOWNSTREAM_FILE).read_text().splitlines()] == [
+        "base",
+        "best",
+    ]

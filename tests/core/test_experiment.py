@@ -254,6 +254,10 @@ def test_checkpoints_and_stopping_are_checked_and_change_no_fingerprint() -> Non
         "demo", ["validation.checkpoints=[0.25, 0.5, 0.75]", "validation.checkpoint_rows=8", "stopping.rule=median"]
     )
     assert stopping.fingerprint() == demo.fingerprint()
+    # The test split's settings leave it too, and so does the fused kernels' default (before it: none).
+    assert load_experiment("demo", ["data.test=embedded:chitchat/test"]).fingerprint() == demo.fingerprint()
+    assert load_experiment("demo", ["training.fused_kernels=none"]).fingerprint() == demo.fingerprint()
+    assert load_experiment("demo", ["training.fused_kernels=liger"]).fingerprint() != demo.fingerprint()
     with pytest.raises(ConfigError, match=r"set \[validation\] checkpoints"):
         load_experiment("demo", ["stopping.rule=incumbent"])
     with pytest.raises(ConfigError, match=r"each in \(0, 1\)"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,6 @@ def test_eval_on_the_gpu_picks_bf16_and_varlen(tmp_path, tiny_experiment, run_bl
     assert record["metrics"]["precision"] == "bfloat16 weights, no autocast"  # bf16 on a GPU that has it
     assert record["metrics"]["attention"] == "varlen"  # variable-length flash attention on packed batches
     assert record["metrics"]["train_padding_share"] == 0.0
+    # training.fused_kernels = "auto": liger's kernels on CUDA for a Llama-family model, where liger-kernel imports
+    liger = importlib.util.find_spec("liger_kernel") is not None
+    assert record["metrics"]["fused_kernels"] == ("liger" if liger else "none")

@@ -119,3 +119,7 @@ def test_eval_trains_in_the_precision_the_cpu_computes(tmp_path, tiny_experiment
     expected = "float32 weights, bfloat16 autocast" if native else "float32 weights, no autocast"
     assert record["metrics"]["precision"] == expected
     assert f"precision on cpu: {expected}" in result.stderr.decode()
+    # training.fused_kernels = "auto" (the default) gives no fused kernels on a CPU, and says why
+    assert record["metrics"]["fused_kernels"] == "none"
+    said = "fused kernels: none (training.fused_kernels = 'auto': liger's Triton kernels need CUDA"
+    assert said in result.stderr.decode()
