@@ -358,9 +358,12 @@ def _manage_links(db: Path, *, names: str | None, revoke: tuple[str, ...], links
     appended to ``links_file``; the tokens are shown here only."""
     import os
 
-    from blackbox.core.votes import add_rater_link, check_rater_name, revoke_rater_link, votes_db
+    from blackbox.core.votes import RATER_NAME, add_rater_link, name_rule, revoke_rater_link, votes_db
 
-    wanted = [check_rater_name(name) for name in _rater_names(names)] if names else []
+    wanted = _rater_names(names) if names else []
+    for name in wanted:
+        if not RATER_NAME.match(name):
+            raise click.BadParameter(name_rule(name), param_hint="--raters")
     base = url if url.endswith("/") else url + "/"
     created: list[tuple[str, str]] = []
     with votes_db(db) as connection:

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from blackbox.core.errors import ConfigError, SetupError
+from blackbox.core.errors import SetupError
 
 Verdict = Literal["a", "b", "tie", "both_bad"]
 VERDICTS: tuple[Verdict, ...] = ("a", "b", "tie", "both_bad")
@@ -167,15 +167,9 @@ def parse_judge_detail(detail: str) -> tuple[str | None, str | None] | None:
     return (None if a_first == "none" else a_first, None if b_first == "none" else b_first)
 
 
-def check_rater_name(name: str) -> str:
-    """``name`` when it is a rater's name (:data:`RATER_NAME`).
-
-    Raises:
-        ConfigError: it is not.
-    """
-    if not RATER_NAME.match(name):
-        raise ConfigError(f"{name!r} is not a rater's name: up to 40 letters, digits, spaces, '.', '_', '@' or '-'")
-    return name
+def name_rule(name: str) -> str:
+    """Why ``name`` is not a rater's name (:data:`RATER_NAME`)."""
+    return f"{name!r} is not a rater's name: up to 40 letters, digits, spaces, '.', '_', '@' or '-'"
 
 
 def _token_hash(token: str) -> str:
@@ -187,9 +181,10 @@ def add_rater_link(connection: sqlite3.Connection, name: str) -> str | None:
     when they have a valid link already (revoke it first for a new one). A revoked rater gets a new link.
 
     Raises:
-        ConfigError: ``name`` is not a rater's name.
+        ValueError: ``name`` is not a rater's name (callers check user input with :data:`RATER_NAME`).
     """
-    check_rater_name(name)
+    if not RATER_NAME.match(name):
+        raise ValueError(name_rule(name))
     token = secrets.token_urlsafe(32)  # 256 random bits
     now = datetime.now(UTC).isoformat(timespec="seconds")
     with connection:

@@ -42,6 +42,7 @@ from blackbox.core.votes import (
     add_vote,
     fetch_votes,
     links_required,
+    name_rule,
     rated,
     rater_of_link,
     votes_db,
@@ -143,7 +144,7 @@ def build_app(answers: Answers, db: Path, *, open_to_anyone: bool = False) -> St
         rater = who.name or ""
         if not RATER_NAME.match(rater):
             start = {"by_link": False, "rater": "", "raters": {}, "total": len(answers.pairs)}
-            return page("index.html", 400, error=_name_rule(rater), **start)
+            return page("index.html", 400, error=name_rule(rater) + ".", **start)
         with votes_db(db) as connection:
             done = rated(connection, rater)
         index = next_pair(answers, done)
@@ -217,10 +218,6 @@ class _Rater:
     name: str | None  # None: nobody (refused), or no name given yet
     by_link: bool  # the page takes votes through links only
     refusal: str  # why the request is refused; "" when it is not
-
-
-def _name_rule(name: str) -> str:
-    return f"{name!r} is not a rater's name: up to 40 letters, digits, spaces, '.', '_', '@' or '-'."
 
 
 def serve(app: Starlette, *, host: str, port: int, ready: Callable[[str], None]) -> None:
