@@ -63,7 +63,7 @@ def tiny_judge(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     rng = random.Random(0)
     model.train()
     for _ in range(60):
-        batch = rng.sample(examples, 16)
+        batch = rng.sample(examples, 8)
         width = max(len(p) + len(t) for p, t in batch)
         pad = [tokenizer.pad_token_id] * width
         ids = torch.tensor([(p + t + pad)[:width] for p, t in batch])
