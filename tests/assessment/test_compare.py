@@ -298,6 +298,8 @@ def test_an_open_page_beyond_this_machine_needs_links_or_open(answers_file: Path
     args = ["compare", str(answers_file), "--db", str(tmp_path / "votes.sqlite"), "--host", "0.0.0.0", "--port", "0"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "create links first (--raters NAME,...), or say --open" in result.output
+    made = CliRunner().invoke(main, [*args[:4], "--raters", "ann"])  # links on stdout, for the page's address
+    assert made.exit_code == 0 and re.fullmatch(r"ann\thttp://127\.0\.0\.1:8000/r/[\w-]{43}\n", made.stdout)
     bad = CliRunner().invoke(main, ["compare", str(answers_file), "--raters", "ann,judge:x"])
     assert bad.exit_code == 2 and "'judge:x' is not a rater's name" in bad.output and "invalid exp" not in bad.output
 

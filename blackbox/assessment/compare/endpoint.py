@@ -101,7 +101,9 @@ class Endpoint:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        # After an error (a failed request, Ctrl-C) the queued requests are dropped and the connections closed,
+        # which ends the ones in flight, instead of waiting for them.
+        self._pool.shutdown(wait=kind is None, cancel_futures=True)
         self._client.close()
 
     def ask(self, prompts: Sequence[str]) -> list[str]:
