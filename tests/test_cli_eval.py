@@ -135,6 +135,43 @@ def test_stdout_carries_result_lines_only(tmp_path, tiny_experiment, run_blackbo
         assert noise in result.stderr.decode()
 
 
+LIBRARY_NOISE = """
+import logging, warnings
+import torch
+
+_init = torch.optim.AdamW.__init__
+
+def noisy_init(self, *args, **kwargs):
+    warnings.warn("LIBRARY WARNING", UserWarning)             # a library's warning
+    logging.getLogger("transformers.noisy").warning("LIBRARY LOG")   # a library's log (transformers: own handler)
+    _init(self, *args, **kwargs)
+
+torch.optim.AdamW.__init__ = noisy_init
+"""
+
+
+@pytest.mark.parametrize("flags", [[], ["-q"], ["--debug"]])
+def test_the_terminal_shows_our_lines_the_log_has_them_all(tmp_path, tiny_experiment, run_blackbox, flags) -> None:
+    """Libraries' warnings and logs reach the evaluation's eval.log, and the terminal only with --debug."""
+    (tmp_path / "noise").mkdir()
+    (tmp_path / "noise" / "sitecustomize.py").write_text(LIBRARY_NOISE)
+    points = tmp_path / "x.txt"
+    points.write_text("2 -2 0.1\n")
+    args = [*flags, "eval", "-e", str(tiny_experiment), "--set", "training.max_steps=2", str(points)]
+    result = run_blackbox(args, env={"PYTHONPATH": str(tmp_path / "noise")})
+    assert result.returncode == 0 and RESULT.fullmatch(result.stdout), result.stderr.decode()[-3000:]
+    lines = result.stderr.decode().splitlines()
+    [log] = (tiny_experiment.parent / "runs" / "evals").glob("*/eval.log")
+    assert "LIBRARY WARNING" in log.read_text() and "LIBRARY LOG" in log.read_text()
+    ours = [line for line in lines if line.startswith("lora-blackbox ")]
+    if flags == ["--debug"]:
+        assert any("LIBRARY WARNING" in line for line in lines) and any("LIBRARY LOG" in line for line in lines)
+    else:
+        assert ours == lines, [line for line in lines if line not in ours]
+        assert bool(ours) == (flags == [])  # -q: not even our progress
+        assert all(" INFO: " not in line for line in ours) or flags == []
+
+
 def test_missing_model_fails_the_call_and_records_every_point(tmp_path, tiny_experiment, run_blackbox) -> None:
     points = tmp_path / "x.txt"
     points.write_text("2 -2 0.1\n\n3 -3 0\n")
@@ -297,3 +334,29 @@ def test_decode_without_a_point_file_shows_x0_and_the_bounds(run_blackbox) -> No
     assert (upper["lora"], upper["model.target_modules"], upper["lora_r"]) == ({"use_rslora": True}, "all-linear", 128)
     stderr = result.stderr.decode()
     assert "X0 (3 6 3 -4 1 1 3):" in stderr and "upper bounds (7 32 4 -3 3 3 3):" in stderr
+
+
+def test_data_kept_beside_the_experiment_is_found_from_any_folder(
+    tmp_path, tiny_data, write_tiny_experiment, run_blackbox
+) -> None:
+    """As a new user keeps a study: the experiment file beside its data, named relatively; NOMAD's calls run in
+    the study folder, elsewhere. A missing file's message names the path it tried."""
+    project = tmp_path / "project"
+    project.mkdir()
+    train, validation = tiny_data
+    (project / "train.jsonl").write_bytes(train.read_bytes())
+    (project / "validation.jsonl").write_bytes(validation.read_bytes())
+    experiment = write_tiny_experiment(
+        project / "study.toml", train="train.jsonl", validation="validation.jsonl", records="runs", steps=2
+    )
+    points = tmp_path / "x.txt"
+    points.write_text("2 -2 0.1\n")
+    result = run_blackbox(["eval", "-e", str(experiment), str(points)])  # run in tmp_path, not in project/
+    assert result.returncode == 0 and RESULT.fullmatch(result.stdout), result.stderr.decode()[-3000:]
+    [record] = read_records(project / "runs" / "records.jsonl")
+    snapshot = json.loads(next((project / "runs" / "experiments").glob("*.json")).read_text())
+    assert snapshot["data"]["train"] == [str(project / "train.jsonl")] and record["status"] == "OK"
+    (project / "train.jsonl").unlink()
+    result = run_blackbox(["eval", "-e", str(experiment), str(points)])
+    assert result.returncode == 1 and result.stdout == b""
+    assert f"data file {project / 'train.jsonl'} does not exist" in result.stderr.decode()

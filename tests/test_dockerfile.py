@@ -38,7 +38,7 @@ def test_what_a_blackbox_call_needs() -> None:
     labels = " ".join(_instructions("LABEL"))
     for key in ("source", "version", "revision"):
         assert f"org.opencontainers.image.{key}=" in labels
-    assert "EXTRAS=gpu,kernels,demo" in _instructions("ARG")  # gpu: bitsandbytes and accelerate
+    assert "EXTRAS=gpu,kernels,assess,track,demo" in _instructions("ARG")  # gpu: bitsandbytes and accelerate
 
 
 def test_the_version_label_is_the_packages() -> None:

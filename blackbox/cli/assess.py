@@ -13,6 +13,7 @@ from blackbox.cli.options import Selection, optional_experiment_options, selecti
 from blackbox.cli.protocol import exit_on_error
 from blackbox.core.errors import SetupError
 from blackbox.core.experiment import load_experiment
+from blackbox.core.extras import require
 
 if TYPE_CHECKING:
     from blackbox.assessment.answers import Engine
@@ -317,6 +318,7 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _serve(answers: Answers, db: Path, *, host: str, port: int, open_to_anyone: bool) -> None:
+    require("starlette", "uvicorn", "jinja2", "multipart", purpose="the rating page of lora-blackbox compare")
     from blackbox.assessment.compare.app import build_app, serve
     from blackbox.core.votes import links_required, votes_db
 

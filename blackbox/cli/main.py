@@ -20,12 +20,18 @@ from blackbox.cli.container import container_command
 from blackbox.cli.evaluate import decode_command, eval_command, params_command
 from blackbox.cli.report import report_command
 from blackbox.cli.studies import optuna_command, study_command
+from blackbox.core.logs import OursOnly, StartupLog
 
 logger = logging.getLogger("blackbox")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar="LORA_BLACKBOX_DEBUG",
+    help="Show tracebacks of errors, and the libraries' warnings and logs on the terminal.",
+)
 @click.option(
     "-q",
     "--quiet",
@@ -38,7 +44,7 @@ logger = logging.getLogger("blackbox")
 def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
     """LoRA fine-tuning + validation as a blackbox for NOMAD and other optimizers."""
     ctx.obj = {"debug": debug, "quiet": quiet}
-    _setup_logging(quiet=quiet)
+    _setup_logging(quiet=quiet, debug=debug)
     # Packed batches of varying length fragment CUDA's caching allocator; expandable segments avoid
     # out-of-memory errors with gigabytes reserved but unusable. Set before CUDA starts; a user's value wins.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -59,15 +65,26 @@ for _command in (
     main.add_command(_command)
 
 
-def _setup_logging(*, quiet: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("lora-blackbox %(levelname)s: %(message)s"))
-    handler.setLevel(logging.WARNING if quiet else logging.INFO)
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)  # INFO always reaches each evaluation's eval.log
-    logger.propagate = False
-    if quiet:
-        os.environ["LORA_BLACKBOX_QUIET"] = "1"  # evaluation processes started from here are quiet too
-        for variable in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+def _setup_logging(*, quiet: bool, debug: bool) -> None:
+    """Our lines on the terminal (``blackbox.core.logs``): the package's records, INFO and up (WARNING with
+    --quiet); the libraries' logs, warnings and progress bars only with --debug. Every record, theirs included,
+    reaches each evaluation's eval.log."""
+    terminal = logging.StreamHandler(sys.stderr)
+    terminal.setFormatter(logging.Formatter("lora-blackbox %(levelname)s: %(message)s"))
+    terminal.setLevel(logging.WARNING if quiet else logging.INFO)
+    if not debug:
+        terminal.addFilter(OursOnly())
+    root = logging.getLogger()
+    root.handlers[:] = [terminal, StartupLog()]
+    root.setLevel(logging.INFO)  # INFO always reaches each evaluation's eval.log
+    logger.handlers[:] = []
+    logger.setLevel(logging.INFO)
+    logger.propagate = True
+    logging.captureWarnings(True)  # the libraries' warnings: log records (logger py.warnings), not stderr lines
+    if not debug:  # progress bars write to stderr themselves: off (the logs still reach eval.log)
+        for variable in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS", "TQDM_DISABLE"):
             os.environ.setdefault(variable, "1")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if debug:
+        os.environ["LORA_BLACKBOX_DEBUG"] = "1"  # evaluation processes started from here show them too
+    if quiet:  # (the libraries' logs keep their levels: they reach eval.log, not the terminal)
+        os.environ["LORA_BLACKBOX_QUIET"] = "1"  # evaluation processes started from here are quiet too

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from blackbox.core.experiment import ENV_EXPERIMENT
+from blackbox.core.experiment import ENV_EXPERIMENT, absolute_overrides
 
 if TYPE_CHECKING:
     from blackbox.assessment.selection import Candidate
@@ -27,7 +27,9 @@ def experiment_options(command: Command) -> Command:
         "overrides",
         multiple=True,
         metavar="KEY=VALUE",
-        help="Override a key of the experiment (dotted path), e.g. --set training.max_steps=5.",
+        callback=_absolute_overrides,
+        help="Override a key of the experiment (dotted path), e.g. --set training.max_steps=5; a relative path is "
+        "read from the working directory.",
     )(command)
     return click.option(
         "-e",
@@ -43,7 +45,12 @@ def experiment_options(command: Command) -> Command:
 def optional_experiment_options(command: Command) -> Command:
     """``-e/--experiment`` and ``--set`` where the experiment defaults to the study's (an assessment)."""
     command = click.option(
-        "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key of that experiment."
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        callback=_absolute_overrides,
+        help="Override a key of that experiment.",
     )(command)
     return click.option(
         "-e",
@@ -52,6 +59,11 @@ def optional_experiment_options(command: Command) -> Command:
         metavar="EXP",
         help="The experiment (default: the one the study's evaluations ran, kept in the study folder).",
     )(command)
+
+
+def _absolute_overrides(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """Processes started elsewhere (NOMAD's BB_EXE, a container, a Ray worker) read the same files."""
+    return absolute_overrides(value)
 
 
 def mlflow_option(command: Command) -> Command:

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import tomllib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from blackbox.core.errors import ConfigError, PointError
@@ -778,6 +779,10 @@ def experiment_reference(name_or_path: str) -> str:
 def load_experiment(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
     """Load, override and validate an experiment.
 
+    Local paths become absolute (:func:`absolute_paths`): those of an experiment file resolve against its folder
+    (data kept beside the experiment is found from any working directory), those of overrides and of a shipped
+    experiment against the working directory. The snapshot, the records and NOMAD's BB_EXE carry them so.
+
     Args:
         name_or_path: a TOML file, or the name of a shipped experiment (``demo``, ``paper_exp2``, ...).
         overrides: ``KEY=VALUE`` strings with dotted keys, applied in order.
@@ -793,6 +798,8 @@ def load_experiment(name_or_path: str, overrides: list[str] | tuple[str, ...] = 
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"not valid TOML: {e}", source=source) from e
+    path = Path(name_or_path).expanduser()
+    absolute_paths(raw, path.resolve().parent if path.is_file() else Path.cwd())
     problems = []
     for item in overrides:
         try:
@@ -801,10 +808,83 @@ def load_experiment(name_or_path: str, overrides: list[str] | tuple[str, ...] = 
             problems.extend(e.problems)
     if problems:
         raise ConfigError(problems, source=source)
+    absolute_paths(raw, Path.cwd())  # the overrides' (those of the file are absolute already)
     try:
         return Experiment.model_validate(raw)
     except ValidationError as e:
         raise ConfigError([_describe(err) for err in e.errors()], source=source) from e
+
+
+def absolute_overrides(overrides: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``--set`` items with their local paths made absolute against the working directory (:func:`absolute_paths`),
+    so that processes started elsewhere (NOMAD's BB_EXE in a study folder, a container, a Ray worker) read the same
+    files. Other items, and lists, stay as they are."""
+    result = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        value = parse_value(text)
+        if sep and isinstance(value, str) and value and len(parts) >= 2:
+            raw: dict[str, Any] = {}
+            node = raw
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = value
+            absolute_paths(raw, Path.cwd())
+            for part in parts[:-1]:
+                raw = raw[part]
+            if raw[parts[-1]] != value:
+                item = f"{key}={raw[parts[-1]]}"
+        result.append(item)
+    return tuple(result)
+
+
+DATA_FILE_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+"""Local data files by suffix, and the ``datasets`` builder that reads each."""
+
+
+def absolute_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make the local paths of a raw experiment absolute, relative ones against ``base``: data files and folders
+    (``data.train``, ``data.validation``), a local model folder (``model.name_or_path``), ``records.dir`` and the
+    benchmarks' ``include_path``. A name that is no local path stays as it is: a hub id (``meta-llama/Llama-2-7b-hf``
+    unless such a folder exists under ``base``), a hub data set, ``embedded:...``."""
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("train", "validation"):
+            value = data.get(key)
+            if isinstance(value, str):
+                data[key] = _local_source(value, base)
+            elif isinstance(value, list):
+                data[key] = [_local_source(v, base) if isinstance(v, str) else v for v in value]
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("name_or_path"), str):
+        model["name_or_path"] = _local_source(model["name_or_path"], base, files=False)
+    records = raw.get("records")
+    if isinstance(records, dict) and isinstance(records.get("dir"), str) and records["dir"]:
+        records["dir"] = _absolute(records["dir"], base)
+    objective: dict[str, Any] = raw["objective"] if isinstance(raw.get("objective"), dict) else {}
+    benchmarks = [objective.get("benchmark"), objective.get("test"), *raw.get("downstream", [])]
+    benchmarks += [c.get("benchmark") for c in raw.get("constraints", []) if isinstance(c, dict)]
+    for benchmark in benchmarks:
+        if isinstance(benchmark, dict) and isinstance(benchmark.get("include_path"), str) and benchmark["include_path"]:
+            benchmark["include_path"] = _absolute(benchmark["include_path"], base)
+
+
+def _absolute(value: str, base: Path) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else Path(os.path.normpath(base / path)))
+
+
+def _local_source(value: str, base: Path, *, files: bool = True) -> str:
+    """``value`` as an absolute path when it names a local file or folder, else as it is (a hub name)."""
+    if not value or value.startswith("embedded:"):
+        return value
+    path = Path(value).expanduser()
+    explicit = value.startswith(("./", "../", "~", "/"))
+    is_file = files and path.suffix.lower() in DATA_FILE_SUFFIXES
+    if explicit or is_file or (base / path).exists():
+        return _absolute(value, base)
+    return value
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

@@ -26,7 +26,7 @@ from typing import Literal
 from blackbox.core.errors import BlackboxError, ConfigError, PointError, SetupError, TrainingDiverged, TrainingTimeout
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """How an evaluation ended. ``counted``: whether it is a finished evaluation (it spent the budget); an
     interrupted or killed one, or one the call never reached, is not, and a resumed study evaluates its point
     again."""

@@ -134,7 +134,7 @@ class EvalRecord:
         values = {k: v for k, v in data.items() if k in known}
         if not isinstance(values.get("run_id"), str):
             raise ValueError("a record needs its run_id")
-        values["status"] = Status(values.get("status"))
+        values["status"] = Status(str(values.get("status")))
         values.setdefault("experiment", "")
         values.setdefault("fingerprint", "")
         values["outputs"] = tuple(str(t) for t in values.get("outputs") or ())

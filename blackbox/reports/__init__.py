@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from blackbox.core.extras import require
 from blackbox.core.folders import VOTES_FILE
 from blackbox.core.votes import read_votes
 from blackbox.reports.downstream import BenchmarkScores, benchmark_scores
@@ -53,9 +54,10 @@ def write_report(
         default what the solver saw (``load_run``).
 
     Raises:
-        SetupError: a path holds no records, or ``votes`` is not a votes file.
+        SetupError: a path holds no records, ``votes`` is not a votes file, or the report's extra is missing.
         ConfigError: the objective is not a metric of the records.
     """
+    require("matplotlib", "scipy", purpose="lora-blackbox report")
     runs = [load_run(spec, objective=objective) for spec in specs]
     minimised = objective or _objective_name(runs)
     if votes is None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from blackbox.core.experiment import Experiment
+from blackbox.core.extras import require
 from blackbox.core.record import EvalRecord, RecordStore
 from blackbox.runners import Settled, eval_argv, settle
 
@@ -41,6 +42,7 @@ class RayRunner:
     max_retries: int = 2
 
     def run(self, lines: Sequence[str]) -> list[Settled]:
+        require("ray", purpose="eval --backend ray")
         import ray
 
         ray.init(address=self.address, logging_level=logging.WARNING, log_to_driver=True)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from blackbox.api import Blackbox, Result
 from blackbox.core.errors import SetupError
 from blackbox.core.experiment import RecordsConfig
+from blackbox.core.extras import require
 from blackbox.core.failures import Call, call_after, trial_state
 from blackbox.core.folders import OPTUNA_STORAGE_FILE
 from blackbox.core.progress import format_duration
@@ -129,6 +130,7 @@ def run_optuna(
         SetupError: the storage holds a study of another experiment or sampler, another study runs in the
             records folder, or a trial could not run.
     """
+    require("optuna", *(("cmaes",) if sampler == "cmaes" else ()), purpose="lora-blackbox optuna")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours, on the package's logger

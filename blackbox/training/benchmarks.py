@@ -26,6 +26,7 @@ import numpy as np
 from blackbox.core.cache import cache_root
 from blackbox.core.errors import SetupError
 from blackbox.core.experiment import BenchmarkConfig, DataConfig, Experiment
+from blackbox.core.extras import require
 from blackbox.core.files import folder_published_at, write_text_atomic
 from blackbox.core.folders import BASE_SCORES_FILE
 from blackbox.core.record import writing_records
@@ -66,6 +67,7 @@ class Scorer:
     """
 
     def __init__(self, tokenizer: Any, data: DataConfig, *, allow_code_execution: bool = False) -> None:
+        require("lm_eval", purpose="benchmark scores (lm-evaluation-harness)")
         self.tokenizer = tokenizer
         self.data = data
         self.allow_code_execution = allow_code_execution

@@ -24,14 +24,14 @@ import numpy as np
 
 from blackbox.core.cache import tokenized_dir
 from blackbox.core.errors import SetupError
-from blackbox.core.experiment import DataConfig
+from blackbox.core.experiment import DATA_FILE_SUFFIXES, DataConfig
 from blackbox.core.files import folder_published_at, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the cached arrays change meaning
 
-LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+LOCAL_SUFFIXES = DATA_FILE_SUFFIXES
 
 # The Stanford Alpaca prompt as the reference study used it, with its "#### Context:" (four #).
 ALPACA_WITH_CONTEXT = (
@@ -252,7 +252,10 @@ def _load_records(source: str) -> list[dict[str, Any]]:
     path = Path(source).expanduser()
     builder = LOCAL_SUFFIXES.get(path.suffix.lower())
     if builder is not None and not path.is_file():
-        raise SetupError(f"data file {source} does not exist")
+        raise SetupError(
+            f"data file {path} does not exist (a relative path in an experiment file is read from that "
+            "file's folder; on the command line, from the working directory)"
+        )
     try:
         if builder is not None:
             dataset = datasets.load_dataset(builder, data_files=str(path), split="train")

@@ -11,6 +11,7 @@ import torch
 
 from blackbox.core.errors import SetupError
 from blackbox.core.experiment import LoraVariantConfig, ModelConfig, TrainingConfig, lora_targets
+from blackbox.core.logs import adopt_library_loggers
 from blackbox.core.space import HyperParams
 from blackbox.training.precision import Precision
 
@@ -53,6 +54,7 @@ def load_tokenizer(config: ModelConfig) -> Any:
     """
     from transformers import AutoTokenizer  # local: slow to import
 
+    adopt_library_loggers()  # transformers' warnings: to the evaluation's log, not the terminal (core.logs)
     try:
         return AutoTokenizer.from_pretrained(model_location(config), revision=config.revision or None)
     except (OSError, ValueError) as e:
@@ -91,8 +93,18 @@ def load_base_model(config: ModelConfig, training: TrainingConfig, device: torch
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training.gradient_checkpointing)
     elif training.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     return model
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Activation checkpointing of the decoder layers (non-reentrant: LoRA's frozen inputs need it), through
+    transformers' current name for it where it has one (``gradient_checkpointing_enable`` warns that it goes)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # transformers before the rename
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def resolve_attention(config: ModelConfig, training: TrainingConfig, device: torch.device) -> str:

@@ -28,6 +28,7 @@ from blackbox._version import __version__
 from blackbox.core.errors import PointError, RecordsError, SetupError, TrainingDiverged
 from blackbox.core.experiment import Experiment, write_snapshot
 from blackbox.core.failures import Status, status_of
+from blackbox.core.logs import adopt_library_loggers, hand_over
 from blackbox.core.point import PointSource, parse_point, shorten
 from blackbox.core.record import RUNNING_FILE, EvalRecord, RecordStore, build_record, new_run_id, now, writing_records
 from blackbox.core.space import HyperParams, SearchSpace
@@ -461,17 +462,21 @@ class _RunLog(logging.FileHandler):
 
 @contextlib.contextmanager
 def _log_to(attempt: _Attempt, records_dir: Path) -> Iterator[None]:
-    """Copy this package's log records of one evaluation into its run folder."""
+    """Write every log record of one evaluation into its run folder's ``eval.log``: the package's, and the
+    libraries' logs and warnings (``blackbox.core.logs``); the first evaluation of a call gets those logged since
+    the call started (the libraries' import-time warnings) at its top."""
     with writing_records(records_dir):
         handler = _RunLog(attempt)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
-    package_logger = logging.getLogger("blackbox")
-    package_logger.addHandler(handler)
+    root = logging.getLogger()
+    adopt_library_loggers()
+    hand_over(handler)
+    root.addHandler(handler)
     try:
         yield
     finally:
-        package_logger.removeHandler(handler)
+        root.removeHandler(handler)
         with contextlib.suppress(OSError):  # a failed write is the attempt's log_failure already
             handler.close()
 

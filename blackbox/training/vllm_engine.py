@@ -19,6 +19,7 @@ from typing import Any
 
 from blackbox.core.errors import SetupError
 from blackbox.core.experiment import Experiment
+from blackbox.core.extras import require
 from blackbox.training.generation import Generated, Sampling
 from blackbox.training.model import load_tokenizer, model_location
 
@@ -67,13 +68,9 @@ class VllmModel:
     def __init__(self, experiment: Experiment, *, adapters: Sequence[Path], seed: int) -> None:
         started = time.perf_counter()
         ranks = [adapter_rank(adapter) for adapter in adapters]
-        try:
-            from vllm import LLM
-        except ImportError as e:
-            raise SetupError(
-                "answers --engine vllm needs vLLM (pip install vllm, on a machine with a GPU that it supports); "
-                "--engine transformers answers without it"
-            ) from e
+        require("vllm", purpose="answers --engine vllm (a machine with a GPU that vLLM supports)")
+        from vllm import LLM
+
         if experiment.model.quantization != "none":
             logger.warning("vLLM loads the base model unquantised (model.quantization=%s is not applied)",
                            experiment.model.quantization)  # fmt: skip

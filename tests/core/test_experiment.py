@@ -243,3 +243,80 @@ def test_the_lora_section_and_target_presets() -> None:
         load_experiment("demo", ["model.target_modules=everything"])
     with pytest.raises(ConfigError, match="init_lora_weights"):
         load_experiment("demo", ["lora.init_lora_weights=pissa_niter_"])
+
+
+def _write_beside(folder, text: str):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "experiment.toml"
+    path.write_text(text)
+    return path
+
+
+_BESIDE = """
+[study]
+name = "beside"
+budget = 2
+
+[[space]]
+name = "learning_rate"
+type = "R"
+lower = -5
+upper = -3
+x0 = -4
+decode = "log10"
+
+[hyperparameters]
+lora_r = 4
+lora_alpha = 8
+lora_dropout = 0.0
+
+[model]
+name_or_path = "{model}"
+
+[data]
+train = "train.jsonl"
+validation = ["data/validation.jsonl", "databricks/databricks-dolly-15k", "embedded:chitchat/validation"]
+
+[records]
+dir = "runs"
+
+[[downstream]]
+task = "mine"
+include_path = "tasks"
+"""
+
+
+def test_relative_paths_of_an_experiment_file_are_read_from_its_folder(tmp_path, monkeypatch) -> None:
+    """Data kept beside the experiment is found from any working directory; hub names stay names."""
+    folder = tmp_path / "project"
+    (folder / "tiny").mkdir(parents=True)
+    path = _write_beside(folder, _BESIDE.format(model="tiny"))
+    monkeypatch.chdir(tmp_path)  # elsewhere
+    exp = load_experiment("project/experiment.toml")
+    assert exp.data.train == (str(folder / "train.jsonl"),)  # a data file: even before it exists
+    assert exp.data.validation == (
+        str(folder / "data" / "validation.jsonl"),
+        "databricks/databricks-dolly-15k",  # a hub data set
+        "embedded:chitchat/validation",
+    )
+    assert exp.model.name_or_path == str(folder / "tiny")  # a folder beside the file
+    assert exp.records_dir == folder / "runs" and exp.downstream[0].include_path == str(folder / "tasks")
+    hub = load_experiment(str(_write_beside(tmp_path / "other", _BESIDE.format(model="meta-llama/Llama-2-7b-hf"))))
+    assert hub.model.name_or_path == "meta-llama/Llama-2-7b-hf"  # no such folder: a hub id
+    assert load_experiment(str(path)).fingerprint() == exp.fingerprint()  # wherever it is loaded from
+
+
+def test_relative_paths_of_overrides_are_read_from_the_working_directory(tmp_path, monkeypatch) -> None:
+    from blackbox.core.experiment import absolute_overrides
+
+    path = _write_beside(tmp_path / "project", _BESIDE.format(model="m"))
+    monkeypatch.chdir(tmp_path)
+    exp = load_experiment(str(path), ["data.train=mine.jsonl", "records.dir=out"])
+    assert exp.data.train == (str(tmp_path / "mine.jsonl"),) and exp.records_dir == tmp_path / "out"
+    items = ("data.train=mine.jsonl", "training.max_steps=5", "model.name_or_path=org/model", "records.dir=.")
+    assert absolute_overrides(items) == (
+        f"data.train={tmp_path / 'mine.jsonl'}",
+        "training.max_steps=5",
+        "model.name_or_path=org/model",
+        f"records.dir={tmp_path}",
+    )

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from blackbox.core.errors import SetupError
+from blackbox.core.extras import require
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +77,9 @@ class Endpoint:
         retries: int = 6,
         timeout_s: float = 300,
     ) -> None:
-        try:
-            import openai
-        except ImportError as e:
-            raise SetupError(
-                "a judge behind an endpoint (--judge openai:MODEL) needs the openai package: "
-                "pip install 'lora-blackbox[judge]'"
-            ) from e
+        require("openai", purpose="a judge behind an endpoint (--judge openai:MODEL)")
+        import openai
+
         self._openai = openai
         self.model = model
         self._system = system
