@@ -163,7 +163,12 @@ def answers_command(
     type=click.Path(path_type=Path, dir_okay=False),
     help="Votes file (SQLite; default: votes.sqlite beside ANSWERS_FILE). The same file resumes.",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: for a team).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (beyond 127.0.0.1: rater links, or --open).",
+)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free port.")
 @click.option(
     "--raters",
