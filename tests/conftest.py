@@ -67,6 +67,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model: Path) -> Any:
+    """The tiny model's tokenizer, loaded once per session."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return write_instruction_files(tmp_path_factory.mktemp("data"))
 
@@ -289,17 +297,22 @@ def ran_with_nomad() -> Callable[[str, dict[str, str]], None]:
 WaitFor = Callable[..., None]
 
 
+def poll(condition: Callable[[], bool], what: str, *, process: Any = None, timeout: float = 300) -> None:
+    """Poll ``condition()`` every 0.1 s until it holds; fail when ``process`` (a ``Popen``, optional) ends first or
+    after ``timeout`` seconds. The one way the tests wait for a state (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process is None or process.poll() is None, f"the process ended while waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="session")
 def wait_for() -> WaitFor:
-    """``wait_for(condition, process, "what")``: poll ``condition()`` until it holds; fail when ``process`` ends
-    first or after ``timeout`` seconds."""
+    """``wait_for(condition, process, "what", timeout=300)``: :func:`poll` as a fixture (``process`` may be None)."""
 
-    def wait(condition: Callable[[], bool], process: subprocess.Popen, what: str, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert process.poll() is None, f"the process ended while waiting for {what}"
-            assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
-            time.sleep(0.1)
+    def wait(condition: Callable[[], bool], process: Any, what: str, timeout: float = 300) -> None:
+        poll(condition, what, process=process, timeout=timeout)
 
     return wait
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.points import point_file
 from tests.records import read_records
 
 pytestmark = pytest.mark.slow
@@ -71,10 +72,8 @@ def test_a_block_as_nomad_writes_it(tmp_path: Path, tiny_experiment: Path, run_b
 
 
 def test_a_point_gives_the_same_objective_in_its_own_process(tmp_path, tiny_experiment, run_blackbox) -> None:
-    both = tmp_path / "both.txt"
-    both.write_text("3 -2.5 0\n2 -2 0.1\n")
-    alone = tmp_path / "alone.txt"
-    alone.write_text("2 -2 0.1\n")
+    both = point_file(tmp_path, "3 -2.5 0", "2 -2 0.1", name="both.txt")
+    alone = point_file(tmp_path, "2 -2 0.1", name="alone.txt")
     block = run_blackbox(["eval", "-e", str(tiny_experiment), str(both)])
     single = run_blackbox(["eval", "-e", str(tiny_experiment), str(alone)])
     assert block.returncode == single.returncode == 0
@@ -124,8 +123,7 @@ F.cross_entropy = noisy_cross_entropy
 def test_stdout_carries_result_lines_only(tmp_path, tiny_experiment, run_blackbox) -> None:
     (tmp_path / "noise").mkdir()
     (tmp_path / "noise" / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    points = tmp_path / "x.txt"
-    points.write_text("2 -2 0.1\n")
+    points = point_file(tmp_path, "2 -2 0.1")
     result = run_blackbox(
         ["eval", "-e", str(tiny_experiment), str(points)], env={"PYTHONPATH": str(tmp_path / "noise")}
     )
@@ -155,8 +153,7 @@ def test_the_terminal_shows_our_lines_the_log_has_them_all(tmp_path, tiny_experi
     """Libraries' warnings and logs reach the evaluation's eval.log, and the terminal only with --debug."""
     (tmp_path / "noise").mkdir()
     (tmp_path / "noise" / "sitecustomize.py").write_text(LIBRARY_NOISE)
-    points = tmp_path / "x.txt"
-    points.write_text("2 -2 0.1\n")
+    points = point_file(tmp_path, "2 -2 0.1")
     args = [*flags, "eval", "-e", str(tiny_experiment), "--set", "training.max_steps=2", str(points)]
     result = run_blackbox(args, env={"PYTHONPATH": str(tmp_path / "noise")})
     assert result.returncode == 0 and RESULT.fullmatch(result.stdout), result.stderr.decode()[-3000:]
@@ -173,8 +170,7 @@ def test_the_terminal_shows_our_lines_the_log_has_them_all(tmp_path, tiny_experi
 
 
 def test_missing_model_fails_the_call_and_records_every_point(tmp_path, tiny_experiment, run_blackbox) -> None:
-    points = tmp_path / "x.txt"
-    points.write_text("2 -2 0.1\n\n3 -3 0\n")
+    points = point_file(tmp_path, "2 -2 0.1", "", "3 -3 0")
     result = run_blackbox(
         [
             "eval",
@@ -201,8 +197,7 @@ def test_missing_model_fails_the_call_and_records_every_point(tmp_path, tiny_exp
     ],
 )
 def test_bad_experiments_exit_2(tmp_path, tiny_experiment, run_blackbox, args, code, message) -> None:
-    points = tmp_path / "x.txt"
-    points.write_text("2 -2 0.1\n")
+    points = point_file(tmp_path, "2 -2 0.1")
     if "-e" not in args:
         args = ["-e", str(tiny_experiment), *args]
     result = run_blackbox(["eval", *args, str(points)])
@@ -238,8 +233,7 @@ def test_quantised_lora_trains(tmp_path, tiny_model, tiny_experiment, run_blackb
         assert {m.weight.quant_state.quant_type for m in adapted} == {"nf4"}
         assert adapted[0].weight.numel() * 2 == adapted[0].in_features * adapted[0].out_features
 
-    points = tmp_path / "x.txt"
-    points.write_text("2 -2 0.1\n")
+    points = point_file(tmp_path, "2 -2 0.1")
     result = run_blackbox(
         ["eval", "-e", str(tiny_experiment), "--set", f"model.quantization={quantization}", str(points)]
     )
@@ -250,8 +244,7 @@ def test_quantised_lora_trains(tmp_path, tiny_model, tiny_experiment, run_blackb
 
 
 def test_low_fidelity_is_recorded_and_cheaper(tmp_path, tiny_experiment, run_blackbox) -> None:
-    points = tmp_path / "x.txt"
-    points.write_text("2 -2 0.1\n")
+    points = point_file(tmp_path, "2 -2 0.1")
     low = ["--set", "fidelity.train=0.25", "--set", "fidelity.validation=0.5"]
     result = run_blackbox(["eval", "-e", str(tiny_experiment), *low, str(points)])
     assert result.returncode == 0 and RESULT.fullmatch(result.stdout)
@@ -264,8 +257,7 @@ def test_low_fidelity_is_recorded_and_cheaper(tmp_path, tiny_experiment, run_bla
 
 
 def test_experiment_from_the_environment(tmp_path, tiny_experiment, run_blackbox) -> None:
-    points = tmp_path / "x.txt"
-    points.write_text("2 -2 0.1\n")
+    points = point_file(tmp_path, "2 -2 0.1")
     result = run_blackbox(["eval", str(points)], env={"LORA_BLACKBOX_EXPERIMENT": str(tiny_experiment)})
     assert result.returncode == 0 and RESULT.fullmatch(result.stdout)
 
@@ -275,8 +267,7 @@ def test_sigint_records_the_running_point_as_interrupted(
     tmp_path, tiny_experiment, blackbox_cmd, wait_for, training_started, inherited: str
 ) -> None:
     """Also when started with SIGINT ignored, as a script's background job is."""
-    points = tmp_path / "x.txt"
-    points.write_text("2 -2 0.1\n")
+    points = point_file(tmp_path, "2 -2 0.1")
     process = subprocess.Popen(
         [*blackbox_cmd, "eval", "-e", str(tiny_experiment), "--set", "training.max_steps=100000", str(points)],
         stdout=subprocess.PIPE,
@@ -302,8 +293,7 @@ def test_a_stopping_study_gets_every_point_declined_at_once(tmp_path, tiny_exper
     is recorded NOT_RUN and answered as a failure that NOMAD does not count."""
     stop = tmp_path / "stop-requested"
     stop.touch()
-    points = tmp_path / "x.txt"
-    points.write_text("2 -2 0.1\n\nnot a point\n")
+    points = point_file(tmp_path, "2 -2 0.1", "", "not a point")
     outputs = '["OBJ:validation_loss", "EXTRA_O:run_id", "CNT_EVAL"]'
     result = run_blackbox(
         ["eval", "-e", str(tiny_experiment), "--set", f"study.outputs={outputs}", str(points)],
@@ -349,8 +339,7 @@ def test_data_kept_beside_the_experiment_is_found_from_any_folder(
     experiment = write_tiny_experiment(
         project / "study.toml", train="train.jsonl", validation="validation.jsonl", records="runs", steps=2
     )
-    points = tmp_path / "x.txt"
-    points.write_text("2 -2 0.1\n")
+    points = point_file(tmp_path, "2 -2 0.1")
     result = run_blackbox(["eval", "-e", str(experiment), str(points)])  # run in tmp_path, not in project/
     assert result.returncode == 0 and RESULT.fullmatch(result.stdout), result.stderr.decode()[-3000:]
     [record] = read_records(project / "runs" / "records.jsonl")

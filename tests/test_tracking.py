@@ -11,14 +11,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.points import point_file
 from tests.records import read_records
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ class MlflowServer:
     """``mlflow server`` on 127.0.0.1 with a SQLite backend and artifacts in ``folder``, in a session of its
     own (its workers are stopped with it)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, wait_for: Callable[..., None]) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
@@ -46,11 +46,7 @@ class MlflowServer:
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)  # fmt: skip
-        deadline = time.monotonic() + 300
-        while not self.healthy():
-            assert self.process.poll() is None, f"mlflow server ended: {(folder / 'server.log').read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "mlflow server did not answer /health within 300 s"
-            time.sleep(0.2)
+        wait_for(self.healthy, self.process, f"mlflow server to answer /health (its log: {folder / 'server.log'})")
 
     def healthy(self) -> bool:
         try:
@@ -76,8 +72,8 @@ class MlflowServer:
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory, wait_for: Callable[..., None]) -> Iterator[MlflowServer]:
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), wait_for)
     try:
         yield server
     finally:
@@ -135,8 +131,7 @@ def test_the_study_folders_own_store(tmp_path: Path, make_experiment, run_blackb
     with experiment.open("a") as f:
         f.write("\n[tracking]\nmlflow = true\n")
     env = {"MLFLOW_TRACKING_URI": "", "LORA_BLACKBOX_MLFLOW_PARENT_RUN_ID": ""}
-    points = tmp_path / "points.txt"
-    points.write_text("2 -3 0.1\n3 -2.5 0\n")
+    points = point_file(tmp_path, "2 -3 0.1", "3 -2.5 0", name="points.txt")
     result = run_blackbox(["eval", "-e", str(experiment), "--set", "records.save_adapter=true", str(points)], env=env)
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     lines = result.stdout.decode().splitlines()  # the result lines, nothing of mlflow's
@@ -233,10 +228,9 @@ def test_a_server_killed_in_the_middle_of_a_call(
 ) -> None:
     """The tracking server dies while the first of two points trains: both points are evaluated and recorded
     as usual, the call prints its two lines and exits 0, and stderr has one warning about tracking."""
-    server = MlflowServer(tmp_path / "server")
+    server = MlflowServer(tmp_path / "server", wait_for)
     try:
-        points = tmp_path / "points.txt"
-        points.write_text("2 -3 0.1\n3 -2.5 0\n")
+        points = point_file(tmp_path, "2 -3 0.1", "3 -2.5 0", name="points.txt")
         env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "LORA_BLACKBOX_MLFLOW_PARENT_RUN_ID": ""}
         stderr_file = tmp_path / "stderr.txt"
         with stderr_file.open("w") as stderr:

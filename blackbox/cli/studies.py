@@ -103,7 +103,6 @@ def optuna_command(
             quiet=ctx.obj.get("quiet", False),
         )
         storage = storage or default_storage(folder)
-        logger.info("Optuna study folder %s; storage %s", folder, storage)
         install_signal_handlers()  # SIGTERM stops like Ctrl-C: the running trial is recorded, not orphaned
         summary = run_optuna(
             blackbox,

@@ -133,6 +133,8 @@ def run_optuna(
     require("optuna", *(("cmaes",) if sampler == "cmaes" else ()), purpose="lora-blackbox optuna")
     import optuna
 
+    logger.info("Optuna study folder %s; storage %s", blackbox.experiment.records_dir, storage)
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours, on the package's logger
     folder = blackbox.experiment.records_dir
     # One study per folder, as for NOMAD: another process's running trials would look stale to this one.

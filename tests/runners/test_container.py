@@ -33,6 +33,7 @@ from blackbox.core.errors import ConfigError, SetupError
 from blackbox.core.experiment import load_experiment
 from blackbox.core.nomad import read_cache
 from blackbox.runners.container import LABEL, Bind, Gpus, device_requests, parse_env, parse_gpus, plan_call
+from tests.points import point_file
 from tests.records import read_records
 
 IMAGE = os.environ.get("LORA_BLACKBOX_TEST_IMAGE", "lora-blackbox:latest")
@@ -144,8 +145,7 @@ def test_plan_records_dir_relative_to_the_working_directory(
 
 
 def test_plan_refuses_what_would_hide_the_image(tmp_path: Path, tiny_experiment: Path) -> None:
-    point = tmp_path / "p.txt"
-    point.write_text("2 -3 0.1\n")
+    point = point_file(tmp_path, "2 -3 0.1", name="p.txt")
     with pytest.raises(SetupError, match="hide the image"):
         _plan(tiny_experiment, point, mounts=(Path("/usr/lib"),))
     with pytest.raises(SetupError, match="hide the image"):
@@ -157,8 +157,7 @@ def test_plan_refuses_what_would_hide_the_image(tmp_path: Path, tiny_experiment:
 
 
 def test_bad_options_are_usage_errors(tmp_path: Path, tiny_experiment: Path) -> None:
-    point = tmp_path / "p.txt"
-    point.write_text("2 -3 0.1\n")
+    point = point_file(tmp_path, "2 -3 0.1", name="p.txt")
     for option in (["--gpus", "many"], ["--env", "=x"], ["--pull", "sometimes"]):
         result = CliRunner().invoke(
             main, ["container", "--image", "x", "-e", str(tiny_experiment), *option, str(point)]

@@ -9,8 +9,7 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -55,12 +54,11 @@ def _output(study_dir: Path) -> tuple[str, str]:
     return (study_dir.parent / "study.out").read_text(), (study_dir.parent / "study.err").read_text()
 
 
-def _none_left(study_dir: Path, seconds: float = 5) -> None:
+def _none_left(study_dir: Path, wait_for: Callable[..., None], seconds: float = 5) -> None:
     """Wait up to ``seconds`` for the study's processes to be gone; fail if one outlives that."""
-    ended_at = time.monotonic()
-    while _study_processes(study_dir) and time.monotonic() - ended_at < seconds:
-        time.sleep(0.1)
-    assert _study_processes(study_dir) == [], f"a process of the study outlived it by {seconds:g} s"
+    wait_for(
+        lambda: not _study_processes(study_dir), None, f"the study's processes to end (within {seconds:g} s)", seconds
+    )
 
 
 def test_kill_9_of_the_study_then_resume(
@@ -92,7 +90,7 @@ def test_kill_9_of_the_study_then_resume(
         assert _study_processes(study_dir)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        _none_left(study_dir)
+        _none_left(study_dir, wait_for)
     finally:
         for leftover in [*_study_processes(study_dir), psutil.Process(process.pid)] if process.poll() is None else []:
             with contextlib.suppress(psutil.Error):
@@ -101,9 +99,7 @@ def test_kill_9_of_the_study_then_resume(
     assert (study_dir / "evals" / killed_dir / "running.json").exists()
     # The report sees it as soon as its process is gone: a killed process can outlast what psutil reads of it
     # (its cwd and environment) for a moment on a loaded machine.
-    deadline = time.monotonic() + 5
-    while not load_run(str(study_dir)).not_counted and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: bool(load_run(str(study_dir)).not_counted), None, "the report to see the killed evaluation", 5)
     assert [r.status.value for r in load_run(str(study_dir)).not_counted] == ["KILLED"]
     first = read_records(records_file)
     assert [r["status"] for r in first] == ["OK", "OK"]
@@ -166,7 +162,7 @@ def test_kill_9_of_nomad_or_of_one_evaluation_then_resume(
         [cut_dir] = {p.name for p in (study_dir / "evals").glob("*")} - done
         _target(study_dir, victim).kill()
         process.wait(timeout=300)
-        _none_left(study_dir)
+        _none_left(study_dir, wait_for)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

@@ -10,10 +10,10 @@ from blackbox.training.testing import instruction_rows
 
 
 @pytest.fixture(scope="module")
-def model_and_split(tiny_model: Path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def model_and_split(tiny_model: Path, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer = tiny_tokenizer
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="sdpa")
     model.eval()
     rows = [Row(r["instruction"], r["context"], r["response"]) for r in instruction_rows(12, seed=5)]

@@ -19,10 +19,8 @@ from blackbox.training.data import (
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_model: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model)
+def tokenizer(tiny_tokenizer):
+    return tiny_tokenizer
 
 
 def test_alpaca_and_dolly_fields() -> None:

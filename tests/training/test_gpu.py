@@ -10,6 +10,7 @@ import torch
 from blackbox.training.batches import loss_sum, pack, pad
 from blackbox.training.data import Row, tokenize_rows
 from blackbox.training.testing import instruction_rows
+from tests.points import point_file
 
 pytestmark = [
     pytest.mark.gpu,
@@ -54,8 +55,7 @@ def test_flash_varlen_matches_padded_sdpa_forward_and_backward(split_and_models)
 
 
 def test_eval_on_the_gpu_picks_bf16_and_varlen(tmp_path, tiny_experiment, run_blackbox) -> None:
-    points = tmp_path / "x.txt"
-    points.write_text("2 -2 0.1\n")
+    points = point_file(tmp_path, "2 -2 0.1")
     result = run_blackbox(["eval", "-e", str(tiny_experiment), "--set", "training.micro_batch_size=0", str(points)])
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     value = float(result.stdout.split()[0])

@@ -18,6 +18,7 @@ from blackbox.core.space import HyperParams
 from blackbox.training.model import attach_lora, detach_lora, load_base_model
 from blackbox.training.objective import Evaluator
 from blackbox.training.precision import Precision
+from tests.points import point_file
 
 FP32 = Precision(torch.float32, None)
 CPU = torch.device("cpu")
@@ -162,7 +163,7 @@ def test_variants_in_one_call_give_what_each_gives_alone(make_experiment) -> Non
     assert json.loads(lines[0])["hparams"]["lora"] == {"init_lora_weights": "pissa"}
 
 
-def test_qlora_with_dora_trains_and_loftq_needs_cuda(tmp_path: Path, make_experiment) -> None:
+def test_qlora_with_dora_trains(tmp_path: Path, make_experiment) -> None:
     path = make_experiment(space="rank_lr", steps=2)
     with pytest.raises(ConfigError, match=r"pissa.*needs model.quantization = 'none'"):
         load_experiment(str(make_experiment(tmp_path / "variants.toml", space="variants")), ["model.quantization=nf4"])
@@ -175,9 +176,12 @@ def test_qlora_with_dora_trains_and_loftq_needs_cuda(tmp_path: Path, make_experi
     lora_ab = 2 * (4 * (64 + 64) + 4 * (64 + 32))
     assert record.metrics["trainable_params"] == lora_ab + 2 * (64 + 32)
     assert experiment.fingerprint() != plain.fingerprint()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="LoftQ runs on CUDA: its refusal elsewhere cannot be seen here")
+def test_loftq_is_refused_without_cuda(make_experiment) -> None:
+    path = make_experiment(space="rank_lr", steps=2)
     loftq = load_experiment(str(path), ["model.quantization=nf4", "lora.init_lora_weights=loftq"])
-    if torch.cuda.is_available():
-        pytest.skip("LoftQ runs here: the CPU refusal is not testable")
     refused = Evaluator(loftq).evaluate_line("2 -2")  # the call cannot proceed: recorded, for the caller to end it
     assert refused.status.value == "NOT_RUN" and re.search(r"loftq.*needs CUDA", refused.error or ""), refused.error
 
@@ -187,8 +191,7 @@ def test_dora_with_data_parallel_ranks_gives_the_objective_of_one_process(
 ) -> None:
     """torchrun with two gloo ranks: DoRA's magnitudes get their gradients summed across ranks like A and B."""
     experiment = make_experiment(space="variants", steps=2)
-    points = tmp_path / "x.txt"
-    points.write_text("1 1 -2 2 1\n")
+    points = point_file(tmp_path, "1 1 -2 2 1")
     env = {"LORA_BLACKBOX_LEASE_DIR": str(tmp_path / "leases")}
     ranks = run_blackbox(["eval", "-e", str(experiment), "--gpus-per-eval", "2", str(points)], env=env)
     assert ranks.returncode == 0, ranks.stderr.decode()[-3000:]
