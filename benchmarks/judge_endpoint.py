@@ -4,8 +4,8 @@ command's start to its end (the server's start is measured apart). With ``--base
 local model (``--judge MODEL``, in the command's own process) on the same pairs, for the ratio.
 
     python benchmarks/judge_endpoint.py --answers runs/demo/answers.jsonl \
-        [--model embedded:smollm2-135m-instruct] [--max-new-tokens 128] [--concurrency 4] [--baseline] \
-        [--json benchmarks/results/judge_endpoint_cpu.json]
+        [--model embedded:smollm2-135m-instruct] [--max-new-tokens 128] [--concurrency 4] [--questions N] \
+        [--baseline] [--json benchmarks/results/judge_endpoint_cpu.json]
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--questions", type=int, default=0, help="Only the first N questions (0: all).")
     parser.add_argument("--baseline", action="store_true", help="Also the same judge as a local model.")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -98,23 +99,30 @@ def main() -> None:
         model = resolve_model(model)  # the model folder converted once from the packaged GGUF file
     tokens = ["--judge-max-new-tokens", str(args.max_new_tokens), "--judge-batch-size", str(args.concurrency)]
     with tempfile.TemporaryDirectory() as folder:
+        answers = args.answers
+        if args.questions:
+            lines = [json.loads(line) for line in answers.read_text().splitlines() if line.strip()]
+            kept = list(dict.fromkeys(line["question_id"] for line in lines))[: args.questions]
+            answers = Path(folder) / "answers.jsonl"
+            answers.write_text("".join(json.dumps(line) + "\n" for line in lines if line["question_id"] in kept))
         process, url, start_s = start_server(model, Path(folder) / "server.log")
         try:
-            judge = ["--judge", f"openai:{model}", "--judge-url", url, *tokens]
-            endpoint = judge_run(args.answers, Path(folder) / "endpoint.sqlite", judge)
+            judge = ["--judge", f"openai:{model}", "--judge-url", url, "--judge-timeout", "3600", *tokens]
+            endpoint = judge_run(answers, Path(folder) / "endpoint.sqlite", judge)
         finally:
             process.terminate()
             process.wait(timeout=60)
         result: dict[str, Any] = {
             "model": args.model,
             "answers": str(args.answers),
+            "questions": args.questions or "all",
             "max_new_tokens": args.max_new_tokens,
             "concurrency": args.concurrency,
             "server_start_s": round(start_s, 1),
             "endpoint": endpoint,
         }
         if args.baseline:
-            result["local"] = judge_run(args.answers, Path(folder) / "local.sqlite", ["--judge", model, *tokens])
+            result["local"] = judge_run(answers, Path(folder) / "local.sqlite", ["--judge", model, *tokens])
     result["machine"] = describe(("torch", "transformers", "openai", "uvicorn"))
     result["date"] = time.strftime("%Y-%m-%d")
     result["load_average"] = os.getloadavg()

@@ -233,6 +233,13 @@ def answers_command(
     show_default=True,
     help="Retries of a failed request to the endpoint (exponential backoff; Retry-After honoured).",
 )
+@click.option(
+    "--judge-timeout",
+    type=click.FloatRange(min=1),
+    default=600,
+    show_default=True,
+    help="Seconds one request to the endpoint may take before it is retried (a slow server: raise it).",
+)
 @click.option("--judge-max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option(
     "--judge-batch-size",
@@ -261,6 +268,7 @@ def compare_command(
     judge_api_key_env: str,
     judge_rpm: float,
     judge_retries: int,
+    judge_timeout: float,
     judge_max_new_tokens: int,
     judge_batch_size: int,
     device: str,
@@ -303,6 +311,7 @@ def compare_command(
                 api_key_env=judge_api_key_env,
                 requests_per_minute=judge_rpm,
                 retries=judge_retries,
+                timeout_s=judge_timeout,
                 max_new_tokens=judge_max_new_tokens,
                 batch_size=judge_batch_size,
                 device=device,
@@ -416,6 +425,7 @@ def _judge(
     api_key_env: str,
     requests_per_minute: float,
     retries: int,
+    timeout_s: float,
     max_new_tokens: int,
     batch_size: int,
     device: str,
@@ -436,6 +446,7 @@ def _judge(
             concurrency=batch_size,
             requests_per_minute=requests_per_minute,
             retries=retries,
+            timeout_s=timeout_s,
         )
     else:
         added = judge_with_model(

@@ -75,7 +75,7 @@ class Endpoint:
         concurrency: int = 8,
         requests_per_minute: float = 0,
         retries: int = 6,
-        timeout_s: float = 300,
+        timeout_s: float = 600,
     ) -> None:
         require("openai", purpose="a judge behind an endpoint (--judge openai:MODEL)")
         import openai

@@ -127,6 +127,7 @@ def judge_with_endpoint(
     concurrency: int = 8,
     requests_per_minute: float = 0,
     retries: int = 6,
+    timeout_s: float = 600,
 ) -> int:
     """Rate every pair not rated yet with ``model`` behind an OpenAI-compatible endpoint (``url``: its base URL,
     ``.../v1``; None: the openai client's default); its votes are rater ``judge:openai:MODEL``. Returns the
@@ -146,6 +147,7 @@ def judge_with_endpoint(
         concurrency=concurrency,
         requests_per_minute=requests_per_minute,
         retries=retries,
+        timeout_s=timeout_s,
     )
     with endpoint:
         # A chunk of pairs is twice as many prompts: two rounds of requests in flight between stored votes.
