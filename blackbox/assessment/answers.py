@@ -14,6 +14,12 @@ The answers file holds one JSON object per (question, model)::
 
 A rerun keeps the answers of every model that already has all the questions with the same settings and seed,
 and generates the others again (a model's answers depend on its batches: they are redone whole).
+
+Engines: ``transformers`` (the default: the model as the evaluations load it, each adapter put on it with peft)
+or ``vllm`` (:mod:`blackbox.training.vllm_engine`: vLLM's batching and LoRA support, where vLLM is installed).
+On vLLM every adapter's answers are checked against the base model's (generated for the check when the base
+model is not asked for): an adapter that answers every question as the base model does was not applied, and
+the call fails before its answers are written.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from blackbox.assessment.questions import SHIPPED
 from blackbox.assessment.selection import BASE, Candidate
@@ -33,13 +40,15 @@ from blackbox.core.experiment import Experiment
 from blackbox.core.files import write_text_atomic
 
 if TYPE_CHECKING:
-    from blackbox.training.generation import Sampling
+    from blackbox.training.generation import Generated, Sampling
 
 logger = logging.getLogger(__name__)
 
 RAW = "raw"  # the prompt of a question asked as it is (blackbox.training.data.RAW: this layer imports no torch)
 
 _QUESTION_KEYS = ("question", "prompt", "instruction", "text")
+Engine = Literal["transformers", "vllm"]
+ENGINES: tuple[Engine, ...] = ("transformers", "vllm")
 
 
 @dataclass(frozen=True)
@@ -250,6 +259,7 @@ def generate_answers(
     sampling: Sampling,
     seed: int,
     raw_prompt: bool = False,
+    engine: Engine = "transformers",
 ) -> list[dict[str, Any]]:
     """Answer every question with the base model and every candidate (an adapter), write ``out`` after each
     model, and return all its lines. Models already answered in ``out`` with the same settings are kept.
@@ -257,14 +267,14 @@ def generate_answers(
 
     Raises:
         ConfigError: two candidates share a label.
-        SetupError: the model cannot be loaded.
+        SetupError: the model cannot be loaded; on vLLM, an adapter answered every question as the base model.
     """
     labels = [c.label for c in candidates]
     if len(set(labels)) < len(labels):
         raise ConfigError(f"each model needs its own label, got {labels}")
     template = RAW if raw_prompt else experiment.data.template
     system_prompt = None if raw_prompt else experiment.data.system_prompt
-    settings = {**sampling.as_dict(), "template": template, "system_prompt": system_prompt}
+    settings = {**sampling.as_dict(), "template": template, "system_prompt": system_prompt, "engine": engine}
     existing = read_answers(out) if out.exists() else []
     kept = _complete_answers(existing, candidates, questions, settings, seed)
     todo = [c for c in candidates if c.label not in kept]
@@ -274,19 +284,81 @@ def generate_answers(
     if not todo:
         logger.info("%s already holds every answer", out)
         return lines
+    answer = _vllm_answerer if engine == "vllm" else _transformers_answerer
+    out.parent.mkdir(parents=True, exist_ok=True)
+    base_texts = [line["answer"] for line in kept.get(BASE, [])] or None
+    prompting = _Prompting(template, system_prompt)
+    with answer(experiment, todo, questions, prompting, sampling=sampling, seed=seed) as ask:
+        reference = None
+        if engine == "vllm" and base_texts is None:
+            reference = ask(None)  # the base model's answers: what every adapter's must differ from
+            base_texts = [one.text for one in reference]
+        for candidate in todo:
+            started = time.perf_counter()
+            generated = reference if candidate.adapter is None and reference else ask(candidate.adapter)
+            if engine == "vllm" and candidate.adapter is not None:
+                _check_applied(candidate, [g.text for g in generated], base_texts)
+            for question, one in zip(questions, generated, strict=True):
+                lines.append(
+                    {
+                        "question_id": question.id,
+                        "question": question.text,
+                        "model": candidate.label,
+                        "adapter": str(candidate.adapter) if candidate.adapter else None,
+                        "run_id": candidate.run_id,
+                        "objective": candidate.objective,
+                        "base_model": experiment.model.name_or_path,
+                        "answer": one.text,
+                        "seed": seed,
+                        "settings": settings,
+                        "timings": {"seconds": round(one.seconds, 4), "new_tokens": one.new_tokens},
+                    }
+                )
+            seconds = time.perf_counter() - started
+            logger.info("%s: %d answers in %.1f s", candidate.describe(), len(questions), seconds)
+            write_text_atomic(out, "".join(json.dumps(line) + "\n" for line in lines))
+    return lines
+
+
+Ask = Callable[["Path | None"], "list[Generated]"]
+"""An engine's answers to the questions with an adapter (None: the base model alone), in order."""
+
+
+@dataclass(frozen=True)
+class _Prompting:
+    """How a question becomes a prompt: the template (``raw``: the question as it is) and its system prompt."""
+
+    template: str
+    system_prompt: str | None
+
+    def prompts(self, tokenizer: Any, questions: Sequence[Question]) -> list[str]:
+        from blackbox.training.data import Row, prompt_formatter
+
+        format_prompt = prompt_formatter(self.template, tokenizer, system_prompt=self.system_prompt)
+        return [format_prompt(Row(q.text, "", "")) for q in questions]
+
+
+@contextmanager
+def _transformers_answerer(
+    experiment: Experiment,
+    todo: Sequence[Candidate],
+    questions: Sequence[Question],
+    prompting: _Prompting,
+    *,
+    sampling: Sampling,
+    seed: int,
+) -> Iterator[Ask]:
     from blackbox.training.adapters import adapter_applied, load_for_inference
-    from blackbox.training.data import Row, adds_special_tokens, prompt_formatter
+    from blackbox.training.data import adds_special_tokens
     from blackbox.training.generation import generate
 
     inference = load_for_inference(experiment)  # padded batches: SDPA, not the packed-only 'varlen' attention
     logger.info("base model %s loaded in %.1f s", experiment.model.name_or_path, inference.load_seconds)
-    format_prompt = prompt_formatter(template, inference.tokenizer, system_prompt=system_prompt)
-    prompts = [format_prompt(Row(q.text, "", "")) for q in questions]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for candidate in todo:
-        started = time.perf_counter()
-        with adapter_applied(inference.model, candidate.adapter) as model:
-            generated = generate(
+    prompts = prompting.prompts(inference.tokenizer, questions)
+
+    def ask(adapter: Path | None) -> list[Generated]:
+        with adapter_applied(inference.model, adapter) as model:
+            return generate(
                 model,
                 inference.tokenizer,
                 prompts,
@@ -294,28 +366,49 @@ def generate_answers(
                 seed=seed,
                 device=inference.device,
                 precision=inference.precision,
-                add_special_tokens=adds_special_tokens(template),
+                add_special_tokens=adds_special_tokens(prompting.template),
             )
-        for question, answer in zip(questions, generated, strict=True):
-            lines.append(
-                {
-                    "question_id": question.id,
-                    "question": question.text,
-                    "model": candidate.label,
-                    "adapter": str(candidate.adapter) if candidate.adapter else None,
-                    "run_id": candidate.run_id,
-                    "objective": candidate.objective,
-                    "base_model": experiment.model.name_or_path,
-                    "answer": answer.text,
-                    "seed": seed,
-                    "settings": settings,
-                    "timings": {"seconds": round(answer.seconds, 4), "new_tokens": answer.new_tokens},
-                }
-            )
-        seconds = time.perf_counter() - started
-        logger.info("%s: %d answers in %.1f s", candidate.describe(), len(questions), seconds)
-        write_text_atomic(out, "".join(json.dumps(line) + "\n" for line in lines))
-    return lines
+
+    yield ask
+
+
+@contextmanager
+def _vllm_answerer(
+    experiment: Experiment,
+    todo: Sequence[Candidate],
+    questions: Sequence[Question],
+    prompting: _Prompting,
+    *,
+    sampling: Sampling,
+    seed: int,
+) -> Iterator[Ask]:
+    from blackbox.training.data import adds_special_tokens
+    from blackbox.training.vllm_engine import VllmModel
+
+    engine = VllmModel(experiment, adapters=[c.adapter for c in todo if c.adapter is not None], seed=seed)
+    logger.info("base model %s loaded in vLLM in %.1f s", experiment.model.name_or_path, engine.load_seconds)
+    prompts = prompting.prompts(engine.tokenizer, questions)
+
+    def ask(adapter: Path | None) -> list[Generated]:
+        return engine.generate(
+            prompts,
+            adapter=adapter,
+            sampling=sampling,
+            seed=seed,
+            add_special_tokens=adds_special_tokens(prompting.template),
+        )
+
+    yield ask
+
+
+def _check_applied(candidate: Candidate, texts: Sequence[str], base_texts: Sequence[str] | None) -> None:
+    """Fail when an adapter answered every question exactly as the base model: the engine did not apply it."""
+    if base_texts is not None and list(texts) == list(base_texts):
+        raise SetupError(
+            f"{candidate.describe()}: vLLM answered every question as the base model does, so the adapter was not "
+            "applied (its target modules or layers may be ones vLLM's LoRA support skips): check it with "
+            "--engine transformers"
+        )
 
 
 def _complete_answers(

@@ -20,6 +20,8 @@ EXTRA_OF = {
     "uvicorn": "compare",
     "jinja2": "compare",
     "multipart": "compare",
+    "openai": "judge",
+    "vllm": "vllm",
     "matplotlib": "report",
     "scipy": "report",
     "ray": "ray",

@@ -8,10 +8,18 @@ server afterwards. A rater votes on a (question, pair of models) once; a second 
 A vote names its two models in sorted order (``model_a < model_b``) and says which won: ``a``, ``b``, ``tie``
 (equally good) or ``both_bad``; ``a_shown_first`` keeps where ``model_a``'s answer was shown (left, or first to a
 judge), to look for position bias.
+
+Rater links: a study whose page is reached over a network gives each rater a secret link (``/r/TOKEN``) instead
+of a name field. The table ``raters`` keeps each rater's name and the SHA-256 of their token, never the token
+itself (it is shown once, when the link is made); votes name the rater. A revoked link stops working at once; the
+rater's votes stay. While the file holds any rater link, the page takes votes through links only.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -26,7 +34,9 @@ Verdict = Literal["a", "b", "tie", "both_bad"]
 VERDICTS: tuple[Verdict, ...] = ("a", "b", "tie", "both_bad")
 JUDGE_PREFIX = "judge:"
 """Raters whose name starts so are judge models (``judge:<model>``); the others are people."""
-SCHEMA_VERSION = 1
+RATER_NAME = re.compile(r"^[\w][\w .@-]{0,39}$")
+"""A rater's name: up to 40 letters, digits, spaces and ``._@-`` (no ``:``: ``judge:`` names judge models)."""
+SCHEMA_VERSION = 2  # 2: the raters table (rater links)
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS votes (
@@ -41,6 +51,12 @@ CREATE TABLE IF NOT EXISTS votes (
     voted_at TEXT NOT NULL,
     CHECK (model_a < model_b),
     UNIQUE (rater, question_id, model_a, model_b)
+);
+CREATE TABLE IF NOT EXISTS raters (
+    name TEXT PRIMARY KEY,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
 );
 PRAGMA user_version = {SCHEMA_VERSION};
 """
@@ -134,6 +150,78 @@ def read_votes(path: Path) -> list[Vote]:
             return fetch_votes(connection)
     except sqlite3.DatabaseError as e:
         raise SetupError(f"{path} is not a votes file: {e}") from e
+
+
+def judge_detail(a_first: str | None, b_first: str | None) -> str:
+    """A judge vote's ``detail``: its raw verdict (``A``, ``B``, ``C`` or none) in each order, model_a shown first
+    (``a_first``), then model_b shown first."""
+    return f"a_first={a_first or 'none'} b_first={b_first or 'none'}"
+
+
+def parse_judge_detail(detail: str) -> tuple[str | None, str | None] | None:
+    """The two raw verdicts of :func:`judge_detail`'s text (None for none); None when ``detail`` is not one."""
+    found = re.fullmatch(r"a_first=(A|B|C|none) b_first=(A|B|C|none)", detail)
+    if not found:
+        return None
+    a_first, b_first = found.groups()
+    return (None if a_first == "none" else a_first, None if b_first == "none" else b_first)
+
+
+def name_rule(name: str) -> str:
+    """Why ``name`` is not a rater's name (:data:`RATER_NAME`)."""
+    return f"{name!r} is not a rater's name: up to 40 letters, digits, spaces, '.', '_', '@' or '-'"
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def add_rater_link(connection: sqlite3.Connection, name: str) -> str | None:
+    """A new secret token for rater ``name`` (their link is ``/r/TOKEN``), of which only the hash is stored; None
+    when they have a valid link already (revoke it first for a new one). A revoked rater gets a new link.
+
+    Raises:
+        ValueError: ``name`` is not a rater's name (callers check user input with :data:`RATER_NAME`).
+    """
+    if not RATER_NAME.match(name):
+        raise ValueError(name_rule(name))
+    token = secrets.token_urlsafe(32)  # 256 random bits
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    with connection:
+        connection.execute("BEGIN IMMEDIATE")
+        row = connection.execute("SELECT revoked_at FROM raters WHERE name = ?", (name,)).fetchone()
+        if row is not None and row[0] is None:
+            return None
+        connection.execute(
+            "INSERT INTO raters (name, token_sha256, created_at, revoked_at) VALUES (?, ?, ?, NULL)"
+            " ON CONFLICT (name) DO UPDATE SET token_sha256 = excluded.token_sha256,"
+            " created_at = excluded.created_at, revoked_at = NULL",
+            (name, _token_hash(token), now),
+        )
+    return token
+
+
+def revoke_rater_link(connection: sqlite3.Connection, name: str) -> bool:
+    """Revoke rater ``name``'s link (their votes stay); False when they have no valid link."""
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    with connection:
+        cursor = connection.execute(
+            "UPDATE raters SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name)
+        )
+    return cursor.rowcount == 1
+
+
+def rater_of_link(connection: sqlite3.Connection, token: str) -> str | None:
+    """The rater whose valid (not revoked) link carries ``token``; None for any other token."""
+    row = connection.execute(
+        "SELECT name FROM raters WHERE token_sha256 = ? AND revoked_at IS NULL", (_token_hash(token),)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def links_required(connection: sqlite3.Connection) -> bool:
+    """Whether the page takes votes through rater links only: the file holds a rater link (revoked ones count)."""
+    return connection.execute("SELECT 1 FROM raters LIMIT 1").fetchone() is not None
 
 
 def sorted_pair(first: str, second: str) -> tuple[str, str]:

@@ -1,6 +1,6 @@
 """What blind pairwise votes say (``lora-blackbox compare --results``, and a section of ``lora-blackbox report``):
 win rates of each model against each other with 95% confidence intervals, Bradley-Terry strengths, votes per
-rater, and how often raters agree.
+rater, how often raters agree, and the raters' position bias (how often the answer shown first wins).
 
 How they are counted: :data:`CONVENTIONS`.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from blackbox.core.votes import JUDGE_PREFIX, Vote, raters
+from blackbox.core.votes import JUDGE_PREFIX, Vote, parse_judge_detail, raters
 
 CONVENTIONS = (
     'A tie and "both bad" count half a win for each model (as Chatbot Arena counts ties). Win rates carry Wilson '
@@ -27,7 +27,9 @@ CONVENTIONS = (
     "(2004), ties as half wins, with one virtual tie per pair of models as a prior (a model that never won keeps a "
     "finite strength), scaled so that the base model's strength is 1 (without one: their geometric mean). "
     "Agreement counts the pairs (question, two models) that two or more people rated, the verdict read as one of "
-    "three choices (one model, the other, neither): the share of rater pairs that agree, and Fleiss' kappa."
+    "three choices (one model, the other, neither): the share of rater pairs that agree, and Fleiss' kappa. "
+    "Position bias: of the verdicts for one answer, the share for the answer shown first (left on the page; for "
+    "a judge, each of its two verdicts per pair, one in each order), with its Wilson 95% interval: 50% is no bias."
 )
 Z95 = 1.959963984540054
 BASE = "base"
@@ -120,6 +122,50 @@ class Agreement:
 
 
 @dataclass(frozen=True)
+class PositionBias:
+    """How often the answer shown first wins: a person's left answer, or the answer a judge saw as A."""
+
+    first: int  # verdicts for the answer shown first
+    second: int  # verdicts for the answer shown second
+    neither: int  # ties, both bad, and a judge's replies without a verdict
+    pairs: int | None  # a judge: the pairs asked in both orders (None for people)
+    consistent: int | None  # a judge: the pairs whose two orders chose the same model
+
+    @property
+    def share(self) -> float:
+        """Of the verdicts for one answer, the share for the answer shown first (nan without any)."""
+        decided = self.first + self.second
+        return self.first / decided if decided else math.nan
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.first, self.first + self.second)
+
+
+def position_bias(votes: Sequence[Vote]) -> PositionBias:
+    """The position bias of one group's votes: people's from where each answer was shown, a judge's from its raw
+    verdicts in both orders (:func:`blackbox.core.votes.parse_judge_detail`)."""
+    counts: Counter[str] = Counter()
+    pairs = consistent = 0
+    judged = bool(votes) and all(v.is_judge for v in votes)
+    for v in votes:
+        if not judged:
+            winner_first = {"a": v.a_shown_first, "b": not v.a_shown_first}.get(v.verdict)
+            counts["neither" if winner_first is None else "first" if winner_first else "second"] += 1
+            continue
+        verdicts = parse_judge_detail(v.detail)
+        if verdicts is None:
+            continue
+        for verdict in verdicts:
+            counts[{"A": "first", "B": "second"}.get(verdict or "", "neither")] += 1
+        pairs += 1
+        consistent += verdicts in (("A", "B"), ("B", "A"))  # the same model, shown first and then second
+    return PositionBias(
+        counts["first"], counts["second"], counts["neither"], pairs if judged else None, consistent if judged else None
+    )
+
+
+@dataclass(frozen=True)
 class Preferences:
     """The results of one group of raters (people, or one judge)."""
 
@@ -131,6 +177,7 @@ class Preferences:
     pairs: list[PairResult]  # each ordered pair of models that met
     per_rater: dict[str, int]
     agreement: Agreement | None  # people only
+    position: PositionBias
 
 
 def preferences(votes: Sequence[Vote], group: str) -> Preferences:
@@ -170,6 +217,7 @@ def preferences(votes: Sequence[Vote], group: str) -> Preferences:
         pairs=pairs,
         per_rater=dict(Counter(v.rater for v in votes).most_common()),
         agreement=agreement(people) if people else None,
+        position=position_bias(votes),
     )
 
 
@@ -218,6 +266,7 @@ def preferences_summary(prefs: Preferences) -> dict[str, Any]:
         }
 
     a = prefs.agreement
+    position = prefs.position
     return {
         "group": prefs.group,
         "votes": prefs.votes,
@@ -232,6 +281,15 @@ def preferences_summary(prefs: Preferences) -> dict[str, Any]:
             "rater_pairs": a.rater_pairs,
             "share": finite(a.share),
             "fleiss_kappa": finite(a.kappa),
+        },
+        "position_bias": {
+            "first": position.first,
+            "second": position.second,
+            "neither": position.neither,
+            "share_first": finite(position.share),
+            "ci95": list(position.interval),
+            "pairs_in_both_orders": position.pairs,
+            "consistent_pairs": position.consistent,
         },
     }
 
@@ -297,6 +355,23 @@ def agreement_text(prefs: Preferences) -> str:
     )
 
 
+def position_text(prefs: Preferences) -> str:
+    position = prefs.position
+    shown = "shown first (A)" if position.pairs is not None else "shown left"
+    decided = position.first + position.second
+    if decided == 0:
+        text = f"Position bias: no verdict for one answer ({position.neither} ties, both bad or none)."
+    else:
+        low, high = position.interval
+        text = (
+            f"Position bias: the answer {shown} won {_percent(position.share)} [{_percent(low)}, {_percent(high)}] "
+            f"of {decided} verdicts for one answer (50%: no bias; {position.neither} ties, both bad or none)."
+        )
+    if position.pairs:
+        text += f" Both orders chose the same model in {position.consistent} of {position.pairs} pairs."
+    return text
+
+
 def results_text(groups: Sequence[Preferences]) -> str:
     """The results as plain-text tables (``compare --results``)."""
     if not groups:
@@ -309,8 +384,9 @@ def results_text(groups: Sequence[Preferences]) -> str:
             parts.append("")
             parts += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
             del name
+        parts += ["", position_text(prefs)]
         if prefs.group == "people":
-            parts += ["", agreement_text(prefs)]
+            parts.append(agreement_text(prefs))
         parts.append("")
     return "\n".join(parts) + "\n"
 
@@ -327,6 +403,7 @@ def results_html(groups: Sequence[Preferences]) -> str:
             body = "\n".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
             table_id = f"preferences-{name}"
             parts.append(f'<table class="{table_id}"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>')
+        parts.append(f'<p class="position-bias">{html.escape(position_text(prefs))}</p>')
         if prefs.group == "people":
             parts.append(f"<p>{html.escape(agreement_text(prefs))}</p>")
     return "\n".join(parts)

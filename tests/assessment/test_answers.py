@@ -1,9 +1,13 @@
 """lora-blackbox answers on the tiny model: the base model and an adapter (made with peft directly, its B
-matrices non-zero, so that it changes the answers) answer a question file; the same seed gives the same answers."""
+matrices non-zero, so that it changes the answers) answer a question file; the same seed gives the same answers.
+The vLLM engine: its answers differ per adapter where vLLM is installed (with a GPU), and without vLLM the
+command says what is missing."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,7 +55,7 @@ def test_answers_of_base_and_adapter_are_reproducible(
     assert first[0]["adapter"] is None and first[3]["adapter"] == str(tiny_adapter)
     assert first[0]["settings"] == {
         "max_new_tokens": 12, "temperature": 0.9, "top_p": 0.9, "greedy": False, "batch_size": 2, "top_k": 0,
-        "template": "alpaca", "system_prompt": None,
+        "template": "alpaca", "system_prompt": None, "engine": "transformers",
     }  # fmt: skip
     assert all(0 < a["timings"]["new_tokens"] <= 12 and a["timings"]["seconds"] > 0 for a in first)
     by_model = {m: [a["answer"] for a in first if a["model"] == m] for m in ("base", "shifted")}
@@ -180,3 +184,40 @@ def test_fastchat_answers_files_are_compared_with_their_questions(tmp_path: Path
         first.write_text(line + "\n")
         with pytest.raises(SetupError, match=reason):
             read_answers(first)
+
+
+VLLM = importlib.util.find_spec("vllm") is not None
+
+
+@pytest.mark.gpu
+def test_answers_on_vllm_apply_each_adapter(tiny_experiment: Path, tiny_adapter: Path, tmp_path: Path) -> None:
+    if not VLLM:
+        pytest.skip("vLLM is not installed: answers --engine vllm is tested where it is (pip install vllm, a GPU)")
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: vLLM's LoRA support needs a GPU")
+    lines = _answers(tmp_path, tiny_experiment, tiny_adapter, tmp_path / "v.jsonl", "--engine", "vllm")
+    assert [(a["model"], a["settings"]["engine"]) for a in lines] == [("base", "vllm")] * 3 + [("shifted", "vllm")] * 3
+    by_model = {m: [a["answer"] for a in lines if a["model"] == m] for m in ("base", "shifted")}
+    assert by_model["base"] != by_model["shifted"]  # the adapter was applied (the command checks it too)
+    again = _answers(tmp_path, tiny_experiment, tiny_adapter, tmp_path / "w.jsonl", "--engine", "vllm")
+    assert [a["answer"] for a in again] == [a["answer"] for a in lines]  # seeded per question
+
+
+def test_answers_on_vllm_refuse_what_vllm_cannot_do(tiny_experiment: Path, tiny_adapter: Path, tmp_path: Path) -> None:
+    questions = tmp_path / "questions.txt"
+    questions.write_text("Repeat the word apple twice.\n")
+    args = ["answers", "--questions", str(questions), "-e", str(tiny_experiment), "--engine", "vllm"]
+    dora = tmp_path / "dora"
+    shutil.copytree(tiny_adapter, dora)
+    config = json.loads((dora / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    result = CliRunner().invoke(main, [*args, "--adapter", str(dora), "--out", str(tmp_path / "a.jsonl")])
+    assert result.exit_code == 1 and "is a DoRA adapter, which vLLM cannot apply" in result.output
+    if VLLM:
+        return
+    result = CliRunner().invoke(main, [*args, "--adapter", str(tiny_adapter), "--out", str(tmp_path / "a.jsonl")])
+    assert result.exit_code == 1
+    assert "needs vllm, which is not installed: pip install 'lora-blackbox[vllm]'" in result.output
+    assert not (tmp_path / "a.jsonl").exists()

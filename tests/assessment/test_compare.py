@@ -1,5 +1,7 @@
-"""lora-blackbox compare: the rating page in a real headless Chromium (keyboard and mouse), votes that survive a
-killed server, the results, and the judge's mechanics (both orders, verdicts, ties) with fake and tiny judges.
+"""lora-blackbox compare: the rating page in a real headless Chromium (keyboard and mouse), in the open mode and
+through rater links (refused without one, or with a revoked one), votes that survive a killed server, the results,
+and the judge's mechanics (both orders, verdicts, ties) with fake and tiny judges. The judge behind an endpoint:
+test_judge_endpoint.py.
 
 The browser is Debian's chromium and chromium-driver (``apt-get install chromium chromium-driver``): without them
 the browser test skips, unless ``LORA_BLACKBOX_REQUIRE_BROWSER=1`` (CI) makes it fail.
@@ -13,6 +15,8 @@ import re
 import shutil
 import signal
 import subprocess
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +78,7 @@ class Server:
     def __init__(self, command: list[str], answers: Path, db: Path) -> None:
         self.process = subprocess.Popen(
             [*command, "compare", str(answers), "--db", str(db), "--port", "0"],
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -207,6 +212,96 @@ def test_people_rate_in_a_browser_and_lose_nothing_when_the_server_dies(
     assert f"== people: {len(votes)} votes" in result.stdout
     assert re.search(r"^ann\s+4$", result.stdout, re.M) and re.search(r"^bob\s+2$", result.stdout, re.M)
     assert "Agreement: 2 pairs rated by two or more people" in result.stdout
+
+
+def _post_vote(url: str, fields: dict[str, str], cookie: str = "") -> int:
+    """POST a vote as a script would (no browser): the HTTP status."""
+    request = urllib.request.Request(url + "vote", data=urllib.parse.urlencode(fields).encode(), method="POST")
+    if cookie:
+        request.add_header("Cookie", f"rater_link={cookie}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_raters_vote_through_their_links_only(
+    driver: Any, start_server: Any, answers_file: Path, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    db, links = tmp_path / "votes.sqlite", tmp_path / "links.tsv"
+    args = ["compare", str(answers_file), "--db", str(db)]
+    made = CliRunner().invoke(main, [*args, "--raters", "ann,bob", "--links", str(links), "--url", "https://x.org"])
+    assert made.exit_code == 0, made.output
+    assert made.stdout == "" and links.stat().st_mode & 0o777 == 0o600  # the links went to the file alone
+    tokens = {}
+    for line in links.read_text().splitlines():
+        name, link = line.split("\t")
+        assert link.startswith("https://x.org/r/")
+        tokens[name] = link.removeprefix("https://x.org/r/")
+    assert set(tokens) == {"ann", "bob"}
+    again = CliRunner().invoke(main, [*args, "--raters", "ann"])  # a link is made once: no second one
+    assert again.exit_code == 0 and again.stdout == "" and "ann has a link already" in again.output
+
+    server = start_server(answers_file, db)
+    driver.get(server.url + "r/" + tokens["ann"])
+    _wait_for_progress(driver, 0)
+    assert driver.current_url == server.url + "rate"  # the token left the address bar for a cookie
+    assert driver.find_element(By.ID, "rater-name").text == "ann"
+    expected = [_expected(_rate(driver, "key:1", done=0), "left", "ann")]
+    expected.append(_expected(_rate(driver, "key:x", done=1), "both_bad", "ann"))
+    driver.get(server.url + "r/" + tokens["bob"])  # the same browser, bob's link: bob rates
+    _wait_for_progress(driver, 0)
+    expected.append(_expected(_rate(driver, "key:2", done=0), "right", "bob"))
+
+    # Bob's page shows his next pair; his link is revoked meanwhile: his vote is refused, and so is his page.
+    revoked = CliRunner().invoke(main, [*args, "--revoke", "bob"])
+    assert revoked.exit_code == 0, revoked.output
+    driver.find_element(By.ID, "choice-tie").click()
+    assert "personal links only" in driver.find_element(By.TAG_NAME, "body").text
+    for page in ("rate", "r/" + tokens["bob"], "results", "votes.csv"):
+        driver.get(server.url + page)
+        assert "Not allowed" in driver.title or "personal links only" in driver.page_source, page
+    # Carol has no link: by name, by a made-up link, or by a script, she is refused everywhere.
+    driver.delete_all_cookies()
+    driver.get(server.url)
+    assert driver.find_elements(By.ID, "links-only") and not driver.find_elements(By.ID, "rater")
+    driver.get(server.url + "rate?rater=carol")
+    assert driver.find_element(By.ID, "refused").text.startswith("This page takes votes through personal links")
+    driver.get(server.url + "r/" + "x" * 43)
+    assert "not valid" in driver.find_element(By.ID, "refused").text
+    assert _post_vote(server.url, {"rater": "carol", "pair": "0", "verdict": "left"}) == 403
+    assert _post_vote(server.url, {"pair": "5", "verdict": "left"}, cookie=tokens["bob"]) == 403
+
+    server.stop(signal.SIGKILL)  # nothing lost: every vote was on disk before its next page
+    assert [(v.rater, v.question_id, v.model_a, v.model_b, v.verdict) for v in read_votes(db)] == expected
+    server = start_server(answers_file, db)
+    driver.get(server.url + "r/" + tokens["ann"])
+    assert "2 of 6 rated" in driver.find_element(By.ID, "progress").text  # where she was
+    expected.append(_expected(_rate(driver, "click:choice-tie", done=2), "tie", "ann"))
+    driver.get(server.url + "results")
+    assert "people: 4 votes" in driver.find_element(By.TAG_NAME, "h3").text
+    assert server.stop(signal.SIGINT) == 0
+
+    assert [(v.rater, v.question_id, v.model_a, v.model_b, v.verdict) for v in read_votes(db)] == expected
+    exported = tmp_path / "votes.csv"
+    result = CliRunner().invoke(main, [*args, "--results", "--csv", str(exported)])
+    assert re.search(r"^ann\s+3$", result.stdout, re.M) and re.search(r"^bob\s+1$", result.stdout, re.M)
+    stored = b"".join(path.read_bytes() for path in tmp_path.glob("votes.sqlite*"))
+    for token in tokens.values():  # the votes file keeps hashes: no token in it, the results or the CSV
+        assert token.encode() not in stored and token not in result.output and token not in exported.read_text()
+
+
+def test_an_open_page_beyond_this_machine_needs_links_or_open(answers_file: Path, tmp_path: Path) -> None:
+    args = ["compare", str(answers_file), "--db", str(tmp_path / "votes.sqlite"), "--host", "0.0.0.0", "--port", "0"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "create links first (--raters NAME,...), or say --open" in result.output
+    made = CliRunner().invoke(main, [*args[:4], "--raters", "ann"])  # links on stdout, for the page's address
+    assert made.exit_code == 0 and re.fullmatch(r"ann\thttp://127\.0\.0\.1:8000/r/[\w-]{43}\n", made.stdout)
+    bad = CliRunner().invoke(main, ["compare", str(answers_file), "--raters", "ann,judge:x"])
+    assert bad.exit_code == 2 and "'judge:x' is not a rater's name" in bad.output and "invalid exp" not in bad.output
 
 
 def test_judge_asks_both_orders_and_keeps_only_consistent_verdicts(answers_file: Path, tmp_path: Path) -> None:

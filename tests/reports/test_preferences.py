@@ -88,4 +88,32 @@ def test_report_adds_the_comparison_of_the_study_folder(tmp_path: Path) -> None:
     summary = json.loads(files["summary"].read_text())["preferences"]
     people = summary["groups"][0]
     assert people["models"][0]["model"] == "best" and people["models"][0]["win_rate"] == 1.0
+    assert people["position_bias"]["first"] == 1 and people["position_bias"]["second"] == 1  # best: left, right
     assert summary["groups"][1]["group"] == "judge:m"
+
+
+def test_position_bias_of_people_and_of_a_judge() -> None:
+    from blackbox.core.votes import judge_detail
+    from blackbox.reports.preferences import position_bias, results_text
+
+    # People: the left answer won 3 of 4 votes for one answer (a: model_a, shown left when a_shown_first).
+    people = [
+        Vote("ann", "q1", "m1", "m2", "a", True), Vote("ann", "q2", "m1", "m2", "b", False),
+        Vote("bob", "q1", "m1", "m2", "b", False), Vote("bob", "q2", "m1", "m2", "a", False),
+        Vote("bob", "q3", "m1", "m2", "tie", True),
+    ]  # fmt: skip
+    bias = position_bias(people)
+    assert (bias.first, bias.second, bias.neither, bias.pairs, bias.consistent) == (3, 1, 1, None, None)
+    assert bias.share == 0.75 and bias.interval == wilson_interval(3, 4)
+    # A judge: each pair asked in both orders; A is the answer shown first in either order.
+    judge = [
+        Vote("judge:j", "q1", "m1", "m2", "a", True, judge_detail("A", "B")),  # m1 both times: consistent
+        Vote("judge:j", "q2", "m1", "m2", "tie", True, judge_detail("A", "A")),  # first both times
+        Vote("judge:j", "q3", "m1", "m2", "tie", True, judge_detail("C", None)),
+    ]
+    bias = position_bias(judge)
+    assert (bias.first, bias.second, bias.neither, bias.pairs, bias.consistent) == (3, 1, 2, 3, 1)
+    text = results_text(group_preferences([*people, *judge]))
+    assert "Position bias: the answer shown left won 75.0% [30.1%, 95.4%] of 4 verdicts" in text
+    assert "the answer shown first (A) won 75.0%" in text and "same model in 1 of 3 pairs" in text
+    assert math.isnan(position_bias([Vote("ann", "q1", "m1", "m2", "tie", True)]).share)

@@ -1,10 +1,12 @@
 """A judge model rates the pairs when no people are at hand: MT-Bench's pairwise prompt (Zheng et al. 2023,
-"Judging LLM-as-a-Judge", prompt ``pair-v2``), asked in both orders to cancel position bias.
+"Judging LLM-as-a-Judge", prompt ``pair-v2``), asked in both orders to cancel position bias. The judge is a local
+model (transformers: :func:`judge_with_model`) or one behind an OpenAI-compatible endpoint (``openai:MODEL``:
+:func:`judge_with_endpoint`); both get the same prompts and are read the same way.
 
 The verdict of each order is the last of ``[[A]]``, ``[[B]]``, ``[[C]]`` in the reply. A model wins when it is
 preferred in both orders; anything else (a tie, opposite verdicts, or a reply without a verdict) is a tie,
 MT-Bench's conservative rule. The judge's votes are stored as rater ``judge:<model>``, each with both raw
-verdicts (``detail``: ``a_first=A b_first=none``).
+verdicts (``detail``: ``a_first=A b_first=none``), from which the results count its position bias.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from blackbox.assessment.compare.pairs import Answers, Pair
-from blackbox.core.votes import JUDGE_PREFIX, Verdict, Vote, add_vote, rated, votes_db
+from blackbox.core.votes import JUDGE_PREFIX, Verdict, Vote, add_vote, judge_detail, rated, votes_db
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ def judge_pairs(answers: Answers, db: Path, *, model: str, ask: Ask, chunk: int 
         with votes_db(db) as connection:
             for index, pair in enumerate(pairs):
                 a_first, b_first = (parse_verdict(r) for r in replies[2 * index : 2 * index + 2])
-                detail = f"a_first={a_first or 'none'} b_first={b_first or 'none'}"
+                detail = judge_detail(a_first, b_first)
                 vote = Vote(
                     rater, pair.question_id, pair.model_a, pair.model_b, combine(a_first, b_first), True, detail
                 )
@@ -108,3 +110,45 @@ def judge_with_model(
             judge, prompts, system=SYSTEM_PROMPT, max_new_tokens=max_new_tokens, batch_size=batch_size
         ),
     )
+
+
+ENDPOINT_PREFIX = "openai:"
+"""``--judge openai:MODEL``: the judge is MODEL behind an OpenAI-compatible endpoint."""
+
+
+def judge_with_endpoint(
+    answers: Answers,
+    db: Path,
+    *,
+    model: str,
+    url: str | None,
+    api_key_env: str,
+    max_new_tokens: int = 512,
+    concurrency: int = 8,
+    requests_per_minute: float = 0,
+    retries: int = 6,
+    timeout_s: float = 600,
+) -> int:
+    """Rate every pair not rated yet with ``model`` behind an OpenAI-compatible endpoint (``url``: its base URL,
+    ``.../v1``; None: the openai client's default); its votes are rater ``judge:openai:MODEL``. Returns the
+    number of new votes.
+
+    Raises:
+        SetupError: the openai package is missing, or the endpoint fails a request after its retries.
+    """
+    from blackbox.assessment.compare.endpoint import Endpoint
+
+    endpoint = Endpoint(
+        model,
+        url=url,
+        api_key_env=api_key_env,
+        system=SYSTEM_PROMPT,
+        max_new_tokens=max_new_tokens,
+        concurrency=concurrency,
+        requests_per_minute=requests_per_minute,
+        retries=retries,
+        timeout_s=timeout_s,
+    )
+    with endpoint:
+        # A chunk of pairs is twice as many prompts: two rounds of requests in flight between stored votes.
+        return judge_pairs(answers, db, model=ENDPOINT_PREFIX + model, ask=endpoint.ask, chunk=concurrency)
