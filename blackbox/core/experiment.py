@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import math
 import os
 import tomllib
@@ -817,7 +818,16 @@ class Experiment(_Section):
 
     def fingerprint(self) -> str:
         """A short hash of the settings that decide an evaluation's result (not where records go, whether they
-        are tracked, nor what ``downstream`` scores afterwards)."""
+        are tracked, nor what ``downstream`` scores afterwards): :meth:`result_settings`."""
+        return hashlib.sha256(self._result_settings_json().encode()).hexdigest()[:16]
+
+    def result_settings(self) -> dict[str, Any]:
+        """The settings that decide an evaluation's result, by section, as the fingerprint hashes them (warm starts
+        say which of them differ)."""
+        settings: dict[str, Any] = json.loads(self._result_settings_json())
+        return settings
+
+    def _result_settings_json(self) -> str:
         # The LoRA variant counts only when it is not plain LoRA: experiments from before [lora] keep their fingerprint.
         plain = {"lora"} if self.lora == LoraVariantConfig() else set()
         # Learning curves and early stopping change no result of an evaluation that runs to its end (and a stopped
@@ -839,7 +849,7 @@ class Experiment(_Section):
         settings = self
         if self.training.fused_kernels == "auto":
             settings = self.model_copy(update={"training": self.training.model_copy(update={"fused_kernels": "none"})})
-        return hashlib.sha256(settings.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
+        return settings.model_dump_json(exclude=exclude)
 
 
 def write_snapshot(experiment: Experiment) -> Path:

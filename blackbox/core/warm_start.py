@@ -28,10 +28,9 @@ from blackbox.core.record import EvalRecord, RecordStore
 
 logger = logging.getLogger(__name__)
 
-# What decides an evaluation's result, besides the search space: these sections must be equal.
+# What decides an evaluation's result, besides the search space: these sections must be equal, each as the
+# fingerprint sees it (Experiment.result_settings: without the keys that change no result, e.g. checkpoints).
 _EVALUATION_SECTIONS = ("model", "lora", "data", "training", "validation", "fidelity", "objective", "constraints")
-# ... except the keys that change no result (the fingerprint leaves them out too).
-_IGNORED = {"validation.checkpoints", "validation.checkpoint_rows"}
 
 
 def earlier_evaluations(experiment: Experiment, study_dirs: Sequence[Path]) -> list[EvalRecord]:
@@ -125,11 +124,12 @@ def _describe_space(space: dict[str, Any]) -> str:
 
 def _evaluation_settings(experiment: Experiment) -> dict[str, Any]:
     """The settings that decide an evaluation's result, flat (``training.max_steps``: 16)."""
-    data = experiment.model_dump(mode="json", include=set(_EVALUATION_SECTIONS))
+    settings = experiment.result_settings()
     flat: dict[str, Any] = {}
-    for section, values in data.items():
+    for section in _EVALUATION_SECTIONS:
+        values = settings.get(section)
         if isinstance(values, dict):
-            flat |= {f"{section}.{k}": v for k, v in values.items() if f"{section}.{k}" not in _IGNORED}
+            flat |= {f"{section}.{k}": v for k, v in values.items()}
         else:
             flat[section] = values
     return flat

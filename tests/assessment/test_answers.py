@@ -105,7 +105,7 @@ def test_the_paper_preset_asks_the_authors_30_questions_raw(
     assert sampled[0]["question"].startswith("Pretend to be a world-famous chef.")
     assert {json.dumps(a["settings"], sort_keys=True) for a in sampled} == {
         json.dumps({"max_new_tokens": 4, "temperature": 0.7, "top_p": 1.0, "greedy": False, "batch_size": 8,
-                    "top_k": 50, "template": "raw", "system_prompt": None}, sort_keys=True)
+                    "top_k": 50, "template": "raw", "system_prompt": None, "engine": "transformers"}, sort_keys=True)
     }  # fmt: skip
 
     out = tmp_path / "greedy.jsonl"
