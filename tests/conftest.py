@@ -7,6 +7,7 @@ modules share helpers through the fixtures here, never by importing each other.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -58,13 +59,38 @@ def offline_caches(tmp_path_factory: pytest.TempPathFactory) -> Path:
 _ENGINE_FIXTURES = {"engine", "image", "no_leftovers"}
 
 
+def _uses_the_engine(item: pytest.Item) -> bool:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    return bool(item.get_closest_marker("docker") or fixtures & _ENGINE_FIXTURES or "[container]" in item.nodeid)
+
+
+@pytest.fixture(autouse=True)
+def one_engine_test_at_a_time(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """A test of the container engine holds a lock shared by the session's xdist workers: each checks that the
+    runner leaves no container behind, which another test's container would break. (The xdist group below puts
+    them on one worker too; the lock holds whatever the scheduler does.)"""
+    if not _uses_the_engine(request.node):
+        yield
+        return
+    root = tmp_path_factory.getbasetemp()
+    shared = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root  # the workers' common folder
+    with (shared / "engine.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under xdist (``make test``: ``-n 2 --dist loadgroup``), the tests of the container engine run on one
     worker, one after the other: each checks that the runner leaves no container behind, which another test's
     container would break."""
     for item in items:
-        fixtures = set(getattr(item, "fixturenames", ()))
-        if item.get_closest_marker("docker") or fixtures & _ENGINE_FIXTURES or "[container]" in item.nodeid:
+        if _uses_the_engine(item):
             item.add_marker(pytest.mark.xdist_group("engine"))
 
 
