@@ -196,7 +196,9 @@ def test_a_busy_folder_and_ctrl_c_then_resume_runs_the_interrupted_trial_first(
     tmp_path: Path, tiny_experiment: Path, blackbox_cmd, run_optuna, wait_for, training_started
 ) -> None:
     folder = tmp_path / "study"
-    args = ["-e", str(tiny_experiment), "--set", "training.max_steps=60", "--dir", str(folder), "--sampler", "random"]
+    # Long enough that the trial still trains while the second process starts, is refused and exits (60 steps were
+    # over before that on one thread per xdist worker); Ctrl-C ends it early, and the resumed trial takes ~30 s.
+    args = ["-e", str(tiny_experiment), "--set", "training.max_steps=400", "--dir", str(folder), "--sampler", "random"]
     process = subprocess.Popen(
         [*blackbox_cmd, "optuna", *args, "--n-trials", "2"],
         cwd=tmp_path,
