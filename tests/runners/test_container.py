@@ -232,7 +232,8 @@ def fake_image(engine: docker.DockerClient, image: str) -> Iterator[str]:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     context.seek(0)
-    tag = "lora-blackbox-test-fake:latest"
+    # One image per xdist worker: a worker removes its own when its session ends.
+    tag = f"lora-blackbox-test-fake-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}:latest"
     engine.images.build(fileobj=context, custom_context=True, tag=tag, rm=True)
     yield tag
     engine.images.remove(tag, force=True)
