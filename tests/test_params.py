@@ -128,7 +128,7 @@ def test_nomad_accepts_every_committed_file(tmp_path: Path, path: Path, nomad_en
     assert len(evaluated) == 2 and all(e.outputs[0] == "1.5" for e in evaluated)
 
 
-def test_drop_from_cache_removes_failed_entries_only(tmp_path: Path) -> None:
+def test_drop_from_cache_removes_failed_entries_unless_told(tmp_path: Path) -> None:
     cache = tmp_path / "cache.txt"
     cache.write_text(
         "CACHE_HITS 0\nBB_OUTPUT_TYPE OBJ\n"
@@ -139,3 +139,6 @@ def test_drop_from_cache_removes_failed_entries_only(tmp_path: Path) -> None:
     assert drop_from_cache(cache, [(3.0, 0.0), (1.0, 0.0), (9.0, 9.0)]) == 1
     assert [e.point for e in read_cache(cache)] == [(1.0, 0.0), (4.0, -0.5)]
     assert cache.read_text().startswith("CACHE_HITS 0\nBB_OUTPUT_TYPE OBJ\n")
+    # successful_too: the successful entry of a given point goes as well, the others stay.
+    assert drop_from_cache(cache, [(1.0, 0.0)], successful_too=True) == 1
+    assert [e.point for e in read_cache(cache)] == [(4.0, -0.5)]

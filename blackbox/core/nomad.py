@@ -215,18 +215,18 @@ def read_cache(path: Path) -> list[CacheEntry]:
     return entries
 
 
-def drop_from_cache(path: Path, points: list[tuple[float, ...]] | None) -> int:
+def drop_from_cache(path: Path, points: list[tuple[float, ...]] | None, *, successful_too: bool = False) -> int:
     """Remove the failed entries of ``points`` (None: every failed entry) from a cache file, so that NOMAD
-    may evaluate them again.
+    may evaluate them again; with ``successful_too``, their successful entries too (NOMAD then asks for them).
 
-    Returns the number of entries removed. Successful entries are never removed.
+    Returns the number of entries removed.
     """
     if points == [] or not path.is_file():
         return 0
     kept, dropped = [], 0
     for line in path.read_text().splitlines(keepends=True):
         match = _CACHE_LINE.match(line.strip())
-        if match and match["status"] != "BB_EVAL_OK":
+        if match and (successful_too or match["status"] != "BB_EVAL_OK"):
             point = tuple(float(v) for v in match["point"].split())
             if points is None or any(_same_point(point, p) for p in points):
                 dropped += 1

@@ -202,6 +202,19 @@ def prepare_resume(study_dir: Path) -> None:
     dropped = drop_from_cache(study_dir / CACHE_FILE, unfinished)
     if dropped:
         logger.info("%d interrupted point(s) removed from NOMAD's cache: NOMAD may evaluate them again", dropped)
+    if not (study_dir / HOT_RESTART_FILE).exists():
+        # NOMAD restores its evaluation count from the hot-restart file only, and a cache hit is not counted: a
+        # study that has none (budget 1 writes none; a crash stub was removed) would spend its whole budget
+        # again on new points. Its own finished points leave the cache, so that NOMAD asks for them again and
+        # their records answer (blackbox.core.resume): counted, never trained twice. A warm start's entries of
+        # earlier studies stay: those are not this study's evaluations.
+        forgotten = drop_from_cache(study_dir / CACHE_FILE, sorted(finished), successful_too=True)
+        if forgotten:
+            logger.info(
+                "%d finished point(s) removed from NOMAD's cache (no hot-restart file): their records answer them "
+                "when NOMAD asks for them, and they count against its budget",
+                forgotten,
+            )
 
 
 class _Interrupts:

@@ -5,6 +5,7 @@ stops cleanly and resumes, a failed starting point ends the study with its error
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -39,6 +40,25 @@ def test_a_nomad_study_end_to_end(
     again = run_nomad(param, study_dir, nomad_env)
     assert again.returncode == 0
     assert len(read_records(study_dir / "records.jsonl")) == 4
+
+
+@pytest.mark.parametrize("nomad_env", ["binary"], indirect=True)
+def test_a_finished_study_without_a_hot_restart_file_is_not_run_again(
+    tmp_path: Path, nomad_env, make_study, run_nomad
+) -> None:
+    """A budget of 1 writes no hot-restart file, the only place NOMAD keeps its evaluation count: the rerun's
+    NOMAD asks for the finished point again (no cache hit), its record answers, and the budget is spent."""
+    param = make_study(budget=1, steps=2)
+    study_dir = tmp_path / "runs" / "study"
+    assert run_nomad(param, study_dir, nomad_env).returncode == 0
+    assert not (study_dir / "hotrestart.txt").exists()
+    [record] = read_records(study_dir / "records.jsonl")
+    again = run_nomad(param, study_dir, nomad_env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert read_records(study_dir / "records.jsonl") == [record]
+    assert again.stderr.count("answered from its record") == 1
+    [entry] = read_cache(study_dir / "cache.txt")  # as NOMAD rewrote it: 15 significant digits
+    assert all(math.isclose(a, b, rel_tol=1e-13) for a, b in zip(entry.point, record["point"], strict=True))
 
 
 @pytest.mark.parametrize(
