@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -64,6 +65,12 @@ def _uses_the_engine(item: pytest.Item) -> bool:
     return bool(item.get_closest_marker("docker") or fixtures & _ENGINE_FIXTURES or "[container]" in item.nodeid)
 
 
+def _workers_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder that the session's xdist workers share (each has its own base temp inside it)."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
 @pytest.fixture(autouse=True)
 def one_engine_test_at_a_time(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -74,9 +81,7 @@ def one_engine_test_at_a_time(
     if not _uses_the_engine(request.node):
         yield
         return
-    root = tmp_path_factory.getbasetemp()
-    shared = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root  # the workers' common folder
-    with (shared / "engine.lock").open("a") as lock:
+    with (_workers_folder(tmp_path_factory) / "engine.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -107,7 +112,20 @@ def repo() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+    """The tiny model (30-70 s to build on 2 cores), built once for the session's xdist workers: the first to take
+    the lock builds it, the others wait and read the same folder (its builder is seeded: the same model)."""
+    shared = _workers_folder(tmp_path_factory)
+    folder = shared / "tiny-llama"
+    with (shared / "tiny-llama.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not folder.is_dir():
+                building = Path(tempfile.mkdtemp(prefix="tiny-llama.", dir=shared))
+                build_tiny_model(building / "model")
+                (building / "model").rename(folder)  # whole or absent
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,10 @@ the top of that ``eval.log`` (:func:`hand_over`).
 
 from __future__ import annotations
 
+import io
 import logging
 import logging.handlers
+import re
 
 PACKAGE = "blackbox"
 
@@ -66,3 +68,33 @@ def adopt_library_loggers() -> None:
             if type(handler) is logging.StreamHandler:  # their default handler, not a file a user added
                 library.removeHandler(handler)
         library.propagate = True
+
+
+class LogLines(io.TextIOBase):
+    """A text stream whose lines become records of ``logger`` (INFO): a library's prints and progress bars, sent
+    to the log instead of the terminal (``contextlib.redirect_stdout``/``redirect_stderr``). A progress bar's
+    carriage-return updates are lines too; blank ones are dropped."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger = logger
+        self._pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._pending = re.split(r"[\r\n]", self._pending + text)
+        for line in lines:
+            if line.strip():
+                self.logger.info("%s", line.rstrip())
+        return len(text)
+
+    def flush(self) -> None:  # a line without its end stays pending: flushing a bar is not ending it
+        pass
+
+    def close(self) -> None:
+        if self._pending.strip():
+            self.logger.info("%s", self._pending.rstrip())
+        self._pending = ""
+        super().close()

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -31,6 +32,7 @@ from blackbox.core.experiment import BenchmarkConfig, DataConfig, Experiment
 from blackbox.core.extras import require
 from blackbox.core.files import folder_published_at, write_text_atomic
 from blackbox.core.folders import BASE_SCORES_FILE
+from blackbox.core.logs import LogLines
 from blackbox.core.record import writing_records
 from blackbox.training.attention import padded_batches
 from blackbox.training.data import Row, prompt_formatter
@@ -107,7 +109,7 @@ class Scorer:
         if benchmark.allow_code_execution and not self.allow_code_execution:
             logger.warning("benchmark %s runs model-written code: the experiment allows it", benchmark.key)
         # Padded batches: a model that trains with the packed-only 'varlen' attention is scored with SDPA.
-        with padded_batches(model), _code_execution(allow_code), contextlib.redirect_stdout(sys.stderr):
+        with padded_batches(model), _code_execution(allow_code), _lm_eval_output():
             try:
                 results = lm_eval.simple_evaluate(
                     model=lm,
@@ -241,6 +243,33 @@ def base_score(
     with writing_records(records_dir):
         write_text_atomic(path, json.dumps(known, indent=1))
     return score.value
+
+
+@contextlib.contextmanager
+def _lm_eval_output() -> Iterator[None]:
+    """Where lm-eval's prints and progress bars go while it scores: never to stdout (``eval``'s protocol channel,
+    ``downstream``'s table). With progress bars off (``TQDM_DISABLE``, which the command line sets unless
+    ``--debug``) they go to the log, and so does what its subprocesses write (``git describe``'s "fatal: not a git
+    repository" outside a repository): lm-eval turns its bars on explicitly (``disable=False``), past that switch,
+    and a subprocess writes to file descriptor 2 itself. (A line of ours logged while lm-eval runs goes to the log
+    too: none is, the scorer logs before and after.)"""
+    if not os.environ.get("TQDM_DISABLE"):
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    output = logging.getLogger("lm-eval.output")  # not under "lm_eval", whose handlers lm-eval may set itself
+    with tempfile.TemporaryFile() as descriptor_2, contextlib.closing(LogLines(output)) as log:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(descriptor_2.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            descriptor_2.seek(0)
+            log.write(descriptor_2.read().decode(errors="replace"))
 
 
 @contextlib.contextmanager

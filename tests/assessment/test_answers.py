@@ -190,9 +190,10 @@ VLLM = importlib.util.find_spec("vllm") is not None
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(  # before the fixtures: the adapter is not trained for nothing
+    not VLLM, reason="vLLM is not installed: answers --engine vllm is tested where it is (pip install vllm, a GPU)"
+)
 def test_answers_on_vllm_apply_each_adapter(tiny_experiment: Path, tiny_adapter: Path, tmp_path: Path) -> None:
-    if not VLLM:
-        pytest.skip("vLLM is not installed: answers --engine vllm is tested where it is (pip install vllm, a GPU)")
     import torch
 
     if not torch.cuda.is_available():

@@ -157,6 +157,17 @@ def _wait_for_progress(browser: Any, done: int) -> None:
     )
 
 
+def _wait_for_body(browser: Any, text: str) -> None:
+    """Wait until the page (the next one, after a click that submits) shows ``text``."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 30, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(
+        lambda b: text in b.find_element(By.TAG_NAME, "body").text
+    )
+
+
 def _expected(shown: tuple[str, str, str], choice: str, rater: str) -> tuple[str, str, str, str, str]:
     question, left, right = shown
     a, b = sorted((left, right))
@@ -260,7 +271,7 @@ def test_raters_vote_through_their_links_only(
     revoked = CliRunner().invoke(main, [*args, "--revoke", "bob"])
     assert revoked.exit_code == 0, revoked.output
     driver.find_element(By.ID, "choice-tie").click()
-    assert "personal links only" in driver.find_element(By.TAG_NAME, "body").text
+    _wait_for_body(driver, "personal links only")  # the refusal's page, once the vote's request has answered
     for page in ("rate", "r/" + tokens["bob"], "results", "votes.csv"):
         driver.get(server.url + page)
         assert "Not allowed" in driver.title or "personal links only" in driver.page_source, page

@@ -73,6 +73,9 @@ def test_downstream_scores_the_base_model_and_a_studys_adapters(study: Path, tas
         cwd=study.parent,
     )
     assert done.returncode == 0, done.stderr
+    # Our terminal is for our lines: lm-eval's progress bars (which it turns on past TQDM_DISABLE) and prints went
+    # to the log.
+    assert all(line.startswith("lora-blackbox ") for line in done.stderr.splitlines()), done.stderr[-3000:]
 
     rows = [json.loads(line) for line in (study / DOWNSTREAM_FILE).read_text().splitlines()]
     assert [(r["label"], r["task"]) for r in rows] == [

@@ -1,5 +1,5 @@
 """benchmarks/efficiency.py: its statistics on synthetic numbers, and one small run of the whole harness on the tiny
-model (every method, the test split, the downstream scores, the outputs), so that it never rots."""
+model (the NOMAD and Optuna methods, the test split, the downstream scores, the outputs), so that it never rots."""
 
 from __future__ import annotations
 
@@ -93,11 +93,13 @@ def test_the_whole_harness_on_the_tiny_model(tmp_path: Path, repo: Path, write_t
     out = tmp_path / "out"
     command = [sys.executable, str(repo / "benchmarks" / "efficiency.py"), "--experiment", str(experiment)]
     command += ["--budget", "2", "--seeds", "0", "--work", str(tmp_path / "work"), "--out", str(out)]
-    command += ["--set", f"data.test={test}", "--methods", "nomad,tpe,random"]  # the early stoppers: tests/studies
+    # The early stoppers are tested in tests/studies; TPE's first trials are random search's (the same sampler and
+    # seed: benchmarks/tpe_startup_check.py), so at a budget of 2 it would repeat random search's run.
+    command += ["--set", f"data.test={test}", "--methods", "nomad,random"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads((out / "efficiency.json").read_text())
-    assert [row["method"] for row in result["compute"]] == ["nomad", "tpe", "random"]
+    assert [row["method"] for row in result["compute"]] == ["nomad", "random"]
     for row in result["compute"]:
         assert row["total_tokens"][0] > 0 and row["best"]["mean"] >= result["best_validation_loss"]
     assert sum(r["reach"][0] is not None for r in result["compute"]) >= 1  # the best run reached its own best
@@ -110,7 +112,7 @@ def test_the_whole_harness_on_the_tiny_model(tmp_path: Path, repo: Path, write_t
         assert set(seed["minus"]) == {"peft-defaults", "recipe"}
     scores = result["downstream"]
     models = " = ".join(row["model"] for row in scores)  # methods with the same best point share a row
-    assert all(name in models for name in ("base model", "NOMAD", "TPE", "random search", "peft's defaults"))
+    assert all(name in models for name in ("base model", "NOMAD", "random search", "peft's defaults"))
     assert all(0 <= row["score"]["value"] <= 1 for row in scores)
     assert all("minus_base" in row for row in scores if row["model"] != "base model")
     for name in ("tokens.png", "report.html", "efficiency.md", "downstream.jsonl"):
@@ -119,6 +121,5 @@ def test_the_whole_harness_on_the_tiny_model(tmp_path: Path, repo: Path, write_t
         "nomad-s0.jsonl",
         "random-s0.jsonl",
         "test.jsonl",
-        "tpe-s0.jsonl",
     ]
-    assert len(list((out / "test_losses").iterdir())) == 5  # 3 methods' best points and 2 untuned settings
+    assert len(list((out / "test_losses").iterdir())) == 4  # 2 methods' best points and 2 untuned settings
