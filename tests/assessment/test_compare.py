@@ -148,23 +148,19 @@ def _rate(browser: Any, how: str, *, done: int) -> tuple[str, str, str]:
 
 def _wait_for_progress(browser: Any, done: int) -> None:
     """Wait until the page says ``done`` pairs are rated (the next page loaded)."""
+    _wait_for_text(browser, "progress", f"{done} of 6 rated")
+
+
+def _wait_for_text(browser: Any, element_id: str | None, text: str) -> None:
+    """Wait until the element ``element_id`` (None: the page's body) of the page shows ``text``: the next page, after
+    a click or a key that submits."""
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    where = (By.ID, element_id) if element_id else (By.TAG_NAME, "body")
     WebDriverWait(browser, 30, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(
-        lambda b: f"{done} of 6 rated" in b.find_element(By.ID, "progress").text
-    )
-
-
-def _wait_for_body(browser: Any, text: str) -> None:
-    """Wait until the page (the next one, after a click that submits) shows ``text``."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    WebDriverWait(browser, 30, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(
-        lambda b: text in b.find_element(By.TAG_NAME, "body").text
+        lambda b: text in b.find_element(*where).text
     )
 
 
@@ -271,7 +267,7 @@ def test_raters_vote_through_their_links_only(
     revoked = CliRunner().invoke(main, [*args, "--revoke", "bob"])
     assert revoked.exit_code == 0, revoked.output
     driver.find_element(By.ID, "choice-tie").click()
-    _wait_for_body(driver, "personal links only")  # the refusal's page, once the vote's request has answered
+    _wait_for_text(driver, None, "personal links only")  # the refusal's page, once the vote's request has answered
     for page in ("rate", "r/" + tokens["bob"], "results", "votes.csv"):
         driver.get(server.url + page)
         assert "Not allowed" in driver.title or "personal links only" in driver.page_source, page
