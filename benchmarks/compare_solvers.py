@@ -105,11 +105,14 @@ def _sets(overrides: tuple[str, ...]) -> list[str]:
 
 
 def table(summary: dict[str, Any], budget: int) -> tuple[list[dict[str, Any]], str]:
-    """Best validation loss after 5, 10, 20 evaluations per solver: mean, min and max over the seeds."""
+    """Best validation loss after 5, 10, 20 evaluations per solver: mean, min and max over the seeds; and what a run
+    cost in wall-clock hours of its device (start-up, loading, training, validation) beside its training tokens."""
     rows = []
     lines = [
-        "| solver | seeds | " + " | ".join(f"after {c}: mean (min-max)" for c in CHECKPOINTS if c <= budget) + " |",
-        "|---|---|" + "---|" * len([c for c in CHECKPOINTS if c <= budget]),
+        "| solver | seeds | "
+        + " | ".join(f"after {c}: mean (min-max)" for c in CHECKPOINTS if c <= budget)
+        + " | device hours of a run: mean | training tokens of a run: mean |",
+        "|---|---|" + "---|" * len([c for c in CHECKPOINTS if c <= budget]) + "---|---|",
     ]
     for label in SOLVERS.values():
         runs = [r for r in summary["runs"] if r["label"] == label]
@@ -126,6 +129,11 @@ def table(summary: dict[str, Any], budget: int) -> tuple[list[dict[str, Any]], s
                 cells.append(f"{statistics.fmean(values):.4f} ({min(values):.4f}-{max(values):.4f})")
             else:
                 cells.append("-")
+        computes = [r["compute"] for r in runs if r.get("compute")]
+        row["hours"] = statistics.fmean(c["seconds"] / 3600 for c in computes) if computes else None
+        row["train_tokens"] = statistics.fmean(c["train_tokens"] for c in computes) if computes else None
+        cells.append("-" if row["hours"] is None else f"{row['hours']:.2f}")
+        cells.append("-" if row["train_tokens"] is None else f"{row['train_tokens']:,.0f}")
         rows.append(row)
         lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
     return rows, "\n".join(lines) + "\n"

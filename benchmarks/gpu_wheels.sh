@@ -7,9 +7,12 @@
 # lm-eval and some of their needs: these, at the versions the CPU tests run with. rouge-score, sqlitedict and
 # word2number exist only as source: built into wheels here (pure Python). bitsandbytes' wheel holds a library for
 # every CUDA version (43 MB): only its CPU and CUDA 13 libraries are kept (7 MB), which the 64 MiB that a
-# device call carries needs. Prints the folder's size at the end.
+# device call carries needs. The nomad binary too, when the development machine has one (../shared/tools, or
+# NOMAD_DIR): its executable and libraries under their sonames (7 MB), for the check's study with the binary.
+# Prints the folder's size at the end.
 set -euo pipefail
 DEST=${1:-.whl}
+NOMAD_DIR=${NOMAD_DIR:-../shared/tools/nomad-4.5.1}
 mkdir -p "$DEST"
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64
            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
@@ -40,4 +43,13 @@ for wheel in pathlib.Path(sys.argv[1]).glob("bitsandbytes-*.whl"):
             target.writestr(item, data)
     slim.replace(wheel)
 EOF
+# The nomad binary finds its libraries by soname in $ORIGIN/../lib: real files under those names (no links).
+if [ -x "$NOMAD_DIR/bin/nomad-4.5.1" ]; then
+    rm -rf "$DEST/nomad"
+    mkdir -p "$DEST/nomad/bin" "$DEST/nomad/lib"
+    cp "$NOMAD_DIR/bin/nomad-4.5.1" "$DEST/nomad/bin/nomad"
+    for library in libnomadAlgos.so.4.5 libnomadEval.so.4.5 libnomadUtils.so.4.5 libsgtelib.so.2.0; do
+        cp "$(ls "$NOMAD_DIR"/lib/"$library".* | head -1)" "$DEST/nomad/lib/$library"
+    done
+fi
 du -sh "$DEST"

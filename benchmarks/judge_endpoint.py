@@ -23,8 +23,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from blackbox.core.votes import parse_judge_detail, read_votes
 from blackbox.reports.preferences import position_bias
+from blackbox.reports.votes import parse_judge_detail, read_votes
 
 BIN = Path(sys.executable).parent
 

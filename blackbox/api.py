@@ -34,7 +34,7 @@ from blackbox.core.space import HyperParams, SearchSpace
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from blackbox.training.objective import Evaluator
+    from blackbox.runners.call import PointEvaluator
 
 __all__ = ["Blackbox", "Result"]
 
@@ -57,6 +57,8 @@ class Result:
         error: why it failed, or None.
         output_line: the line ``lora-blackbox eval`` prints for it.
         record: the whole record as written to ``records.jsonl`` (a dict).
+        objectives: every ``OBJ`` output, in order: one per objective of a study of several (``objective`` is the
+            first).
     """
 
     status: Status
@@ -71,6 +73,7 @@ class Result:
     error: str | None
     output_line: str
     record: dict[str, Any] = field(repr=False)
+    objectives: tuple[float, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -87,20 +90,20 @@ class Result:
         """The result of a record, its outputs named by ``study.outputs`` (default: the record's own specs)."""
         tokens = list(record.outputs)
         outputs = outputs or record.output_specs
-        objective = math.nan
+        objectives: list[float] = []
         extras: dict[str, float | str] = {}
         constraints: dict[str, float] = {}
         for spec, token in zip(outputs, tokens, strict=True):
             kind, _, metric = spec.partition(":")
             if kind == "OBJ":
-                objective = float(token)
+                objectives.append(float(token))
             elif kind in ("PB", "EB"):
                 constraints[metric] = float(token)
             elif kind == "EXTRA_O":
                 extras[metric] = _number_or_text(token)
         return cls(
             status=record.status,
-            objective=objective,
+            objective=objectives[0] if objectives else math.nan,
             extras=extras,
             constraints=constraints,
             hparams=record.hparams,
@@ -111,6 +114,7 @@ class Result:
             error=record.error,
             output_line=record.output_line,
             record=record.as_dict(),
+            objectives=tuple(objectives),
         )
 
 
@@ -148,7 +152,7 @@ class Blackbox:
         self.isolate = isolate
         self.quiet = quiet
         self.space = SearchSpace.from_experiment(self.experiment)
-        self._evaluator: Evaluator | None = None
+        self._evaluator: PointEvaluator | None = None
 
     @property
     def records_file(self) -> Path:
@@ -260,12 +264,13 @@ class Blackbox:
         return self.run_line(" ".join(repr(float(x)) for x in point), judge=judge)
 
     @property
-    def evaluator(self) -> Evaluator:
-        """The in-process evaluator (created on first use; the model loads on its first evaluation)."""
+    def evaluator(self) -> PointEvaluator:
+        """The in-process evaluator (created on first use; the model loads on its first evaluation; with
+        ``replay.table``, the table answers)."""
         if self._evaluator is None:
-            from blackbox.training.objective import Evaluator  # local: imports torch
+            from blackbox.runners.call import make_evaluator
 
-            self._evaluator = Evaluator(self.experiment)
+            self._evaluator = make_evaluator(self.experiment)
         return self._evaluator
 
 

@@ -245,7 +245,7 @@ def nomad_binary(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
     for path in (copy / "bin").iterdir():
         path.chmod(0o755)
     exe = copy / "bin" / "nomad"
-    check = subprocess.run([str(exe), "-v"], capture_output=True, text=True, check=False)
+    check = subprocess.run([str(exe), "-v"], capture_output=True, text=True, check=False, timeout=600)
     if check.returncode != 0 or "4.5.1" not in check.stdout:
         pytest.fail(f"the NOMAD binary in {NOMAD_TOOL} does not run: {check.stdout}{check.stderr}")
     return exe
@@ -298,7 +298,7 @@ def make_study(tmp_path: Path, make_experiment: MakeExperiment) -> MakeStudy:
         args = ["params", "-e", str(experiment), "--out", str(param), "--block-size", str(block_size)]
         args += ["--container", container] if container else []
         args += [word for item in extra for word in ("--set", item)]
-        subprocess.run([*BLACKBOX, "-q", *args], check=True)
+        subprocess.run([*BLACKBOX, "-q", *args], check=True, timeout=600)
         return param
 
     return make
@@ -450,7 +450,7 @@ def ray_calls(blackbox_cmd: list[str], repo: Path) -> Callable[..., list[dict]]:
     def run(calls: list[dict], cluster_env: dict[str, str] | None = None) -> list[dict]:
         if shutil.which("unshare") is None:
             pytest.skip("needs unshare (util-linux) for a loopback-only network namespace")
-        probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False)
+        probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False, timeout=600)
         if probe.returncode != 0:
             pytest.skip(f"cannot make a network namespace here: {probe.stderr.decode().strip()}")
         tmp = Path(tempfile.mkdtemp(prefix="lbxray", dir="/tmp"))  # Ray's unix sockets need a short path

@@ -17,3 +17,10 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def recorded_run_ids(study_dir: Path) -> set[str]:
+    """The run ids of a study folder's records: the evaluations that have ended (a folder under ``evals/`` may
+    already belong to the next one)."""
+    path = study_dir / "records.jsonl"
+    return {r["run_id"] for r in read_records(path)} if path.exists() else set()

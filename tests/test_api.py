@@ -22,7 +22,7 @@ def test_importing_the_package_loads_neither_torch_nor_optuna() -> None:
         "import sys, blackbox; from blackbox import Blackbox, Result; import blackbox.reports; "
         "print(sorted(m for m in ('torch', 'optuna', 'matplotlib', 'transformers') if m in sys.modules))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)
     assert result.stdout.strip() == "[]"
 
 

@@ -60,5 +60,6 @@ def test_hadolint() -> None:
         capture_output=True,
         text=True,
         check=False,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr

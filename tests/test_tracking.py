@@ -58,7 +58,7 @@ class MlflowServer:
     def kill(self) -> None:
         """SIGKILL: the server and its workers die at once, mid-request if need be."""
         os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        self.process.wait(timeout=60)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -67,7 +67,7 @@ class MlflowServer:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+                self.process.wait(timeout=60)
         self.log.close()
 
 
@@ -103,7 +103,7 @@ def _check_evaluation_run(uri: str, run, record: dict, *, steps: int) -> None:
     client = _client(uri)
     assert run.info.run_id == record["mlflow_run_id"]
     assert run.info.run_name == record["run_id"]
-    assert run.info.status == ("FINISHED" if record["status"] == "OK" else "FAILED")
+    assert record["status"] == "OK" and run.info.status == "FINISHED"  # failures: test_evaluations_that_did_not_finish
     params = run.data.params
     for name, value in record["hparams"].items():
         assert float(params[f"hparams.{name}"]) == value
@@ -226,6 +226,45 @@ def test_an_optuna_study_on_a_tracking_server(
     for record in records:
         _check_evaluation_run(mlflow_server.uri, by_id[record["mlflow_run_id"]], record, steps=2)
     assert parent.data.tags["best.run_id"] == summary["best"]["run_id"]
+
+
+def test_evaluations_that_did_not_finish_on_a_tracking_server(
+    tmp_path: Path, mlflow_server: MlflowServer, make_experiment, blackbox_cmd, wait_for, training_started
+) -> None:
+    """The failure policy's MLflow statuses, as the server keeps them: an evaluation past its time limit (a counted
+    failure) is a FAILED run, an interrupted one (Ctrl-C: not counted, it runs again) a KILLED run; each with its
+    status and error tags and its eval.log."""
+    # Both points would train for long: the first stops at its time limit, the second at its Ctrl-C (sent within
+    # a poll of its first step, well inside the time limit).
+    experiment = make_experiment(name="tiny-failures", steps=100_000)
+    points = point_file(tmp_path, "2 -3 0.1", "3 -2.5 0", name="points.txt")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri, "LORA_BLACKBOX_MLFLOW_PARENT_RUN_ID": ""}
+    records_file = tmp_path / "runs" / "records.jsonl"
+    command = [*blackbox_cmd, "eval", "-e", str(experiment), "--set", "training.timeout_s=10"]
+    command += ["--set", "training.log_every_steps=1", str(points)]
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        call = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        try:
+            wait_for(records_file.exists, call, "the first point's record")
+            [first] = read_records(records_file)
+            wait_for(lambda: training_started(tmp_path / "runs", {first["run_id"]}), call, "the second training")
+            call.send_signal(signal.SIGINT)
+            out, _ = call.communicate(timeout=120)
+        finally:
+            if call.poll() is None:
+                call.kill()
+                call.wait(timeout=30)
+    assert call.returncode == 130 and out == "", (tmp_path / "stderr.txt").read_text()[-3000:]
+    records = read_records(records_file)
+    assert [r["status"] for r in records] == ["TIMEOUT", "INTERRUPTED"]
+    _, children = _runs(mlflow_server.uri, "tiny-failures")
+    by_id = {c.info.run_id: c for c in children}
+    client = _client(mlflow_server.uri)
+    for record, expected in zip(records, ["FAILED", "KILLED"], strict=True):
+        run = by_id[record["mlflow_run_id"]]
+        assert run.info.status == expected, record["status"]
+        assert run.data.tags["status"] == record["status"] and run.data.tags["error"] == record["error"][:5000]
+        assert {"eval.log", "record.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 def test_a_server_killed_in_the_middle_of_a_call(

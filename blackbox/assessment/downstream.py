@@ -31,9 +31,11 @@ def benchmarks_from_options(
     limit: float,
     batch_size: int,
     defaults: Sequence[BenchmarkConfig],
+    decoding: str | None = None,
 ) -> list[BenchmarkConfig]:
     """The benchmarks of ``--tasks`` (``task`` or ``task:metric``, comma-separated; no metric: the task's first),
-    else the experiment's ``[[downstream]]`` list, each with the options given.
+    else the experiment's ``[[downstream]]`` list, each with the options given (``decoding``: ``task`` or
+    ``model``, :class:`BenchmarkConfig`'s).
 
     Raises:
         ConfigError: no benchmark at all.
@@ -45,6 +47,8 @@ def benchmarks_from_options(
         overrides["num_fewshot"] = num_fewshot
     if limit:
         overrides["limit"] = limit
+    if decoding is not None:
+        overrides["decoding"] = decoding
     if tasks:
         found = []
         for item in (t.strip() for t in tasks.split(",")):

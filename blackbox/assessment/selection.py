@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blackbox.core import pareto
 from blackbox.core.errors import ConfigError
 from blackbox.core.experiment import Experiment, read_snapshot
-from blackbox.reports.load import Evaluation, load_run
+from blackbox.reports.load import Evaluation, Run, load_run
 
 BASE = "base"
 """The label of the base model, without adapter: every assessment's reference."""
@@ -52,32 +53,55 @@ class Candidate:
 
 
 def select_from_study(
-    study_dir: Path, *, top: int = 0, best: bool = False, worst: bool = False, run_ids: Sequence[str] = ()
+    study_dir: Path,
+    *,
+    top: int = 0,
+    best: bool = False,
+    worst: bool = False,
+    run_ids: Sequence[str] = (),
+    objective: str | None = None,
+    front: bool = False,
+    knee: bool = False,
 ) -> list[Candidate]:
     """The evaluations of a study folder (NOMAD or Optuna) picked by rank of objective or by run id, each once,
     best first, with the experiment it ran (kept in the study folder).
 
-    Only finished evaluations at full fidelity with a finite objective are ranked.
+    Only finished evaluations at full fidelity with a finite objective are ranked. In a study of several objectives,
+    ``objective`` names the one that ranks ``best``, ``worst`` and ``top`` (labels ``best:<objective>``, ...);
+    ``front`` picks every non-dominated evaluation (``front1``, ``front2``, ... by the first objective) and ``knee``
+    the front's knee (``knee``: :func:`blackbox.core.pareto.knee`). The labels say how each was chosen, and the
+    files of ``downstream`` and ``answers`` keep them.
 
     Raises:
         SetupError: no records in ``study_dir``.
-        ConfigError: an unknown run id, or nothing to pick (no finished evaluation).
+        ConfigError: an unknown run id or objective, a rank without an objective in a study of several, a knee in a
+            study of one, or nothing to pick (no finished evaluation).
     """
     run = load_run(str(study_dir))
-    ranked = sorted((e for e in run.evaluations if math.isfinite(e.objective)), key=lambda e: e.objective)
+    index, suffix = _objective_index(run, study_dir, objective, ranks=bool(top or best or worst))
+    ranked = sorted(
+        (e for e in run.evaluations if e.values and math.isfinite(e.values[index])), key=lambda e: e.values[index]
+    )
     picked: dict[str, tuple[str, Evaluation]] = {}
 
     def pick(label: str, evaluation: Evaluation) -> None:
         picked.setdefault(evaluation.run_id, (label, evaluation))
 
-    if (top or best or worst) and not ranked:
+    if (top or best or worst or front or knee) and not ranked:
         raise ConfigError(f"{study_dir}: no finished evaluation to pick from")
+    if knee and len(run.objectives) < 2:
+        raise ConfigError(f"--knee chooses from the front of a study of several objectives; {study_dir} has one")
     if best:
-        pick("best", ranked[0])
+        pick(f"best{suffix}", ranked[0])
     for rank, evaluation in enumerate(ranked[:top], start=1):
-        pick("best" if rank == 1 else f"top{rank}", evaluation)
+        pick(f"best{suffix}" if rank == 1 else f"top{rank}{suffix}", evaluation)
     if worst:
-        pick("worst", ranked[-1])
+        pick(f"worst{suffix}", ranked[-1])
+    non_dominated = sorted(run.front, key=lambda e: e.values)
+    if knee and non_dominated:
+        pick("knee", non_dominated[pareto.knee([e.values for e in non_dominated])])
+    for number, evaluation in enumerate(non_dominated if front else [], start=1):
+        pick(f"front{number}", evaluation)
     by_id = {e.run_id: e for e in run.evaluations}
     for run_id in run_ids:
         if run_id not in by_id:
@@ -89,6 +113,27 @@ def select_from_study(
         experiment = read_snapshot(run.folder, evaluation.fingerprint) if evaluation.fingerprint else None
         candidates.append(Candidate(label, adapter if adapter and adapter.is_dir() else None, evaluation, experiment))
     return candidates
+
+
+def _objective_index(run: Run, study_dir: Path, objective: str | None, *, ranks: bool) -> tuple[int, str]:
+    """Which objective ranks a study's evaluations (its index in their values), and the suffix of the labels it
+    gives (``:<objective>`` in a study of several).
+
+    Raises:
+        ConfigError: a study of several objectives without ``objective`` to rank by, or an unknown one.
+    """
+    names = [name.removeprefix("objective:") for name in run.objectives]
+    if objective is None:
+        if ranks and len(names) > 1:
+            raise ConfigError(
+                f"{study_dir} has {len(names)} objectives ({', '.join(names)}): say which one ranks --best, --worst "
+                "and --top with --objective NAME, or choose --front or --knee"
+            )
+        return 0, ""
+    wanted = objective.removeprefix("objective:")
+    if wanted not in names:
+        raise ConfigError(f"{study_dir} has no objective {objective!r}; its objectives: {', '.join(names) or '?'}")
+    return names.index(wanted), f":{wanted}" if len(names) > 1 else ""
 
 
 def experiment_of(

@@ -3,13 +3,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from blackbox.cli.options import Selection, optional_experiment_options, selection_options
+from blackbox.cli.options import (
+    NeedsExtra,
+    Selection,
+    number_option,
+    optional_experiment_options,
+    selection_options,
+)
 from blackbox.cli.protocol import exit_on_error
 from blackbox.core.errors import SetupError
 from blackbox.core.experiment import load_experiment
@@ -21,16 +28,24 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("blackbox")
 
+_PAGE_MODULES = ("starlette", "uvicorn", "jinja2", "multipart")  # the rating page's (the compare extra)
 
-@click.command("downstream")
+
+@click.command("downstream", cls=NeedsExtra, needs=("lm_eval",), purpose="lora-blackbox downstream")
 @click.argument("study", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @selection_options
 @click.option("--tasks", metavar="T[:METRIC],...", help="lm-eval tasks or groups (default: [[downstream]]).")
 @click.option("--include-path", default="", metavar="DIR", help="A folder of lm-eval task YAMLs of your own.")
 @click.option("--num-fewshot", type=click.IntRange(min=0), help="Few-shot examples (default: each task's).")
 @click.option("--limit", type=click.FloatRange(min=0), default=0, help="Examples per task (<1: a fraction).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@number_option("--batch-size", default=8)
 @click.option("--allow-code-execution", is_flag=True, help="Let tasks run model-written code (HumanEval).")
+@click.option(
+    "--decoding",
+    type=click.Choice(["task", "model"]),
+    help="Decode generations as each task says (the InstructEval tasks: greedy), or as the model's own generation "
+    "config says (how InstructEval generated: Llama-2-7b-hf sampled); default: each benchmark's.",
+)
 @optional_experiment_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Default: STUDY/downstream.jsonl.")
 @click.pass_context
@@ -44,6 +59,7 @@ def downstream_command(
     limit: float,
     batch_size: int,
     allow_code_execution: bool,
+    decoding: str | None,
     experiment_ref: str | None,
     overrides: tuple[str, ...],
     out: Path | None,
@@ -69,6 +85,7 @@ def downstream_command(
             limit=limit,
             batch_size=batch_size,
             defaults=experiment.downstream_defaults,
+            decoding=decoding,
         )
         out_file = out or (study / DOWNSTREAM_FILE if study else Path(DOWNSTREAM_FILE))
         rows = score_models(
@@ -111,13 +128,13 @@ def downstream_command(
     show_default=True,
     help="template: each question in the experiment's prompt template; raw: the question as it is.",
 )
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@number_option("--max-new-tokens", default=256)
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.9, show_default=True)
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=0.9, show_default=True)
-@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="0: no top-k cut.")
+@number_option("--top-k", default=0, minimum=0, help="0: no top-k cut.")
 @click.option("--greedy", is_flag=True, help="Greedy decoding instead of sampling (temperature, top-p, top-k unused).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same answers.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Questions per batch.")
+@number_option("--batch-size", default=8, help="Questions per batch.")
 @click.option(
     "--engine",
     type=click.Choice(["transformers", "vllm"]),
@@ -191,7 +208,9 @@ def answers_command(
         click.echo(str(out))
 
 
-@click.command("compare")
+@click.command(
+    "compare", cls=NeedsExtra, needs=_PAGE_MODULES, purpose="the rating page of lora-blackbox compare", only_help=True
+)
 @click.argument(
     "answers_files", metavar="ANSWERS_FILE...", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False)
 )
@@ -228,8 +247,8 @@ def answers_command(
 @click.option(
     "--url",
     metavar="URL",
-    help="The page's address as raters reach it, for their links (behind a proxy: https://rate.example.org/; "
-    "default: http://HOST:PORT/).",
+    help="The page's address as raters reach it (behind a proxy: https://rate.example.org/; default: "
+    "http://HOST:PORT/): for their links, and, serving, the one address besides HOST:PORT the page answers at.",
 )
 @click.option("--revoke", multiple=True, metavar="NAME", help="Revoke a rater's link (repeatable; votes stay), exit.")
 @click.option(
@@ -262,33 +281,28 @@ def answers_command(
     metavar="VARIABLE",
     help="The environment variable holding the endpoint's API key (never logged or stored).",
 )
-@click.option(
-    "--judge-rpm",
-    type=click.FloatRange(min=0),
-    default=0,
-    show_default=True,
-    help="Requests per minute to the endpoint at most (0: no limit).",
-)
-@click.option(
+@number_option("--judge-rpm", default=0.0, minimum=0, help="Requests per minute to the endpoint at most (0: no limit).")
+@number_option(
     "--judge-retries",
-    type=click.IntRange(min=0),
     default=6,
-    show_default=True,
+    minimum=0,
     help="Retries of a failed request to the endpoint (exponential backoff; Retry-After honoured).",
 )
-@click.option(
+@number_option(
     "--judge-timeout",
-    type=click.FloatRange(min=1),
-    default=600,
-    show_default=True,
+    default=600.0,
     help="Seconds one request to the endpoint may take before it is retried (a slow server: raise it).",
 )
-@click.option("--judge-max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option(
+    "--judge-allow-http",
+    is_flag=True,
+    help="Send the API key to an http:// --judge-url on another machine (readable on the way; default: https:// "
+    "only, or a loopback address).",
+)
+@number_option("--judge-max-new-tokens", default=512)
+@number_option(
     "--judge-batch-size",
-    type=click.IntRange(min=1),
     default=8,
-    show_default=True,
     help="Prompts generated together (a local judge) or requests in flight at once (openai:MODEL).",
 )
 @click.option("--device", default="auto", show_default=True, help="The judge's device: auto, cpu, cuda or cuda:N.")
@@ -313,6 +327,7 @@ def compare_command(
     judge_rpm: float,
     judge_retries: int,
     judge_timeout: float,
+    judge_allow_http: bool,
     judge_max_new_tokens: int,
     judge_batch_size: int,
     device: str,
@@ -332,12 +347,15 @@ def compare_command(
     """
     from blackbox.assessment.answers import question_file, read_answers, read_questions, with_questions
     from blackbox.assessment.compare.pairs import index_answers
+    from blackbox.assessment.compare.votes import votes_db
     from blackbox.core.folders import VOTES_FILE
-    from blackbox.core.votes import fetch_votes, votes_db
     from blackbox.reports.preferences import group_preferences, results_text, votes_csv
+    from blackbox.reports.votes import fetch_votes
 
-    if judge_url and not (judge_model or "").startswith("openai:"):
-        raise click.UsageError("--judge-url is for a judge behind an endpoint: --judge openai:MODEL")
+    if (judge_url or judge_allow_http) and not (judge_model or "").startswith("openai:"):
+        raise click.UsageError(
+            "--judge-url and --judge-allow-http are for a judge behind an endpoint: --judge openai:MODEL"
+        )
     if links_file and not raters:
         raise click.UsageError("--links writes the links that --raters creates: give --raters too")
     with exit_on_error(ctx):
@@ -358,6 +376,7 @@ def compare_command(
                 requests_per_minute=judge_rpm,
                 retries=judge_retries,
                 timeout_s=judge_timeout,
+                allow_http=judge_allow_http,
                 max_new_tokens=judge_max_new_tokens,
                 batch_size=judge_batch_size,
                 device=device,
@@ -371,83 +390,107 @@ def compare_command(
             if judge_model or results:
                 click.echo(results_text(group_preferences(votes)), nl=False)
             return
-        _serve(answers, db, host=host, port=port, open_to_anyone=open_to_anyone)
+        _serve(answers, db, host=host, port=port, url=url, open_to_anyone=open_to_anyone)
 
 
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def _serve(answers: Answers, db: Path, *, host: str, port: int, open_to_anyone: bool) -> None:
-    require("starlette", "uvicorn", "jinja2", "multipart", purpose="the rating page of lora-blackbox compare")
-    from blackbox.assessment.compare.app import build_app, serve
-    from blackbox.core.votes import links_required, votes_db
+def _serve(answers: Answers, db: Path, *, host: str, port: int, url: str | None, open_to_anyone: bool) -> None:
+    require(*_PAGE_MODULES, purpose="the rating page of lora-blackbox compare")
+    from blackbox.assessment.compare.addresses import is_loopback, page_hosts, page_origin
+    from blackbox.assessment.compare.app import build_app, listen, serve
+    from blackbox.assessment.compare.votes import links_required, votes_db
 
     with votes_db(db) as connection:
         by_link = links_required(connection)
-    if not by_link and host not in _LOOPBACK and not open_to_anyone:
+    if not by_link and not is_loopback(host) and not open_to_anyone:
         raise click.UsageError(
             f"without rater links, the page on {host} would take votes from anyone who reaches it, under any name: "
             "create links first (--raters NAME,...), or say --open"
         )
     if not by_link and open_to_anyone:
         logger.warning("the page has no rater links: anyone who reaches it can rate, under any name")
-
-    def ready(url: str) -> None:
-        mode = "votes through rater links only" if by_link else "open: raters give a name"
-        click.echo(
-            f"lora-blackbox: rating page at {url} ({len(answers.pairs)} pairs; {mode}; votes in {db}; Ctrl-C stops)",
-            err=True,
+    if by_link and not is_loopback(host):
+        logger.warning(
+            "the page serves rater links over plain HTTP on %s: anyone on the way can read a rater's link; serve it "
+            "on 127.0.0.1 behind a TLS proxy (docs/human-study.md)",
+            host,
         )
-
     try:
-        serve(build_app(answers, db, open_to_anyone=open_to_anyone), host=host, port=port, ready=ready)
+        sock = listen(host, port)
     except OSError as e:
         raise SetupError(f"cannot listen on {host}:{port}: {e}") from e
-    except KeyboardInterrupt:  # uvicorn stops cleanly on Ctrl-C, then raises it again: the page's normal end
-        logger.info("stopped; the votes are in %s (the same command resumes)", db)
+    with sock:
+        bound = sock.getsockname()[1]  # port 0: the free port it got
+        app = build_app(
+            answers,
+            db,
+            hosts=page_hosts(host, bound, url),
+            origins=frozenset({page_origin(url)} if url else ()),
+            open_to_anyone=open_to_anyone,
+        )
+        mode = "votes through rater links only" if by_link else "open: raters give a name"
+        click.echo(
+            f"lora-blackbox: rating page at {_page_url(host, bound)} ({len(answers.pairs)} pairs; {mode}; "
+            f"votes in {db}; Ctrl-C stops)",
+            err=True,
+        )
+        try:
+            serve(app, sock)
+        except KeyboardInterrupt:  # uvicorn stops cleanly on Ctrl-C, then raises it again: the page's normal end
+            logger.info("stopped; the votes are in %s (the same command resumes)", db)
 
 
 def _page_url(host: str, port: int) -> str:
     """The page's address for rater links when --url is not given."""
     import socket
 
-    shown = socket.getfqdn() if host in ("0.0.0.0", "::", "") else host  # a wildcard is no address to visit
-    return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
+    from blackbox.assessment.compare.addresses import WILDCARDS, host_header
+
+    shown = socket.getfqdn() if host in WILDCARDS else host  # a wildcard is no address to visit
+    return f"http://{host_header(shown, port)}/"
 
 
 def _manage_links(db: Path, *, names: str | None, revoke: tuple[str, ...], links_file: Path | None, url: str) -> None:
     """Revoke the links of ``revoke``, then create links for ``names`` (NAME,... or @FILE), printed on stdout or
-    appended to ``links_file``; the tokens are shown here only."""
-    import os
+    appended to ``links_file`` (opened first: a file that cannot take them loses no link); the tokens are shown
+    here only."""
+    from blackbox.assessment.compare.links import open_links_file
+    from blackbox.assessment.compare.votes import (
+        add_rater_link,
+        is_rater_name,
+        name_rule,
+        normal_name,
+        revoke_rater_link,
+        votes_db,
+    )
 
-    from blackbox.core.votes import RATER_NAME, add_rater_link, name_rule, revoke_rater_link, votes_db
-
-    wanted = _rater_names(names) if names else []
+    wanted = [normal_name(name) for name in _rater_names(names)] if names else []
     for name in wanted:
-        if not RATER_NAME.match(name):
+        if not is_rater_name(name):
             raise click.BadParameter(name_rule(name), param_hint="--raters")
     base = url if url.endswith("/") else url + "/"
     created: list[tuple[str, str]] = []
-    with votes_db(db) as connection:
-        for name in revoke:
-            if revoke_rater_link(connection, name):
-                logger.info("%s's link revoked (their votes stay)", name)
-            else:
-                logger.warning("%s has no valid link to revoke", name)
-        for name in wanted:
-            token = add_rater_link(connection, name)
-            if token is None:
-                logger.warning("%s has a link already (--revoke %s, then --raters %s, for a new one)", name, name, name)
-            else:
-                created.append((name, f"{base}r/{token}"))
-    lines = "".join(f"{name}\t{link}\n" for name, link in created)
-    if links_file and created:
-        descriptor = os.open(links_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(descriptor, "a", encoding="utf-8") as out:
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open_links_file(links_file)) if links_file and wanted else None
+        with votes_db(db) as connection:
+            for name in revoke:
+                if revoke_rater_link(connection, name):
+                    logger.info("%s's link revoked (their votes stay)", name)
+                else:
+                    logger.warning("%s has no valid link to revoke", name)
+            for name in wanted:
+                token = add_rater_link(connection, name)
+                if token is None:
+                    logger.warning(
+                        "%s has a link already (--revoke %s, then --raters %s, for a new one)", name, name, name
+                    )
+                else:
+                    created.append((name, f"{base}r/{token}"))
+        lines = "".join(f"{name}\t{link}\n" for name, link in created)
+        if out is not None and created:
             out.write(lines)
-        logger.info("%d rater links appended to %s", len(created), links_file)
-    elif created:
-        click.echo(lines, nl=False)
+            logger.info("%d rater links appended to %s", len(created), links_file)
+        elif created:
+            click.echo(lines, nl=False)
     if created:
         logger.info("links are shown this once (the votes file keeps their hashes); votes in %s", db)
 
@@ -472,6 +515,7 @@ def _judge(
     requests_per_minute: float,
     retries: int,
     timeout_s: float,
+    allow_http: bool,
     max_new_tokens: int,
     batch_size: int,
     device: str,
@@ -493,6 +537,7 @@ def _judge(
             requests_per_minute=requests_per_minute,
             retries=retries,
             timeout_s=timeout_s,
+            allow_http=allow_http,
         )
     else:
         added = judge_with_model(

@@ -10,7 +10,7 @@ import click
 
 from blackbox.cli.options import experiment_options
 from blackbox.cli.protocol import exit_on_error, protocol_stdout, write_stderr
-from blackbox.core.errors import ConfigError, SetupError
+from blackbox.core.errors import ConfigError
 from blackbox.core.experiment import load_experiment
 from blackbox.core.failures import Call
 
@@ -110,10 +110,9 @@ def container_command(
     """
     from blackbox.core.failures import call_of_container
     from blackbox.core.point import read_point_lines
-    from blackbox.core.record import record_not_run
     from blackbox.core.stopping import stop_requested
     from blackbox.runners.call import declined
-    from blackbox.runners.container import plan_call, run_call, settle_call
+    from blackbox.runners.container import plan_call, run_settled
 
     with exit_on_error(ctx), protocol_stdout() as emit:
         experiment = load_experiment(experiment_ref, overrides)
@@ -136,12 +135,9 @@ def container_command(
             env=env,
             quiet=ctx.obj.get("quiet", False),
         )
-        try:
-            outcome = run_call(spec, timeout_s=timeout_s, pull=pull, stdout=emit, stderr=write_stderr)
-        except SetupError as e:  # no engine, no image: nothing ran
-            record_not_run(experiment, lines, where, reason=f"not evaluated: the call failed: {e}")
-            raise
-        settle_call(experiment, lines, where, outcome)
+        outcome = run_settled(
+            spec, experiment, lines, where, timeout_s=timeout_s, pull=pull, stdout=emit, stderr=write_stderr
+        )
     call, status = call_of_container(outcome.ended, outcome.status, stopping=stop_requested())
     if outcome.ended == "killed":
         cause = "out of memory" if outcome.oom_killed else "SIGKILL from outside"

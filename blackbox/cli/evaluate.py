@@ -10,37 +10,26 @@ from typing import Literal
 
 import click
 
-from blackbox.cli.options import experiment_options
+from blackbox.cli.options import backend_option, experiment_options, number_option
 from blackbox.cli.protocol import end, exit_on_error, install_signal_handlers, protocol_stdout
 from blackbox.core.errors import PointError
 from blackbox.core.experiment import experiment_reference, load_experiment
+from blackbox.core.failures import call_of_decode
 
 logger = logging.getLogger("blackbox")
 
 
 @click.command("eval")
 @experiment_options
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Evaluations of a block at once on this machine, each on its own leased GPU(s).",
+@number_option(
+    "--workers", default=1, help="Evaluations of a block at once on this machine, each on its own leased GPU(s)."
 )
-@click.option(
+@number_option(
     "--gpus-per-eval",
-    type=click.IntRange(min=1),
     default=1,
-    show_default=True,
     help="GPUs per evaluation: data-parallel over torchrun ranks (on a CPU host: gloo processes).",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="Run the points here, or as tasks on a Ray cluster.",
-)
+@backend_option("Run the points here, or as tasks on a Ray cluster.")
 @click.option(
     "--ray-address",
     envvar="RAY_ADDRESS",
@@ -108,47 +97,36 @@ def decode_command(
             lines = [(f"{name} ({format_point(point)})", format_point(point)) for name, point in landmarks.items()]
         else:
             lines = [(f"line {i + 1}", line) for i, line in enumerate(read_point_lines(point_file)) if line.strip()]
-        failed = False
+        invalid = 0
         for label, line in lines:
             try:
                 hparams = space.decode(parse_point(line))
             except PointError as e:
-                failed = True
+                invalid += 1
                 logger.error("%s (%s) is invalid: %s", label, shorten(repr(line.strip())), e)
                 click.echo(json.dumps({"error": str(e)}))
             else:
                 if point_file is None:
                     logger.info("%s:", label)
                 click.echo(json.dumps(hparams.as_dict()))
-        if failed:
-            ctx.exit(1)
+        ctx.exit(call_of_decode(invalid_lines=invalid).exit_status)
 
 
 @click.command("params")
 @experiment_options
 @click.option("--out", type=click.Path(path_type=Path), help="Write to this file instead of stdout.")
 @click.option("--container", metavar="IMAGE", help="BB_EXE runs each evaluation in this container image.")
-@click.option(
+@number_option(
     "--block-size",
-    type=click.IntRange(min=1),
     default=1,
-    show_default=True,
     help="Points per blackbox call (BB_MAX_BLOCK_SIZE); above 1, MEGA_SEARCH_POLL fills blocks.",
 )
-@click.option(
+@number_option(
     "--parallel",
-    type=click.IntRange(min=1),
     default=1,
-    show_default=True,
     help="Evaluations at once: blocks of this size, spread over the machine's GPUs (eval --workers).",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="ray: BB_EXE runs the points of a block as tasks on a Ray cluster.",
-)
+@backend_option("ray: BB_EXE runs the points of a block as tasks on a Ray cluster.")
 @click.option(
     "--surrogate-fidelity",
     type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),

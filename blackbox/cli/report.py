@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
+from blackbox.cli.options import NeedsExtra, number_option
 from blackbox.cli.protocol import exit_on_error
 
 
-@click.command("report")
+@click.command("report", cls=NeedsExtra, needs=("matplotlib", "scipy"), purpose="lora-blackbox report")
 @click.argument("runs", nargs=-1, required=True, metavar="[LABEL=]RECORDS_OR_RUN_DIR...")
 @click.option(
     "--out",
@@ -17,7 +18,7 @@ from blackbox.cli.protocol import exit_on_error
     help="Folder for the report (default: report/ in the run folder; ./report for several runs).",
 )
 @click.option("--objective", help="The metric that was minimised (default: what the solver saw).")
-@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows of the top-points table.")
+@number_option("--top", default=10, help="Rows of the top-points table.")
 @click.option(
     "--votes",
     type=click.Path(path_type=Path, dir_okay=False),

@@ -8,9 +8,11 @@ from typing import Literal
 
 import click
 
-from blackbox.cli.options import experiment_options, mlflow_option, warm_start_option
+from blackbox.cli.options import NeedsExtra, experiment_options, mlflow_option, warm_start_option
 from blackbox.cli.protocol import exit_on_error, install_signal_handlers, protocol_stdout
+from blackbox.core.bounds import warning as bounds_warning
 from blackbox.core.experiment import load_experiment
+from blackbox.core.failures import Call, call_of_study
 
 logger = logging.getLogger("blackbox")
 
@@ -63,7 +65,7 @@ def study_command(
         ctx.exit(code)
 
 
-@click.command("optuna")
+@click.command("optuna", cls=NeedsExtra, needs=("optuna",), purpose="lora-blackbox optuna")
 @experiment_options
 @click.option(
     "--n-trials",
@@ -73,13 +75,19 @@ def study_command(
 )
 @click.option(
     "--sampler",
-    type=click.Choice(["tpe", "tpe-nni", "random", "cmaes"]),
+    type=click.Choice(["tpe", "tpe-nni", "nsga2", "random", "cmaes"]),
     default="tpe",
     show_default=True,
-    help="Optuna's TPESampler; TPE set as NNI's (tpe-nni: 20 random start-up trials, NNI's split of good trials: the "
-    "reference study's baseline); RandomSampler; or CmaEsSampler (started at the experiment's X0).",
+    help="Optuna's TPESampler (multi-objective TPE for several objectives); TPE set as NNI's (tpe-nni: 20 random "
+    "start-up trials, NNI's split of good trials: the reference study's baseline); NSGAIISampler (a population of "
+    "10); RandomSampler; or CmaEsSampler (one objective; started at the experiment's X0).",
 )
 @click.option("--seed", type=int, help="The sampler's seed (default: the experiment's study.seed).")
+@click.option(
+    "--startup-trials",
+    type=click.IntRange(min=1),
+    help="TPE's random start-up trials before its model guides the sampling (default: Optuna's 10).",
+)
 @click.option("--storage", metavar="URL", help="Optuna storage (default: sqlite:///DIR/optuna.db).")
 @click.option("--study-name", help="Name in the storage (default: <study.name>-<sampler>).")
 @click.option(
@@ -110,8 +118,9 @@ def optuna_command(
     experiment_ref: str,
     overrides: tuple[str, ...],
     n_trials: int,
-    sampler: Literal["tpe", "tpe-nni", "random", "cmaes"],
+    sampler: Literal["tpe", "tpe-nni", "nsga2", "random", "cmaes"],
     seed: int | None,
+    startup_trials: int | None,
     storage: str | None,
     study_name: str | None,
     study_dir: Path | None,
@@ -128,9 +137,10 @@ def optuna_command(
     same command resumes the study.
     """
     from blackbox.api import Blackbox
-    from blackbox.studies.optuna_study import default_storage, run_optuna
+    from blackbox.studies.optuna_study import default_storage, require_sampler, run_optuna
 
     with exit_on_error(ctx), protocol_stdout() as emit:
+        require_sampler(sampler)  # before the study folder is made
         experiment = load_experiment(experiment_ref, overrides)
         folder = (study_dir or Path("runs") / f"{experiment.study.name}-optuna-{sampler}").resolve()
         folder.mkdir(parents=True, exist_ok=True)
@@ -152,12 +162,23 @@ def optuna_command(
             mlflow_uri=mlflow_uri,
             pruner=pruner,
             warm_start_from=warm_start,
+            startup_trials=startup_trials,
         )
         emit(summary.as_json() + "\n")
         if summary.best:
             logger.info(
                 "best: %s (trial %d, run %s)", summary.best["value"], summary.best["trial"], summary.best["run_id"]
             )
-    if summary.interrupted:
+        if summary.compute is not None:
+            logger.info("compute: %s", summary.compute.describe())
+        for trial in summary.front or []:
+            values = ", ".join(
+                f"{name} {value:.6g}" for name, value in zip(summary.objectives, trial["values"], strict=True)
+            )
+            logger.info("front: %s (trial %d, run %s)", values, trial["trial"], trial["run_id"])
+        if summary.on_bounds:
+            logger.warning("%s", bounds_warning(summary.on_bounds))
+    call, status = call_of_study(interrupted=summary.interrupted)
+    if call is Call.INTERRUPTED:
         logger.error("interrupted: run the same command again to resume (%d trials kept)", summary.counted)
-        ctx.exit(130)
+    ctx.exit(status)

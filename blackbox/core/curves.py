@@ -18,11 +18,15 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class CurvePoint:
     """The validation loss on the checkpoint rows after ``step`` optimizer steps and ``train_tokens`` training
-    tokens (real tokens, padding excluded)."""
+    tokens (real tokens, padding excluded). ``train_seconds``: the training's wall seconds up to that step (its
+    checkpoints' validations left out); ``seconds``: this checkpoint's validation. None in records from before
+    they were measured."""
 
     step: int
     train_tokens: int
     loss: float
+    train_seconds: float | None = None
+    seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -56,9 +60,22 @@ def curve_from_dicts(items: Sequence[object]) -> tuple[CurvePoint, ...]:
         ValueError: an item is not a curve point.
     """
     try:
-        return tuple(CurvePoint(int(i["step"]), int(i["train_tokens"]), float(i["loss"])) for i in items)  # type: ignore[index]
-    except (KeyError, TypeError) as e:
+        return tuple(
+            CurvePoint(
+                int(i["step"]),  # type: ignore[index]
+                int(i["train_tokens"]),  # type: ignore[index]
+                float(i["loss"]),  # type: ignore[index]
+                _seconds(i.get("train_seconds")),  # type: ignore[attr-defined]
+                _seconds(i.get("seconds")),  # type: ignore[attr-defined]
+            )
+            for i in items
+        )
+    except (AttributeError, KeyError, TypeError) as e:
         raise ValueError(f"not a learning curve: {items!r}") from e
+
+
+def _seconds(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
 
 
 def stop_from_dict(item: object) -> Stop | None:

@@ -16,7 +16,10 @@ last checkpoint before that step). The training's own value is its lowest checkp
 - ``median`` (the median stopping rule of Google Vizier, Golovin et al. 2017, as Optuna's ``MedianPruner``):
   stop when it is worse than the median of the finished evaluations at that step;
 - ``incumbent``: stop when it is worse than the incumbent's (the finished evaluation of lowest objective among
-  those with a curve) at that step.
+  those with a curve) at that step;
+- ``asha`` (asynchronous successive halving, Li et al. 2020, as Ray Tune's and Syne Tune's stopping variants of
+  it): the checkpoints are rungs, and a training goes on from a rung only while it is among the best ``1/eta`` of
+  every evaluation of the study that reached that rung, stopped ones included.
 
 Both stop only when ``margin`` allows (worse by more than ``margin`` times the reference; ties never stop), and
 never before ``min_finished`` finished evaluations have a value at that step. A NaN checkpoint loss stops (it
@@ -90,6 +93,28 @@ def incumbent_rule(
     return None
 
 
+def asha_rule(loss: float, others: Sequence[float], *, eta: float, min_values: int, margin: float = 0.0) -> str | None:
+    """Asynchronous successive halving (Li et al. 2020, ASHA), as a stopping rule: the checkpoints are the rungs,
+    and a training goes on from a rung only while it is among the best ``1/eta`` of the values recorded there
+    (``others``: every evaluation of the study that reached the rung, stopped ones included; NaN values left
+    out). Its cut-off is the ``max(1, floor(n / eta))``-th lowest of the ``n`` values, its own included; no stop
+    while the rung holds fewer than ``min_values``. Returns why it stops, or None."""
+    values = sorted(v for v in others if not math.isnan(v))
+    if len(values) + 1 < max(min_values, 2):
+        return None
+    if math.isnan(loss):
+        return "its checkpoint loss is nan"
+    ranked = sorted([*values, loss])
+    keep = max(1, math.floor(len(ranked) / eta))
+    cutoff = ranked[keep - 1]
+    if _worse(loss, cutoff, margin):
+        return (
+            f"its best checkpoint loss {loss:.6g} is not among the best {keep} of {len(ranked)} at this rung "
+            f"(cut-off {cutoff:.6g}, eta {eta:g})"
+        )
+    return None
+
+
 def _worse(loss: float, reference: float, margin: float) -> bool:
     """Worse than ``reference`` by more than ``margin`` of it (strictly: a tie is not worse)."""
     return loss > reference + margin * abs(reference)
@@ -125,11 +150,22 @@ class StudyRule:
 
     def finished(self) -> list[EvalRecord]:
         """The finished evaluations whose curves compare with this one's: OK, same experiment, same rows."""
+        return [r for r in self._comparable() if r.status is Status.OK]
+
+    def reached(self, step: int) -> list[EvalRecord]:
+        """The evaluations whose curves compare with this one's and reached ``step``: finished ones, and those
+        stopped at or after it (ASHA's rung)."""
+        return [
+            r
+            for r in self._comparable()
+            if r.status is Status.OK or (r.status is Status.STOPPED and r.curve and r.curve[-1].step >= step)
+        ]
+
+    def _comparable(self) -> list[EvalRecord]:
         return [
             r
             for r in self.store.records()
-            if r.status is Status.OK
-            and r.fingerprint == self.fingerprint
+            if r.fingerprint == self.fingerprint
             and r.curve
             and r.metrics.get("checkpoint_rows") == self.checkpoint_rows
         ]
@@ -144,6 +180,9 @@ class StudyRule:
         if rule == "median":
             others = [v for v in (best_loss(r.curve, step) for r in finished) if v is not None]
             reason = median_rule(loss, others, min_finished=settings.min_finished, margin=settings.margin)
+        elif rule == "asha":
+            others = [v for v in (best_loss(r.curve, step) for r in self.reached(step)) if v is not None]
+            reason = asha_rule(loss, others, eta=settings.eta, min_values=settings.min_finished, margin=settings.margin)
         elif rule == "incumbent":
             with_values = [r for r in finished if best_loss(r.curve, step) is not None]
             best = min(with_values, key=lambda r: _objective(r) or math.inf, default=None)

@@ -1,5 +1,6 @@
-"""The optional parts of the package and what installs them: ``pip install lora-blackbox`` gives the blackbox and
-the NOMAD studies; the rest comes with an extra (``pip install 'lora-blackbox[optuna]'``, ``[all]``).
+"""The optional parts of the package and what installs them: the package alone (from a checkout or its git URL: no
+release is on PyPI yet) gives the blackbox and the NOMAD studies; the rest comes with an extra (``pip install
+'lora-blackbox[optuna]'`` on an installed package, which pip resolves from its metadata; ``[all]``).
 
 A part that needs a missing extra fails with one line that names the extra's install command
 (:func:`require`), checked where the part starts: never a ``ModuleNotFoundError`` traceback.

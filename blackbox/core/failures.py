@@ -4,8 +4,10 @@ For every way an evaluation or a call can end, this module decides the record's 
 output line carries, whether the evaluation counts against the budget, and how the whole call goes on or
 ends (its exit status). Every path that evaluates points (in this process, subprocesses, torchrun ranks,
 Ray tasks, a container, Optuna's trials, the Python API) asks the functions below instead of deciding for
-itself; :data:`POLICY` is their table, rendered into ``docs/failures.md`` by :func:`policy_table` (a test
-fails when the page and the code differ).
+itself, and so do the study drivers (how a study ends, what its evaluations killed with it become) and the
+side channels (Optuna's trial states, MLflow's run statuses). :data:`POLICY`, :data:`STUDY_POLICY` and
+:func:`status_table` are their tables, rendered into ``docs/failures.md`` by :func:`policy_tables` (a test fails
+when the page and the code differ).
 
 Why a point's failure is a line and not an exit status: NOMAD fails every point of a call that exits
 non-zero, so a call that goes on prints one line per point and exits 0; only what makes every later point
@@ -67,6 +69,19 @@ class Call(enum.Enum):
         return self.value
 
 
+# Why a point is NOT_RUN: the error of its record.
+NOT_RUN_STOPPING = "not evaluated: the study is stopping (Ctrl-C); a rerun evaluates this point"
+NOT_RUN_INTERRUPTED = "not evaluated: the call was interrupted"
+
+
+def not_run_reason(call: Call, error: str | None = None) -> str:
+    """Why the points a call did not reach are NOT_RUN, once the call ends with ``call`` (``error``: why it
+    failed, one line)."""
+    if call is Call.INTERRUPTED:
+        return NOT_RUN_INTERRUPTED
+    return f"not evaluated: the call failed: {error or call.name.lower()}"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Decisions
 
@@ -113,16 +128,40 @@ def call_of(error: BaseException) -> Call | None:
     return None
 
 
+def call_of_decode(*, invalid_lines: int) -> Call:
+    """How ``lora-blackbox decode`` ends (it evaluates nothing: each line gets its JSON object, ``{"error": ...}``
+    for a line that is not a point): it fails when ``invalid_lines`` is not 0, so that a script notices."""
+    return Call.FAILS if invalid_lines else Call.GOES_ON
+
+
 def value_of_failure(status: Status, kind: str) -> float:
     """The value an output of ``kind`` (``OBJ``, ``PB``, ``EB``, ``EXTRA_O``) carries for an evaluation that did
     not finish OK: ``inf`` for the objective and constraints of a diverged one (a valid, very bad, infeasible
     point, as NOMAD reads ``inf``) and for the constraints of a stopped one (whose objective is
-    :func:`value_of_stopped`'s), ``nan`` otherwise (NOMAD: an undefined value, the point failed)."""
+    :func:`value_of_stopped`'s), ``nan`` otherwise (NOMAD: an undefined value, the point failed). An extra output
+    it measured is :func:`value_of_extra`'s."""
     if status is Status.DIVERGED and kind in ("OBJ", "PB", "EB"):
         return math.inf
     if status is Status.STOPPED and kind in ("PB", "EB"):
         return math.inf  # its constraints were never scored: taken as violated, so it is never the incumbent
     return math.nan
+
+
+def value_of_extra(status: Status, measured: float | str | None) -> float | str:
+    """What an extra output (``EXTRA_O``) of an evaluation that did not finish OK carries, given what it
+    ``measured`` (None: nothing): a diverged or stopped evaluation ended by itself and its line is a value the
+    solver uses, so what it measured (its time, memory, tokens, run id) is a fact of that evaluation and is
+    kept, and what it did not reach is ``nan``; a failed one's line is ``nan`` throughout, so that no part of it
+    reads as a result."""
+    if status in (Status.DIVERGED, Status.STOPPED) and measured is not None:
+        return measured
+    return value_of_failure(status, "EXTRA_O")
+
+
+def constraint_of(value: float) -> float:
+    """A constraint's value for a solver that needs a number (Optuna's ``constraints_func``; <= 0: satisfied):
+    ``nan``, a failed evaluation's (never scored), is taken as violated (``inf``)."""
+    return math.inf if math.isnan(value) else value
 
 
 def value_of_stopped(checkpoint_loss: float, incumbent: float | None) -> float:
@@ -185,12 +224,36 @@ def process_status(returncode: int, recorded: Status | None, *, launcher: bool =
     return Status.ERROR  # killed by a signal, crashed, or exited 0 without recording: see describe_exit
 
 
-def unrecorded_status(*, caller_went_on: bool) -> Status:
+def unrecorded_status(*, solver_exit: int | None = None, interrupted: bool = False) -> Status:
     """The status of an evaluation that started (its run folder holds ``running.json``) and never recorded its
-    end. ``caller_went_on``: its caller (NOMAD) ended normally after it, so the evaluation died alone (the
-    out-of-memory killer, a crash) and was counted as a failed evaluation: ERROR. Otherwise it was cut with its
-    caller (kill -9 of the study, a machine crash): KILLED, evaluated again when the study resumes."""
-    return Status.ERROR if caller_went_on else Status.KILLED
+    end, found when its solver (NOMAD) ended with ``solver_exit`` (None: found later, by a rerun of the study)
+    and the study was ``interrupted`` or not. NOMAD waits for its blackbox calls: when it ended by itself (exit
+    0, nobody interrupted the study) the evaluation died alone (the out-of-memory killer, a crash) and NOMAD
+    counted it as a failed evaluation: ERROR. Otherwise it was cut with its caller (Ctrl-C, kill -9 of the
+    study, a machine crash): KILLED, evaluated again when the study resumes."""
+    return Status.ERROR if solver_exit == 0 and not interrupted else Status.KILLED
+
+
+def call_of_study(
+    *, interrupted: bool = False, failed_start: bool = False, solver_exit: int = 0, solver_crashed: bool = False
+) -> tuple[Call, int]:
+    """How a study driver (``lora-blackbox study``, ``lora-blackbox optuna``) ends, and its exit status:
+    ``interrupted`` (Ctrl-C), ``failed_start`` (no evaluation of the study finished and this run's all failed:
+    NOMAD stops when its starting point fails), ``solver_exit`` (NOMAD's exit status; ``-N``: killed by signal
+    N), ``solver_crashed`` (NOMAD's known crash writing the hot-restart file of a study that ends before its first
+    iteration, repaired by the driver: the study itself ended).
+
+    Interrupted and killed studies are resumed by the same command; a study that failed at its start needs a fix
+    first; NOMAD's own failure is relayed as its exit status."""
+    if interrupted:
+        return Call.INTERRUPTED, Call.INTERRUPTED.exit_status
+    if failed_start:
+        return Call.FAILS, Call.FAILS.exit_status
+    if solver_crashed or solver_exit == 0:
+        return Call.GOES_ON, Call.GOES_ON.exit_status
+    if solver_exit < 0:  # killed from outside: resumable like an interrupted study, but no Ctrl-C of ours
+        return Call.FAILS, Call.FAILS.exit_status
+    return Call.FAILS, solver_exit
 
 
 def call_of_container(ended: str, status: int | None, *, stopping: bool) -> tuple[Call, int]:
@@ -226,6 +289,21 @@ def trial_state(status: Status) -> Literal["complete", "pruned", "fail", "not_co
     if status is Status.STOPPED:
         return "pruned"
     return "fail" if status.counted else "not_counted"
+
+
+def run_status(status: Status) -> Literal["FINISHED", "FAILED", "KILLED"]:
+    """The MLflow status of an evaluation's run: FINISHED when it ended as designed (OK, or STOPPED early by a
+    stopping rule or a pruner: no failure; its ``status`` tag says STOPPED), KILLED when it did not count (cut,
+    interrupted, never run: it runs again), FAILED for every counted failure (a diverged run included)."""
+    if status in (Status.OK, Status.STOPPED):
+        return "FINISHED"
+    return "FAILED" if status.counted else "KILLED"
+
+
+def study_run_status(*, interrupted: bool) -> Literal["FINISHED", "KILLED"]:
+    """The MLflow status of a study's parent run when its driver ends: KILLED when the study was interrupted or
+    stopped short of its budget (the same command resumes it and reopens the run), else FINISHED."""
+    return "KILLED" if interrupted else "FINISHED"
 
 
 def describe_exit(returncode: int) -> str:
@@ -300,13 +378,19 @@ POLICY: tuple[Rule, ...] = (
     Rule("any other exception while training or validating", Status.ERROR),
     Rule(
         "an evaluation process ended without a record (a signal: the out-of-memory killer; a crash)",
-        Status.ERROR,
-        recorded_by="the process that started it; for NOMAD's calls, the study driver when NOMAD ends",
+        process_status(-signal.SIGKILL, None),
+        recorded_by="the process that started it",
     ),
     Rule(
-        "an evaluation killed with its caller (kill -9 of the study, a machine crash)",
-        Status.KILLED,
-        recorded_by="the study driver, from the run folder's `running.json`",
+        "an evaluation of NOMAD's died without a record, and NOMAD ended by itself (exit 0, no Ctrl-C)",
+        unrecorded_status(solver_exit=0),
+        recorded_by="the study driver when NOMAD ends, from the run folder's `running.json`; NOMAD counted it",
+    ),
+    Rule(
+        "an evaluation killed with its caller (Ctrl-C or kill -9 of the study, a machine crash)",
+        unrecorded_status(solver_exit=None),
+        recorded_by="the study driver when NOMAD ends or at the rerun, from the run folder's `running.json`; "
+        "an Optuna trial left RUNNING is failed, not counted",
         prints=False,
         call=Call.INTERRUPTED,
     ),
@@ -317,12 +401,58 @@ POLICY: tuple[Rule, ...] = (
         recorded_by="it and every later point, where the folder can still be written",
     ),
     Rule("the experiment or an option is invalid", None, call=Call.INVALID),
+    Rule(
+        '`lora-blackbox decode` of a line that is not a point (it prints `{"error": ...}` for it)',
+        None,
+        call=call_of_decode(invalid_lines=1),
+    ),
     Rule("SIGINT or SIGTERM", Status.INTERRUPTED, recorded_by="it; later points NOT_RUN"),
     Rule(f"SIGINT or SIGTERM {_STOPPING}", Status.INTERRUPTED, stopping=True, recorded_by="it; later points NOT_RUN"),
     Rule(f"a point asked for {_STOPPING}", Status.NOT_RUN, stopping=True),
     Rule("a container call passed `--timeout`", Status.INTERRUPTED, prints=False, call=Call.TIMED_OUT),
 )
 """Every way a point or a call ends, in the order of ``docs/failures.md``."""
+
+
+@dataclass(frozen=True)
+class StudyRule:
+    """One way a study ends: what happened, as the arguments of :func:`call_of_study`, and what to do next."""
+
+    happened: str
+    then: str
+    interrupted: bool = False
+    failed_start: bool = False
+    solver_exit: int = 0
+    solver_crashed: bool = False
+
+    def end(self) -> tuple[Call, int]:
+        return call_of_study(
+            interrupted=self.interrupted,
+            failed_start=self.failed_start,
+            solver_exit=self.solver_exit,
+            solver_crashed=self.solver_crashed,
+        )
+
+
+_RESUME = "the same command resumes it: finished points are answered from their records, the others run again"
+STUDY_POLICY: tuple[StudyRule, ...] = (
+    StudyRule("the study spent its budget (NOMAD, Optuna's trials)", "its summary and report"),
+    StudyRule("Ctrl-C (SIGINT, SIGTERM) of `lora-blackbox study` or `optuna`", _RESUME, interrupted=True),
+    StudyRule(
+        "no evaluation of the study finished, and this run's all failed (NOMAD stops when its starting point fails)",
+        "fix what the message names (the first failed point and its log), then the same command",
+        failed_start=True,
+    ),
+    StudyRule("NOMAD was killed from outside (a signal)", _RESUME, solver_exit=-signal.SIGKILL),
+    StudyRule("NOMAD failed (a non-zero exit of its own)", "its output is in `nomad.log`", solver_exit=3),
+    StudyRule(
+        "NOMAD crashed writing the hot-restart file of a study that ended before its first iteration (NOMAD 4.5, 4.6)",
+        "the broken file is removed and the driver says so: the same command runs again",
+        solver_exit=-signal.SIGSEGV,
+        solver_crashed=True,
+    ),
+)
+"""Every way a study driver ends, in the order of ``docs/failures.md``."""
 
 
 def policy_table() -> str:
@@ -348,5 +478,61 @@ def policy_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-if __name__ == "__main__":  # python -m blackbox.core.failures: the table for docs/failures.md
-    sys.stdout.write(policy_table())
+def study_table() -> str:
+    """:data:`STUDY_POLICY` as a Markdown table."""
+    rows = ["| what happened | the study | exit status | then |", "|---|---|---|---|"]
+    names = {Call.GOES_ON: "ended", Call.FAILS: "failed", Call.INTERRUPTED: "interrupted"}
+    for rule in STUDY_POLICY:
+        call, code = rule.end()
+        shown = "NOMAD's own" if code == rule.solver_exit != 0 else str(code)
+        rows.append(f"| {rule.happened} | {names[call]} | {shown} | {rule.then} |")
+    return "\n".join(rows) + "\n"
+
+
+def status_table() -> str:
+    """What each status gives the solver (NOMAD's output line, an Optuna trial) and MLflow, as a Markdown table,
+    derived from :func:`value_of_failure`, :func:`value_of_stopped`, :func:`value_of_extra`, :func:`constraint_of`,
+    :func:`trial_state` and :func:`run_status`."""
+    rows = [
+        "| status | CNT_EVAL | OBJ | constraints (PB, EB) | extra outputs (EXTRA_O) | Optuna trial | MLflow run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    trials = {
+        "complete": "COMPLETE",
+        "pruned": "PRUNED",
+        "fail": "FAIL",
+        "not_counted": "FAIL, not counted (its point runs first at the resume)",
+    }
+    for status in Status:
+        if status is Status.OK:
+            objective, constraints, extras = "its value", "their values", "their values"
+        else:
+            value = value_of_failure(status, "PB")
+            constraints = repr(value) + (
+                f" (Optuna: {constraint_of(value)!r})" if constraint_of(value) != value else ""
+            )
+            measured = value_of_extra(status, "measured") == "measured"
+            extras = "what it measured, nan for the rest" if measured else repr(value_of_extra(status, None))
+            stopped = status is Status.STOPPED
+            objective = "value_of_stopped" if stopped else repr(value_of_failure(status, "OBJ"))
+        cells = [status.value, str(int(status.counted)), objective, constraints, extras]
+        cells += [trials[trial_state(status)], run_status(status)]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def policy_tables() -> str:
+    """The tables of ``docs/failures.md``: :func:`policy_table`, :func:`study_table`, :func:`status_table`."""
+    return "\n".join(
+        [
+            policy_table(),
+            "**How a study ends** (`lora-blackbox study`, `lora-blackbox optuna`):\n",
+            study_table(),
+            "**What each status gives the solver and MLflow**:\n",
+            status_table(),
+        ]
+    )
+
+
+if __name__ == "__main__":  # python -m blackbox.core.failures: the tables for docs/failures.md
+    sys.stdout.write(policy_tables())

@@ -4,7 +4,7 @@ included, goes to the evaluation's ``eval.log``.
 The command line (``blackbox.cli``) sets this up, the only place that configures logging: Python's warnings
 become log records (``logging.captureWarnings``), the root logger takes every record, its terminal handler lets
 through the records of the ``blackbox`` loggers only (all of them with ``--debug``), and an evaluation adds its
-``eval.log`` handler to the root logger while it runs (``training.objective``). What is logged before the first
+``eval.log`` handler to the root logger while it runs (``training.attempt.log_to``). What is logged before the first
 evaluation opens its log (the libraries' import-time warnings) waits in a :class:`StartupLog` and is written at
 the top of that ``eval.log`` (:func:`hand_over`).
 """

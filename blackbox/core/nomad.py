@@ -87,6 +87,11 @@ def render_params(
     space = SearchSpace.from_experiment(experiment)
     study = experiment.study
     block_size = max(block_size, parallel)
+    several = len(experiment.objectives) > 1
+    if several and surrogate_fidelity:
+        raise ConfigError(
+            "a surrogate orders NOMAD's points by one objective: --surrogate-fidelity needs a study of one objective"
+        )
     workers = parallel if backend == "local" else 1
 
     def words(items: tuple[str, ...]) -> str:
@@ -125,7 +130,11 @@ def render_params(
         f'BB_EXE "{command}"',
     ]
     if block_size > 1:
-        lines += [f"BB_MAX_BLOCK_SIZE {block_size}", "MEGA_SEARCH_POLL yes"]
+        lines.append(f"BB_MAX_BLOCK_SIZE {block_size}")
+        # DMultiMads refuses MEGA_SEARCH_POLL: its blocks are the points of one search or poll step.
+        lines.append("# (no MEGA_SEARCH_POLL: DMultiMads does not support it)" if several else "MEGA_SEARCH_POLL yes")
+    if several:
+        lines += dmultimads_lines(experiment)
     if surrogate_fidelity:
         cheap = (f"fidelity.train={surrogate_fidelity:g}", f"fidelity.validation={surrogate_fidelity:g}")
         surrogate = words((*overrides, *cheap))
@@ -146,18 +155,26 @@ def render_params(
         "ADD_SEED_TO_FILE_NAMES no",
         f"CACHE_FILE {CACHE_FILE}",
         f"STATS_FILE {STATS_FILE} BBE BLK_EVA ( SOL ) BBO",
-        "HOT_RESTART_READ_FILES yes",
     ]
-    if study.budget > 1:
-        lines.append("HOT_RESTART_WRITE_FILES yes")
+    if several:
+        lines += [
+            "# DMultiMads has no hot restart (it aborts when asked to read the files): a rerun starts again at X0, and",
+            "# the records answer every point evaluated before (lora-blackbox study), so that NOMAD replays to where",
+            "# it stopped and counts them against MAX_BB_EVAL.",
+            "HOT_RESTART_READ_FILES no",
+            "HOT_RESTART_WRITE_FILES no",
+        ]
+    elif study.budget > 1:
+        lines += ["HOT_RESTART_READ_FILES yes", "HOT_RESTART_WRITE_FILES yes", f"HOT_RESTART_FILE {HOT_RESTART_FILE}"]
     else:
         lines += [
+            "HOT_RESTART_READ_FILES yes",
             "# A study that ends at its starting point never reaches NOMAD's first iteration, and NOMAD 4.5/4.6",
             "# crash writing a hot-restart file then: this one writes none.",
             "HOT_RESTART_WRITE_FILES no",
+            f"HOT_RESTART_FILE {HOT_RESTART_FILE}",
         ]
     lines += [
-        f"HOT_RESTART_FILE {HOT_RESTART_FILE}",
         "",
         "DISPLAY_DEGREE 2",
         "DISPLAY_ALL_EVAL yes",
@@ -165,6 +182,26 @@ def render_params(
         "DISPLAY_STATS BBE BLK_EVA ( SOL ) OBJ",
     ]
     return "\n".join(lines) + "\n"
+
+
+def dmultimads_lines(experiment: Experiment) -> list[str]:
+    """The lines that make NOMAD optimise several objectives (NOMAD 4.5's DMultiMads; Mads alone stops at once:
+    "Mads solves single objective problems")."""
+    names = ", ".join(
+        o.key + (" (maximised: printed negated)" if o.direction == "maximize" else "") for o in experiment.objectives
+    )
+    return [
+        "",
+        f"# {len(experiment.objectives)} objectives: {names}.",
+        "# NOMAD's DMultiMads optimises them together and lists the non-dominated points it found under 'Best",
+        "# feasible solutions' at its end (lora-blackbox study reads them from nomad.log).",
+        "DMULTIMADS_OPTIMIZATION yes",
+        "# DMultiMads does not support NOMAD's default directions (ORTHO N+1 QUAD).",
+        "DIRECTION_TYPE ORTHO 2N",
+        "# DMultiMads' Nelder-Mead search reads the undefined objectives of a failed evaluation, and NOMAD 4.5.1 and",
+        '# PyNomadBBO 4.6.0 abort ("NOMAD::Double::todouble(): value not defined"): it is off.',
+        "NM_SEARCH no",
+    ]
 
 
 def x0_lines(points: Sequence[tuple[float, ...]], *, first_index: int = 0) -> list[str]:
@@ -313,3 +350,28 @@ def is_crash_stub(path: Path) -> bool:
 
 def _same_point(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12) for x, y in zip(a, b, strict=True))
+
+
+@dataclass(frozen=True)
+class ReportedFront:
+    """The non-dominated points NOMAD's DMultiMads lists at its end ("Best feasible solutions"): their objective
+    values (NOMAD prints them in full precision) and how many it found (it lists 8 at most)."""
+
+    values: tuple[tuple[float, ...], ...]
+    total: int
+
+
+_FRONT_ENTRY = re.compile(r"#\d+\s+\((?P<point>[^()]*)\)\s+Evaluation OK\s+f\s*=\s*(?P<f>[^\t]*?)\s+h\s*=")
+_FRONT_TOTAL = re.compile(r"A total of (\d+) feasible solutions were found")
+
+
+def read_reported_front(display: str) -> ReportedFront | None:
+    """The last front NOMAD's display (``nomad.log``, or this run's part of it) lists, or None when it lists none
+    (NOMAD did not reach its end)."""
+    start = display.rfind("Best feasible solution")
+    if start < 0:
+        return None
+    block = display[start:].split("Best infeasible solution", 1)[0]
+    values = tuple(tuple(float(v) for v in m["f"].split()) for m in _FRONT_ENTRY.finditer(block))
+    total = _FRONT_TOTAL.search(block)
+    return ReportedFront(values, int(total[1]) if total else len(values))

@@ -2,15 +2,16 @@
 
 The values of a point that did not finish OK, and whether it counts (``CNT_EVAL``), are the failure policy's
 (``blackbox.core.failures``): ``nan`` for a failed point (NOMAD: EVAL_FAILED), ``inf`` as the objective and
-constraints of a diverged run (a valid, very bad, infeasible point) beside whatever extra values it has, and for a
-run stopped early the objective it was given when it stopped (``failures.value_of_stopped``).
+constraints of a diverged run (a valid, very bad, infeasible point), for a run stopped early the objective it was
+given when it stopped (``failures.value_of_stopped``), and the extra outputs a diverged or stopped run measured
+(``failures.value_of_extra``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from blackbox.core.failures import Status, value_of_failure
+from blackbox.core.failures import Status, value_of_extra, value_of_failure
 
 
 def output_tokens(specs: tuple[str, ...], status: Status, metrics: dict[str, Any]) -> tuple[str, ...]:
@@ -25,8 +26,8 @@ def output_tokens(specs: tuple[str, ...], status: Status, metrics: dict[str, Any
             value = metrics[f"constraint:{metric}" if kind in ("PB", "EB") else metric]
         elif status is Status.STOPPED and kind == "OBJ":
             value = metrics["objective"]  # the failure policy's value_of_stopped, decided when it stopped
-        elif status in (Status.DIVERGED, Status.STOPPED) and kind == "EXTRA_O":
-            value = metrics.get(metric, value_of_failure(status, kind))  # what it measured before it ended
+        elif kind == "EXTRA_O":
+            value = value_of_extra(status, metrics.get(metric))  # the failure policy's (blackbox.core.failures)
         else:
             value = value_of_failure(status, kind)  # the failure policy's (blackbox.core.failures)
         tokens.append(_token(value))

@@ -16,6 +16,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import platform
 import secrets
@@ -91,6 +92,13 @@ class EvalRecord:
         return self.status.counted
 
     @property
+    def compute_seconds(self) -> float:
+        """What the evaluation cost in wall-clock seconds of its device, as a user pays it: its process's start-up
+        (for the first evaluation of a call), the loading, the training, the checkpoints, the validation and the
+        benchmarks (``timings``: ``startup_s`` and ``total_s``, which holds the rest). 0 for a point never run."""
+        return float(self.timings.get("startup_s", 0.0)) + float(self.timings.get("total_s", 0.0))
+
+    @property
     def full_fidelity(self) -> bool:
         """Whether it trained and validated in full (not a low-fidelity, surrogate evaluation)."""
         return bool(
@@ -112,6 +120,19 @@ class EvalRecord:
             except ValueError:
                 return None
         return None
+
+    def objective_values(self) -> tuple[float, ...]:
+        """The values of its ``OBJ`` outputs as printed, in order (one per objective; ``nan`` when failed, ``inf``
+        when diverged); records without output names: the first output."""
+        specs = self.output_specs or ("OBJ",)
+        values = []
+        for spec, token in zip(specs, self.outputs, strict=False):
+            if spec.partition(":")[0] == "OBJ":
+                try:
+                    values.append(float(token))
+                except ValueError:
+                    values.append(math.nan)
+        return tuple(values)
 
     def with_status(self, status: Status, error: str) -> EvalRecord:
         """This record ended otherwise: its status, error and output line (from its specs) replaced."""
@@ -369,19 +390,22 @@ class RecordStore:
             killed.append(dataclasses.replace(record, error=error))
         return killed
 
-    def record_unfinished(self, *, alive: bool = True, caller_went_on: bool = False) -> list[EvalRecord]:
+    def record_unfinished(
+        self, *, alive: bool = True, solver_exit: int | None = None, interrupted: bool = False
+    ) -> list[EvalRecord]:
         """Record every evaluation that started and never recorded its end (:meth:`unfinished`): its marker
         becomes its ``record.json`` and a line of the records file, with the status the failure policy gives
-        it (``failures.unrecorded_status``: KILLED, or ERROR when its caller went on). Returns them.
+        it (``failures.unrecorded_status`` of its solver's exit ``solver_exit`` and whether the study was
+        ``interrupted``: ERROR when NOMAD ended by itself, else KILLED). Returns them.
 
         Raises:
             RecordsError: the records cannot be written.
         """
-        status = unrecorded_status(caller_went_on=caller_went_on)
+        status = unrecorded_status(solver_exit=solver_exit, interrupted=interrupted)
         error = (
             "the evaluation process died without a record while its study went on (a signal: the out-of-memory "
             "killer?, or a crash; its run folder holds its log); NOMAD counted it as failed"
-            if caller_went_on
+            if status.counted
             else "the evaluation was killed before it could record its end (its run folder holds its log)"
         )
         written = []

@@ -140,6 +140,8 @@ class SearchSpace:
         for var, x in zip(self.variables, point, strict=True):
             if var.decode == "multiple":
                 values[var.name] = x * values[var.of]
+            elif var.decode == "power_of_two_multiple":
+                values[var.name] = 2.0**x * values[var.of]
             elif var.decode == "sqrt_multiple":
                 values[var.name] = x * math.sqrt(values[var.of])
         hparams = _hparams(values, settings)
@@ -174,6 +176,8 @@ class SearchSpace:
                 x = math.log10(value)
             elif var.decode == "multiple":
                 x = value / values[var.of]
+            elif var.decode == "power_of_two_multiple":
+                x = math.log2(value / values[var.of])
             else:
                 x = value / math.sqrt(values[var.of])
             if var.type in ("I", "B"):

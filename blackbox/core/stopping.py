@@ -4,9 +4,9 @@ After a Ctrl-C NOMAD finishes its current iteration: every point it has already 
 a full training each, so a driver cannot stop it between two evaluations by signalling NOMAD. Instead
 ``lora-blackbox study`` names a file in ``LORA_BLACKBOX_STOP_FILE`` for the blackbox calls NOMAD makes and
 creates that file at the first Ctrl-C. A call that finds it evaluates nothing more: its points are recorded
-NOT_RUN and answered with failing lines that do not count (``CNT_EVAL`` 0), so NOMAD runs through its queue
-in moments, stops, and writes its cache and hot-restart file. Blackbox calls of a NOMAD started by hand
-have no such variable and are never stopped this way.
+NOT_RUN (``failures.NOT_RUN_STOPPING``) and answered with failing lines that do not count (``CNT_EVAL`` 0), so
+NOMAD runs through its queue in moments, stops, and writes its cache and hot-restart file. Blackbox calls of a
+NOMAD started by hand have no such variable and are never stopped this way.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 
 ENV_STOP_FILE = "LORA_BLACKBOX_STOP_FILE"
-STOPPING = "not evaluated: the study is stopping (Ctrl-C); a rerun evaluates this point"
 
 
 def stop_requested() -> bool:

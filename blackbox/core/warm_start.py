@@ -24,13 +24,24 @@ from typing import Any
 from blackbox.core.errors import ConfigError, OptionError
 from blackbox.core.experiment import Experiment, read_snapshot
 from blackbox.core.failures import Status
+from blackbox.core.pareto import front_indices
 from blackbox.core.record import EvalRecord, RecordStore
 
 logger = logging.getLogger(__name__)
 
 # What decides an evaluation's result, besides the search space: these sections must be equal, each as the
 # fingerprint sees it (Experiment.result_settings: without the keys that change no result, e.g. checkpoints).
-_EVALUATION_SECTIONS = ("model", "lora", "data", "training", "validation", "fidelity", "objective", "constraints")
+_EVALUATION_SECTIONS = (
+    "model",
+    "lora",
+    "data",
+    "training",
+    "validation",
+    "fidelity",
+    "objective",
+    "objectives",
+    "constraints",
+)
 
 
 def earlier_evaluations(experiment: Experiment, study_dirs: Sequence[Path]) -> list[EvalRecord]:
@@ -74,6 +85,9 @@ def earlier_evaluations(experiment: Experiment, study_dirs: Sequence[Path]) -> l
 
 def differences(new: Experiment, old: Experiment) -> list[str]:
     """Why evaluations of ``old`` cannot seed a study of ``new``: empty when they can. The search space first."""
+    new_objectives, old_objectives = _objectives(new), _objectives(old)
+    if new_objectives != old_objectives:
+        return [f"its evaluations are of {old_objectives}, this study's of {new_objectives}"]
     new_space, old_space = _space(new), _space(old)
     if new_space != old_space:
         return [f"the search spaces differ: {_describe_space(old_space)} there, {_describe_space(new_space)} here"]
@@ -86,9 +100,11 @@ def differences(new: Experiment, old: Experiment) -> list[str]:
 
 
 def best_points(records: Sequence[EvalRecord], count: int) -> list[tuple[float, ...]]:
-    """The points of the ``count`` best finished evaluations (OK; feasible ones first, then by objective)."""
+    """The points of the ``count`` best finished evaluations (OK; feasible ones first, then, with several objectives,
+    the non-dominated ones, then by the first objective)."""
     ok = [r for r in records if r.status is Status.OK and r.point and _objective(r) is not None]
-    ok.sort(key=lambda r: (not _feasible(r), _objective(r)))
+    front = {id(ok[i]) for i in front_indices([r.objective_values() for r in ok])}
+    ok.sort(key=lambda r: (not _feasible(r), id(r) not in front, _objective(r)))
     return [r.point for r in ok[:count] if r.point is not None]
 
 
@@ -103,6 +119,13 @@ def _objective(record: EvalRecord) -> float | None:
 
 def _feasible(record: EvalRecord) -> bool:
     return all(v <= 0 for k, v in record.metrics.items() if k.startswith("constraint:") and v is not None)
+
+
+def _objectives(experiment: Experiment) -> str:
+    """What a study optimises, in words: ``one objective (validation_loss)``, ``2 objectives (validation_loss,
+    trainable_params)``."""
+    keys = [o.key for o in experiment.all_objectives]
+    return f"{'one objective' if len(keys) == 1 else f'{len(keys)} objectives'} ({', '.join(keys)})"
 
 
 def _space(experiment: Experiment) -> dict[str, Any]:

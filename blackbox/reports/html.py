@@ -46,7 +46,7 @@ def render_page(
         f"from {len(runs)} run(s). Evaluations count in the order they finished; low-fidelity (surrogate) "
         "evaluations, interrupted and not-run ones are not counted.</p>",
         "<h2>Runs</h2>",
-        _table(
+        table(
             [
                 "run",
                 "label",
@@ -63,6 +63,9 @@ def render_page(
             [_run_row(r, checkpoints) for r in runs],
             table_id="runs",
         ),
+        "<p>What each run cost, in wall-clock seconds of its device (start-up, loading, training, checkpoints, "
+        "validation, benchmarks; failed and stopped evaluations included):</p>",
+        "<ul>" + "".join(f"<li>{_e(r.label)}: {_e(r.compute.describe())}</li>" for r in runs if r.compute) + "</ul>",
     ]
     for name, png in figures.items():
         data = base64.b64encode(png).decode()
@@ -74,7 +77,7 @@ def render_page(
     parts.append(f"<h2>Top {len(top_rows)} points</h2>")
     hparam_names = list(dict.fromkeys(k for row in top_rows for k in row["hparams"]))
     parts.append(
-        _table(
+        table(
             ["rank", "run", "evaluation", objective, *hparam_names, "point", "run id"],
             [
                 [
@@ -82,7 +85,7 @@ def render_page(
                     row["run"],
                     str(row["evaluation"]),
                     number(row["objective"]),
-                    *[_hparam(row["hparams"].get(n)) for n in hparam_names],
+                    *[hparam_text(row["hparams"].get(n)) for n in hparam_names],
                     " ".join(f"{x:g}" for x in row["point"] or ()),
                     row["run_id"],
                 ]
@@ -121,7 +124,7 @@ def _downstream(scores: Sequence[BenchmarkScores]) -> str:
             ]
         )
     header = ["run", "benchmark", "base model", "points", "best score", "Spearman ρ (loss, score)"]
-    return intro + _table(header, rows, table_id="downstream")
+    return intro + table(header, rows, table_id="downstream")
 
 
 def _with_interval(value: float | None, half_width: float | None) -> str:
@@ -183,7 +186,7 @@ def stopped_html(runs: Sequence[Run]) -> str:
         "the incumbent.</p>"
     )
     header = ["run", "evaluation", "stopped at step", "checkpoint loss", "solver's value", "rule", "why", "run id"]
-    return intro + _table(header, rows, table_id="stopped")
+    return intro + table(header, rows, table_id="stopped")
 
 
 def _failures(runs: Sequence[Run]) -> str:
@@ -194,7 +197,7 @@ def _failures(runs: Sequence[Run]) -> str:
                 rows.append([run.label, str(e.number), e.status, e.run_id, (e.error or "")[:300]])
         for r in run.not_counted:
             rows.append([run.label, "(not counted)", r.status.value, r.run_id, (r.error or "")[:300]])
-    counts = _table(
+    counts = table(
         ["run", "label", *sorted({s for r in runs for s in r.statuses})],
         [
             [
@@ -208,16 +211,16 @@ def _failures(runs: Sequence[Run]) -> str:
     )
     if not rows:
         return counts + "\n<p>No evaluation failed.</p>"
-    return counts + "\n" + _table(["label", "evaluation", "status", "run id", "error"], rows, table_id="failures")
+    return counts + "\n" + table(["label", "evaluation", "status", "run id", "error"], rows, table_id="failures")
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, table_id: str) -> str:
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], *, table_id: str) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "\n".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'
 
 
-def _hparam(value: Any) -> str:
+def hparam_text(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool) or not isinstance(value, int | float):  # a setting: a string, list or table

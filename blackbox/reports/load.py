@@ -19,10 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blackbox.core.compute import Compute, compute_of
 from blackbox.core.curves import CurvePoint, Stop
 from blackbox.core.errors import ConfigError, SetupError
+from blackbox.core.failures import Status
 from blackbox.core.folders import CACHE_FILE, DOWNSTREAM_FILE, OPTUNA_STORAGE_FILE, PARAM_COPY, RECORDS_FILE, STATS_FILE
 from blackbox.core.nomad import read_cache, read_outputs_and_budget
+from blackbox.core.pareto import front_indices
 from blackbox.core.record import EvalRecord, RecordStore
 
 
@@ -48,6 +51,9 @@ class Evaluation:
     curve: tuple[CurvePoint, ...] = ()  # its learning curve ([validation] checkpoints)
     stopped: Stop | None = None  # where and why it was stopped early (status STOPPED)
     solver_value: float | None = None  # the objective its solver received (OBJ), when it printed one
+    # Its value of each objective as the solver minimised it (a study of several: one per OBJ output), its own
+    # result's: inf when diverged, nan when failed or stopped.
+    values: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,15 @@ class Run:
     not_counted: tuple[EvalRecord, ...]  # INTERRUPTED, KILLED and NOT_RUN records
     low_fidelity: int
     nomad: NomadFiles | None
+    compute: Compute | None = None  # what every record of the folder cost (low-fidelity ones and failures too)
+    objectives: tuple[str, ...] = ()  # what the OBJ outputs print (objective:validation_loss, ...), in order
+
+    @property
+    def front(self) -> tuple[Evaluation, ...]:
+        """The feasible evaluations that no other dominates (several objectives; all minimised, as the solver saw
+        them), in the order they finished."""
+        feasible = [e for e in self.evaluations if e.feasible and e.values]
+        return tuple(feasible[i] for i in front_indices([e.values for e in feasible]))
 
     @property
     def best(self) -> Evaluation | None:
@@ -142,6 +157,7 @@ def load_run(spec: str, *, objective: str | None = None) -> Run:
     records = store.records() + store.unfinished()
     full = [r for r in records if r.full_fidelity]
     evaluations = _evaluations([r for r in full if r.counted], objective)
+    specs = next((r.output_specs for r in records if r.output_specs), ())
     return Run(
         label=label or folder.name,
         folder=folder,
@@ -150,6 +166,8 @@ def load_run(spec: str, *, objective: str | None = None) -> Run:
         not_counted=tuple(r for r in full if not r.counted),
         low_fidelity=len(records) - len(full),
         nomad=_nomad_files(folder),
+        compute=compute_of(records),
+        objectives=tuple(spec.partition(":")[2] for spec in specs if spec.startswith("OBJ:")),
     )
 
 
@@ -163,8 +181,7 @@ def _evaluations(records: list[EvalRecord], objective: str | None) -> list[Evalu
         feasible = all(v <= 0 for k, v in metrics.items() if k.startswith("constraint:") and v is not None)
         if not math.isnan(value) and feasible and (math.isnan(best) or value < best):
             best = value
-        timings = record.timings
-        hours = (timings.get("total_s", 0.0) + timings.get("startup_s", 0.0)) / 3600
+        hours = record.compute_seconds / 3600
         cumulative += hours
         rows.append(
             Evaluation(
@@ -186,6 +203,7 @@ def _evaluations(records: list[EvalRecord], objective: str | None) -> list[Evalu
                 curve=record.curve,
                 stopped=record.stopped,
                 solver_value=record.output("OBJ"),
+                values=_values(record),
             )
         )
     return rows
@@ -204,6 +222,12 @@ def _objective(record: EvalRecord, metric: str | None) -> float:
         known = sorted(k for k, v in metrics.items() if isinstance(v, int | float))
         raise ConfigError(f"record {record.run_id} has no metric {metric!r}; it has {known}")
     return float(metrics[metric])
+
+
+def _values(record: EvalRecord) -> tuple[float, ...]:
+    """Its objectives as the solver minimised them, when they are its own result (OK, DIVERGED: inf); nan else."""
+    values = record.objective_values()
+    return values if record.status in (Status.OK, Status.DIVERGED) else tuple(math.nan for _ in values)
 
 
 def _solver(folder: Path) -> str:

@@ -24,7 +24,7 @@ from blackbox.reports.load import Run
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
@@ -40,7 +40,7 @@ def label_colours(runs: Sequence[Run]) -> dict[str, str]:
 
 def convergence_png(runs: Sequence[Run], *, objective: str) -> bytes:
     """Best objective so far against evaluations (left) and accumulated evaluation hours (right)."""
-    plt = _pyplot()
+    plt = pyplot()
     colours = label_colours(runs)
     figure, (by_count, by_hours) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     labelled: set[str] = set()
@@ -72,7 +72,7 @@ def convergence_png(runs: Sequence[Run], *, objective: str) -> bytes:
         by_count.legend()
     figure.suptitle("Convergence")
     figure.tight_layout()
-    return _png(plt, figure)
+    return png(plt, figure)
 
 
 def _clip_to_best(axes: Any, runs: Sequence[Run]) -> None:
@@ -86,7 +86,7 @@ def _clip_to_best(axes: Any, runs: Sequence[Run]) -> None:
 
 def parallel_coordinates_png(runs: Sequence[Run], *, objective: str) -> bytes:
     """One panel per label: a line per evaluation through the hyperparameters and the objective."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib import cm, colors
 
     names = _varying_hparams(runs)
@@ -123,13 +123,13 @@ def parallel_coordinates_png(runs: Sequence[Run], *, objective: str) -> bytes:
         panel.set_title(f"{label}: {len(evaluations[label])} evaluations (grey dashed: failed, diverged or stopped)")
         figure.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=panel, label=f"{objective} (lower is better)")
     figure.tight_layout()
-    return _png(plt, figure)
+    return png(plt, figure)
 
 
 def learning_curves_png(runs: Sequence[Run]) -> bytes:
     """One panel per label: each evaluation's checkpoint losses against its training tokens; stopped ones red and
     dashed, a cross where they stopped."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = list(dict.fromkeys(r.label for r in runs))
     figure, panels = plt.subplots(len(labels), 1, figsize=(10, 3.6 * len(labels)), squeeze=False)
     for panel, label in zip(panels[:, 0], labels, strict=True):
@@ -148,7 +148,7 @@ def learning_curves_png(runs: Sequence[Run]) -> bytes:
         panel.set_ylabel("loss on the checkpoint rows")
         panel.grid(alpha=0.3)
     figure.tight_layout()
-    return _png(plt, figure)
+    return png(plt, figure)
 
 
 def _varying_hparams(runs: Sequence[Run]) -> list[str]:
@@ -215,7 +215,7 @@ class _Scale:
 def downstream_png(scores: Sequence[BenchmarkScores]) -> bytes:
     """One panel per benchmark and run: score against validation loss with 95% error bars, the base model as a
     dashed line in its grey 95% band; the rank correlation, marked when it rests on too few points."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes_list = plt.subplots(1, len(scores), figsize=(5 * len(scores), 4), squeeze=False)
     for axes, entry in zip(axes_list[0], scores, strict=True):
         losses = [p.validation_loss for p in entry.points]
@@ -240,10 +240,10 @@ def downstream_png(scores: Sequence[BenchmarkScores]) -> bytes:
         axes.set_ylabel("score (bars: 95% intervals)")
         axes.grid(alpha=0.3)
     figure.tight_layout()
-    return _png(plt, figure)
+    return png(plt, figure)
 
 
-def _png(plt: Any, figure: Any) -> bytes:
+def png(plt: Any, figure: Any) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)

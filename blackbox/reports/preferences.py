@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from blackbox.core.votes import JUDGE_PREFIX, Vote, parse_judge_detail, raters
+from blackbox.reports.votes import JUDGE_PREFIX, Vote, parse_judge_detail, raters
 
 CONVENTIONS = (
     'A tie and "both bad" count half a win for each model (as Chatbot Arena counts ties). Win rates carry Wilson '
@@ -144,7 +144,7 @@ class PositionBias:
 
 def position_bias(votes: Sequence[Vote]) -> PositionBias:
     """The position bias of one group's votes: people's from where each answer was shown, a judge's from its raw
-    verdicts in both orders (:func:`blackbox.core.votes.parse_judge_detail`)."""
+    verdicts in both orders (:func:`blackbox.reports.votes.parse_judge_detail`)."""
     counts: Counter[str] = Counter()
     pairs = consistent = 0
     judged = bool(votes) and all(v.is_judge for v in votes)
@@ -294,27 +294,30 @@ def preferences_summary(prefs: Preferences) -> dict[str, Any]:
     }
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""How a cell that a spreadsheet would run as a formula begins (OWASP's "CSV Injection")."""
+
+
+def safe_cell(value: object) -> str:
+    """``value`` as a CSV cell no spreadsheet runs: text that begins like a formula gets a leading ``'``, which
+    spreadsheets show as text (OWASP's rule; model names, question ids and raters come from files and people)."""
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def votes_csv(votes: Sequence[Vote]) -> str:
-    """One row per vote: who, which question and models, the verdict and its winner, where model_a was shown."""
+    """One row per vote: who, which question and models, the verdict and its winner, where model_a was shown; every
+    cell made safe for spreadsheets (:func:`safe_cell`)."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    # Rows end in CR LF (RFC 4180), so that a cell holding a CR is quoted too: a bare CR ends a row in spreadsheets,
+    # and what follows it would begin a cell of its own (a formula).
+    writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(
         ["rater", "question_id", "model_a", "model_b", "verdict", "winner", "a_shown_first", "voted_at", "detail"]
     )
     for v in votes:
-        writer.writerow(
-            [
-                v.rater,
-                v.question_id,
-                v.model_a,
-                v.model_b,
-                v.verdict,
-                v.winner or "",
-                int(v.a_shown_first),
-                v.voted_at,
-                v.detail,
-            ]
-        )
+        cells = (v.rater, v.question_id, v.model_a, v.model_b, v.verdict, v.winner or "", int(v.a_shown_first))
+        writer.writerow([safe_cell(cell) for cell in (*cells, v.voted_at, v.detail)])
     return out.getvalue()
 
 

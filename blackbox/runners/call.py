@@ -12,22 +12,46 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from blackbox.core.early_stopping import Judge
 from blackbox.core.errors import PointError, RecordsError
 from blackbox.core.experiment import Experiment, experiment_reference
-from blackbox.core.failures import Call, Status, call_after
+from blackbox.core.failures import NOT_RUN_STOPPING, Call, Status, call_after, not_run_reason
 from blackbox.core.point import parse_point
-from blackbox.core.record import RecordStore, record_not_run
+from blackbox.core.record import EvalRecord, RecordStore, record_not_run
 from blackbox.core.resume import answer_finished, finished_answers
-from blackbox.core.stopping import STOPPING, stop_requested
+from blackbox.core.stopping import stop_requested
 from blackbox.runners import Runner, unsettled
 
 if TYPE_CHECKING:
     from blackbox.training.objective import Evaluator
 
-INTERRUPTED = "not evaluated: the call was interrupted"
+
+class PointEvaluator(Protocol):
+    """Evaluates the points of one experiment in this process and records each (``training.objective.Evaluator``
+    trains them; ``replay.objective.ReplayEvaluator`` answers them from a replay table)."""
+
+    experiment: Experiment
+
+    def evaluate_line(
+        self, line: str, *, point_file: str | None = None, block_index: int | None = None, judge: Judge | None = None
+    ) -> EvalRecord: ...
+
+
+def make_evaluator(experiment: Experiment) -> PointEvaluator:
+    """The evaluator of an experiment: from its replay table (``replay.table``), else by training.
+
+    Raises:
+        OptionError: the replay table is missing, damaged or built for another experiment.
+    """
+    if experiment.replay.table:
+        from blackbox.replay.objective import ReplayEvaluator  # no torch: a replay answers in milliseconds
+
+        return ReplayEvaluator(experiment)
+    from blackbox.training.objective import Evaluator  # local: imports torch
+
+    return Evaluator(experiment)
 
 
 @dataclass(frozen=True)
@@ -78,7 +102,7 @@ def declined(experiment: Experiment, lines: Sequence[str], point_file: str) -> A
     not counted, nothing started; None when the study is not stopping."""
     if not stop_requested():
         return None
-    return Answer(tuple(record_not_run(experiment, list(lines), point_file, reason=STOPPING)))
+    return Answer(tuple(record_not_run(experiment, list(lines), point_file, reason=NOT_RUN_STOPPING)))
 
 
 def answer_call(
@@ -105,6 +129,8 @@ def answer_call(
     if all(i in answered for i in points):
         return Answer(tuple(answered[i] for i in points))
     left = ["" if i in answered else line for i, line in enumerate(lines)]
+    if experiment.replay.table:
+        return _replay_call(experiment, left, point_file, points, answered, judge=judge)
 
     from blackbox.training import distributed  # local: imports torch
     from blackbox.training.objective import Evaluator
@@ -124,7 +150,36 @@ def answer_call(
     return Answer(tuple(answered[i] if i in answered else next(new) for i in points))
 
 
-def evaluate_here(evaluator: Evaluator, lines: list[str], point_file: str, *, judge: Judge | None = None) -> Answer:
+def _replay_call(
+    experiment: Experiment,
+    lines: list[str],
+    point_file: str,
+    points: list[int],
+    answered: dict[int, str],
+    *,
+    judge: Judge | None,
+) -> Answer:
+    """A call answered from the experiment's replay table, one point after the other in this process (as a real
+    call spread over workers would not be: a replay's clock is sequential). Every point is checked to be on the
+    table's grid before any is answered.
+
+    Raises:
+        OptionError: the table cannot answer this experiment, or a point is off its grid (exit status 2).
+    """
+    from blackbox.replay.objective import ReplayEvaluator
+
+    replayer = ReplayEvaluator(experiment)
+    replayer.check_lines(lines)
+    evaluated = evaluate_here(replayer, lines, point_file, judge=judge)
+    if evaluated.call is not Call.GOES_ON:
+        return evaluated
+    new = iter(evaluated.lines)
+    return Answer(tuple(answered[i] if i in answered else next(new) for i in points))
+
+
+def evaluate_here(
+    evaluator: PointEvaluator, lines: list[str], point_file: str, *, judge: Judge | None = None
+) -> Answer:
     """Each point in this process, one after the other (one model load for the block).
 
     A study that is stopping (``blackbox.core.stopping``) gets no new evaluation: the points not reached are
@@ -139,22 +194,27 @@ def evaluate_here(evaluator: Evaluator, lines: list[str], point_file: str, *, ju
             continue  # a point evaluated elsewhere: no output line
         rest = lines[index + 1 :]
         if stop_requested():  # the study is stopping: this point and the rest are not evaluated
-            outputs += record_not_run(experiment, lines[index:], point_file, reason=STOPPING, first_block_index=index)
+            outputs += record_not_run(
+                experiment, lines[index:], point_file, reason=NOT_RUN_STOPPING, first_block_index=index
+            )
             break
         try:
             record = evaluator.evaluate_line(line, point_file=point_file, block_index=index, judge=judge)
         except RecordsError as e:  # its record could not be written: nor can the others'
-            record_not_run(experiment, rest, point_file, reason=f"the call failed: {e}", first_block_index=index + 1)
+            reason = not_run_reason(Call.FAILS, str(e))
+            record_not_run(experiment, rest, point_file, reason=reason, first_block_index=index + 1)
             return Answer.ended(Call.FAILS, str(e))
         stopping = stop_requested()
         call = call_after(record.status, stopping=stopping)
         if call is not Call.GOES_ON:
-            reason = INTERRUPTED if call is Call.INTERRUPTED else f"the call failed: {record.error}"
+            reason = not_run_reason(call, record.error)
             record_not_run(experiment, rest, point_file, reason=reason, first_block_index=index + 1)
             return Answer.ended(call, record.error)
         outputs.append(record.output_line)
         if record.status is Status.INTERRUPTED:  # cut by the study's Ctrl-C: the rest is not evaluated
-            outputs += record_not_run(experiment, rest, point_file, reason=STOPPING, first_block_index=index + 1)
+            outputs += record_not_run(
+                experiment, rest, point_file, reason=NOT_RUN_STOPPING, first_block_index=index + 1
+            )
             break
     return Answer(tuple(outputs))
 

@@ -1,8 +1,8 @@
 """One blackbox call in a container, through any Docker-API engine: ``lora-blackbox container``.
 
 The runner is NOMAD's BB_EXE when the blackbox runs in an image (``lora-blackbox params --container
-IMAGE``). It plans the call on the host (:func:`plan_call`: no engine needed), then runs it
-(:func:`run_call`: Docker, or podman's API service through ``DOCKER_HOST``).
+IMAGE``). It plans the call on the host (:func:`plan_call`: no engine needed), then runs it and records every
+point (:func:`run_settled`: Docker, or podman's API service through ``DOCKER_HOST``).
 
 Same paths inside and out. Every host path the call needs is bind-mounted at the same path, and the
 container works in the runner's working directory, so the experiment and its overrides pass unchanged
@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from blackbox._version import __version__
 from blackbox.core.errors import ConfigError, SetupError
 from blackbox.core.experiment import Experiment
-from blackbox.core.failures import container_returncode
+from blackbox.core.failures import Call, container_returncode, not_run_reason
+from blackbox.core.record import record_not_run
 from blackbox.runners import settle
 
 if TYPE_CHECKING:
@@ -540,12 +541,33 @@ class _Signals:
             signal.signal(signum, previous)
 
 
-def settle_call(experiment: Experiment, lines: list[str], point_file: str, end: ContainerEnd) -> None:
-    """Give every point of the call exactly one record: the evaluation in the container wrote its own (the
-    records folder is mounted); a point it did not record (the container was killed, timed out, or was
-    stopped before the point) gets one here (``runners.settle``). The call's exit status stays the
-    container's (``failures.call_of_container``)."""
+def run_settled(
+    spec: CallSpec,
+    experiment: Experiment,
+    lines: list[str],
+    point_file: str,
+    *,
+    timeout_s: float = 0.0,
+    pull: Pull = "missing",
+    stdout: Sink,
+    stderr: Sink,
+) -> ContainerEnd:
+    """:func:`run_call`, then give every point of the call exactly one record: the evaluation in the container
+    wrote its own (the records folder is mounted); a point it did not record (the container was killed, timed
+    out, or was stopped before the point) gets one here (``runners.settle``), and when no container could run
+    (no engine, no image) every point is NOT_RUN. The call's exit status stays the container's
+    (``failures.call_of_container``).
+
+    Raises:
+        SetupError: as :func:`run_call` (the points are recorded first).
+    """
+    try:
+        end = run_call(spec, timeout_s=timeout_s, pull=pull, stdout=stdout, stderr=stderr)
+    except SetupError as e:  # nothing ran
+        record_not_run(experiment, lines, point_file, reason=not_run_reason(Call.FAILS, str(e)))
+        raise
     returncode = container_returncode(end.ended, end.status)
     for block_index, line in enumerate(lines):
         if line.strip():
             settle(experiment, line=line, point_file=point_file, block_index=block_index, returncode=returncode)
+    return end

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from blackbox.core.experiment import Experiment
+from blackbox.core.failures import NOT_RUN_INTERRUPTED
 from blackbox.core.record import record_not_run
 from blackbox.core.stopping import stop_requested
 from blackbox.runners import Settled, eval_argv, settle
@@ -68,7 +69,7 @@ class LocalRunner:
                         self.experiment,
                         [lines[i]],
                         str(Path(tmp) / f"point-{i}.txt"),
-                        reason="not evaluated: the call was interrupted",
+                        reason=NOT_RUN_INTERRUPTED,
                     )
                 raise
 

@@ -37,9 +37,12 @@ from typing import TextIO
 
 import psutil
 
+from blackbox.core.bounds import OnBound, study_on_bounds
+from blackbox.core.bounds import warning as bounds_warning
+from blackbox.core.compute import Compute, compute_of
 from blackbox.core.errors import OptionError, SetupError
 from blackbox.core.experiment import load_experiment
-from blackbox.core.failures import Status, describe_exit
+from blackbox.core.failures import Call, Status, call_of_study, describe_exit
 from blackbox.core.files import write_text_atomic
 from blackbox.core.folders import CACHE_FILE, HOT_RESTART_FILE, PARAM_COPY, STATS_FILE, STOP_FILE
 from blackbox.core.nomad import (
@@ -61,6 +64,7 @@ from blackbox.core.resume import ENV_ANSWER_FINISHED
 from blackbox.core.space import SearchSpace
 from blackbox.core.stopping import ENV_STOP_FILE
 from blackbox.core.warm_start import best_points, earlier_evaluations
+from blackbox.studies.fronts import StudyFront, objectives_in_words, study_front
 from blackbox.studies.guard import Unit, lock_study
 from blackbox.tracking import ENV_TRACKING_URI, StudyTracking, start_study
 
@@ -89,12 +93,19 @@ def prepare_study_dir(param_file: Path, study_dir: Path) -> Path:
 
     Raises:
         SetupError: the file is missing, or the folder holds a study of another parameter file.
+        OptionError: the folder holds a study of other objectives (another number, or another order).
     """
     if not param_file.is_file():
         raise SetupError(f"no parameter file {param_file}")
     study_dir.mkdir(parents=True, exist_ok=True)
     copy = study_dir / PARAM_COPY
     if copy.exists() and copy.resolve() != param_file.resolve() and not _same_study(copy, param_file):
+        before, now = objectives_in_words(copy), objectives_in_words(param_file)
+        if before != now:
+            raise OptionError(
+                f"{study_dir} holds a study of {before}, and {param_file} is one of {now}: resuming it would mix "
+                "two studies. Use another study folder."
+            )
         raise SetupError(
             f"{study_dir} holds a study of a different parameter file ({copy}); resuming it with "
             f"{param_file} would mix two studies. Use another study folder, or remove {study_dir}."
@@ -224,17 +235,22 @@ class _Interrupts:
     stop file makes the blackbox calls after the first Ctrl-C decline at once.
     """
 
-    def __init__(self, nomad: subprocess.Popen[str], stop_file: Path) -> None:
+    def __init__(self, nomad: subprocess.Popen[str], stop_file: Path, *, hot_restart: bool = True) -> None:
         self.nomad = nomad
         self.stop_file = stop_file
         self.count = 0
+        # DMultiMads (several objectives) writes no cache or hot-restart file when interrupted: it ends with an
+        # error instead, and the rerun answers its finished points from the records.
+        self.then = (
+            "NOMAD writes its cache and hot-restart file" if hot_restart else "NOMAD ends (the records are kept)"
+        )
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
         if self.count == 1:
             _say(
-                "stopping: the running evaluations finish and no new one starts; then NOMAD writes its cache and "
-                "hot-restart file (Ctrl-C again to cut the running evaluations)"
+                f"stopping: the running evaluations finish and no new one starts; then {self.then} (Ctrl-C again to "
+                "cut the running evaluations)"
             )
             self.stop_file.touch()
             self.nomad.send_signal(signal.SIGINT)
@@ -261,7 +277,8 @@ def run_study(
     warm_start_from: Sequence[Path] = (),
     warm_start_top: int = 3,
 ) -> int:
-    """Run (or resume) a study. Returns 0, 130 when interrupted, or NOMAD's non-zero exit status.
+    """Run (or resume) a study. Returns its exit status (``failures.call_of_study``: 0, 130 when interrupted, 1
+    when it failed at its start or NOMAD was killed, or NOMAD's own non-zero exit status).
 
     ``warm_start_from``: earlier study folders whose finished evaluations seed a new study (:func:`warm_start`; the
     ``warm_start_top`` best become starting points).
@@ -289,6 +306,8 @@ def run_study(
 def _run_locked(copy: Path, study_dir: Path, lock: int, *, out: TextIO, quiet: bool, mlflow_uri: str | None) -> int:
     prepare_resume(study_dir)
     records_before = len(RecordStore(study_dir).records())
+    log_file = study_dir / "nomad.log"
+    log_before = log_file.stat().st_size if log_file.exists() else 0  # this run's display follows
     nomad = find_nomad()
     command = [nomad, PARAM_COPY] if nomad else [sys.executable, "-m", "blackbox.studies.pynomad", PARAM_COPY]
     _say(f"study folder {study_dir}; NOMAD: {nomad or 'PyNomadBBO ' + _pynomad_version() + ' (the NOMAD library)'}")
@@ -312,11 +331,12 @@ def _run_locked(copy: Path, study_dir: Path, lock: int, *, out: TextIO, quiet: b
     # NOMAD and its evaluations are one process group that dies with this driver (studies.guard).
     unit = Unit(command, lock, cwd=study_dir, env=env, stdout=subprocess.PIPE, text=True, bufsize=1)
     process = unit.process
-    interrupts = _Interrupts(process, stop_file)
+    several = read_outputs_and_budget(copy)[0].count("OBJ") > 1  # DMultiMads
+    interrupts = _Interrupts(process, stop_file, hot_restart=not several)
     previous = signal.signal(signal.SIGINT, interrupts)
     try:
         assert process.stdout is not None
-        with (study_dir / "nomad.log").open("a", encoding="utf-8") as log:
+        with log_file.open("a", encoding="utf-8") as log:
             for line in process.stdout:
                 out.write(line)
                 out.flush()
@@ -330,16 +350,15 @@ def _run_locked(copy: Path, study_dir: Path, lock: int, *, out: TextIO, quiet: b
             watcher.stop()
         if tracking is not None:
             tracking.end(interrupted=interrupts.count > 0)
-    # NOMAD waits for its blackbox calls: when it ended by itself and nobody interrupted the study, an evaluation
-    # without a record died alone (NOMAD counted it as failed); else it was cut with the study.
-    alone = returncode == 0 and not interrupts.count
-    killed = RecordStore(study_dir).record_unfinished(alive=False, caller_went_on=alone)
-    if killed and alone:
+    interrupted = interrupts.count > 0
+    # An evaluation that never recorded its end died alone or was cut with the study: the failure policy tells.
+    killed = RecordStore(study_dir).record_unfinished(alive=False, solver_exit=returncode, interrupted=interrupted)
+    if killed and killed[0].status is Status.ERROR:
         _say(f"{len(killed)} evaluation process(es) died without a record (recorded as ERROR; the OOM killer?)")
     elif killed:
         _say(f"{len(killed)} evaluation(s) were killed before they could finish (recorded as KILLED)")
     crashed = repair_after_crash(study_dir)
-    summary = read_summary(study_dir, copy)
+    summary = read_summary(study_dir, copy, display_from=log_before)
     out.write(summary.text())
     if crashed:
         how = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else f"exit {returncode}"
@@ -347,23 +366,22 @@ def _run_locked(copy: Path, study_dir: Path, lock: int, *, out: TextIO, quiet: b
             f"NOMAD crashed ({how}) writing its hot-restart file, a defect of NOMAD 4.5/4.6 when a study ends "
             "before its first iteration; the broken file was removed, so that the same command runs again"
         )
-    if interrupts.count:
+    started = None if interrupted else _failed_start(study_dir, records_before)
+    call, status = call_of_study(
+        interrupted=interrupted, failed_start=started is not None, solver_exit=returncode, solver_crashed=crashed
+    )
+    if call is Call.INTERRUPTED:
         _say(f"interrupted: run the same command again to resume ({summary.ok} evaluations kept)")
-        return 130
-    started = _failed_start(study_dir, records_before)
-    if started is not None:
+    elif started is not None:
         _say(started)
-        return 1
-    if returncode < 0 and not crashed:  # killed from outside: the study is resumable like an interrupted one
+    elif call is Call.FAILS and returncode < 0:  # killed from outside: resumable like an interrupted study
         _say(
             f"NOMAD {describe_exit(returncode)}: the study stopped; run the same command again to resume "
             f"({summary.ok} evaluations kept; NOMAD's output: {study_dir / 'nomad.log'})"
         )
-        return 1
-    if returncode != 0 and not crashed:
+    elif call is Call.FAILS:
         _say(f"NOMAD exited with status {returncode}: see {study_dir / 'nomad.log'}")
-        return returncode
-    return 0
+    return status
 
 
 def _start_tracking(param_file: Path, study_dir: Path, uri: str | None, nomad: str | None) -> StudyTracking | None:
@@ -412,6 +430,9 @@ class StudySummary:
     objective_index: int
     nomad_best: float | None  # the best objective in NOMAD's cache, to cross-check the records
     warm_started: bool = False  # NOMAD's cache holds earlier studies' evaluations too (--warm-start)
+    compute: Compute | None = None  # what its evaluations cost
+    front: StudyFront | None = None  # with several objectives (DMultiMads): the records' and NOMAD's fronts
+    on_bounds: tuple[OnBound, ...] = ()  # the best point's variables at a bound of the space (core.bounds)
 
     @property
     def ok(self) -> int:
@@ -421,7 +442,11 @@ class StudySummary:
         lines = ["", f"== study {self.study_dir}"]
         done = ", ".join(f"{n} {s}" for s, n in sorted(self.statuses.items())) or "none"
         lines.append(f"evaluations: {done}" + (f" (budget {self.budget})" if self.budget else ""))
-        if self.best is None:
+        if self.compute is not None:
+            lines.append(f"compute: {self.compute.describe()}")
+        if self.front is not None:
+            lines += self.front.lines(warm_started=self.warm_started)
+        elif self.best is None:
             lines.append("no successful evaluation yet")
         else:
             best = self.best
@@ -433,6 +458,8 @@ class StudySummary:
                 source = ": an earlier study's evaluation (--warm-start)" if self.warm_started else ""
                 lines.append(f"note: NOMAD's cache holds a different best objective ({self.nomad_best}){source}")
             lines.append(f"its run folder: {best.run_dir}")
+            if self.on_bounds:
+                lines.append(f"warning: {bounds_warning(self.on_bounds)}")
         lines.append(f"records: {RecordStore(self.study_dir).path}")
         lines.append(
             f"NOMAD's files: {self.study_dir / CACHE_FILE}, {self.study_dir / STATS_FILE}, "
@@ -441,8 +468,10 @@ class StudySummary:
         return "\n".join(lines) + "\n"
 
 
-def read_summary(study_dir: Path, param_file: Path) -> StudySummary:
-    """The state of a study from its records, cross-checked with NOMAD's cache."""
+def read_summary(study_dir: Path, param_file: Path, *, display_from: int | None = None) -> StudySummary:
+    """The state of a study from its records, cross-checked with NOMAD's cache; with several objectives, with the
+    front NOMAD's display listed after ``display_from`` (an offset in ``nomad.log``: the run that just ended; None:
+    not read)."""
     outputs, budget = read_outputs_and_budget(param_file)
     objective_index = outputs.index("OBJ") if "OBJ" in outputs else 0
     records = RecordStore(study_dir).records()
@@ -458,7 +487,25 @@ def read_summary(study_dir: Path, param_file: Path) -> StudySummary:
         values = [float(e.outputs[objective_index]) for e in read_cache(cache) if e.ok]
         nomad_best = min(values, default=None)
     warm = WARM_START_MARKER in param_file.read_text(encoding="utf-8")
-    return StudySummary(study_dir, budget, statuses, best, objective_index, nomad_best, warm)
+    display = None
+    log = study_dir / "nomad.log"
+    if display_from is not None and log.exists():
+        with log.open(encoding="utf-8", errors="replace") as text:
+            text.seek(display_from)
+            display = text.read()
+    compute = compute_of(records)
+    front = study_front(ok, display)
+    if front is not None:  # several objectives: no best point, and NOMAD's cache holds no best objective
+        return StudySummary(study_dir, budget, statuses, None, objective_index, None, warm, compute, front)
+    on_bounds: list[OnBound] = []
+    if best is not None:
+        same = sorted(
+            (r for r in ok if r.fingerprint == best.fingerprint), key=lambda r: float(r.outputs[objective_index])
+        )
+        on_bounds = study_on_bounds(study_dir, best.fingerprint, [r.point for r in same if r.point])
+    return StudySummary(
+        study_dir, budget, statuses, best, objective_index, nomad_best, warm, compute, on_bounds=tuple(on_bounds)
+    )
 
 
 class _ProgressWatcher(threading.Thread):
@@ -496,8 +543,11 @@ class _ProgressWatcher(threading.Thread):
         eta = ""
         if here > 0 and budget > counted:
             eta = ", ETA " + format_duration((time.monotonic() - self._began) / here * (budget - counted))
-        best = summary.best.outputs[summary.objective_index] if summary.best else "-"
-        _say(f"progress: {counted}/{budget or '?'} evaluations done, best objective {best}{eta}")
+        if summary.front is not None:
+            standing = f"a front of {len(summary.front.front)}"
+        else:
+            standing = f"best objective {summary.best.outputs[summary.objective_index] if summary.best else '-'}"
+        _say(f"progress: {counted}/{budget or '?'} evaluations done, {standing}{eta}")
 
 
 def _descendants(pid: int) -> list[int]:

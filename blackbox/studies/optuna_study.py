@@ -36,33 +36,37 @@ import json
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from blackbox.api import Blackbox, Result
+from blackbox.core.bounds import OnBound, best_on_bounds
+from blackbox.core.compute import Compute, compute_of
 from blackbox.core.errors import OptionError, SetupError
 from blackbox.core.experiment import RecordsConfig
 from blackbox.core.extras import require
-from blackbox.core.failures import Call, Status, call_after, trial_state
+from blackbox.core.failures import Call, call_after, constraint_of, trial_state, unrecorded_status
 from blackbox.core.folders import OPTUNA_STORAGE_FILE
+from blackbox.core.pareto import front_indices
 from blackbox.core.progress import format_duration
+from blackbox.core.record import RecordStore
 from blackbox.core.space import Categorical
 from blackbox.core.warm_start import earlier_evaluations
 from blackbox.studies.guard import holding_lock
 from blackbox.studies.pruning import Pruner, TrialJudge, TrialLink, check_pruning, make_pruner
+from blackbox.studies.samplers import SAMPLERS, Sampler, make_sampler, tpe_like_nni
 from blackbox.tracking import start_study
 
 if TYPE_CHECKING:
     import optuna
 
+__all__ = ["SAMPLERS", "Sampler", "best_trial", "front_trials", "make_sampler", "run_optuna", "tpe_like_nni"]
+
 logger = logging.getLogger(__name__)
 
-Sampler = Literal["tpe", "tpe-nni", "random", "cmaes"]
-SAMPLERS: tuple[Sampler, ...] = ("tpe", "tpe-nni", "random", "cmaes")
 # Study attributes: what the study was created with (checked on resume), and trials that do not count.
 _ATTR_IDENTITY = "lora_blackbox"
 _ATTR_NOT_COUNTED = "not_counted_trials"
@@ -81,8 +85,13 @@ class OptunaSummary:
     states: dict[str, int]
     best: dict[str, Any] | None
     interrupted: bool
+    compute: Compute | None = None  # what its evaluations cost (wall-clock seconds of the device, tokens)
+    front: list[dict[str, Any]] | None = None  # with several objectives: the non-dominated trials (best is None)
+    objectives: tuple[str, ...] = ()  # with several objectives: their names, in the order of each trial's values
+    on_bounds: tuple[OnBound, ...] = ()  # the best trial's variables at a bound of the space (core.bounds)
 
     def as_json(self) -> str:
+        several = {"objectives": list(self.objectives), "front": self.front} if self.front is not None else {}
         return json.dumps(
             {
                 "study_name": self.study_name,
@@ -92,7 +101,10 @@ class OptunaSummary:
                 "counted_trials": self.counted,
                 "states": self.states,
                 "best": self.best,
+                **several,
                 "interrupted": self.interrupted,
+                "compute": None if self.compute is None else self.compute.as_dict(),
+                "on_bounds": [hit.as_dict() for hit in self.on_bounds],
             }
         )
 
@@ -102,55 +114,13 @@ def default_storage(study_dir: Path) -> str:
     return f"sqlite:///{(study_dir / OPTUNA_STORAGE_FILE).resolve()}"
 
 
-# NNI's TPE tuner as the reference study ran it (its nni/experiment.py: tuner "TPE" with optimize_mode alone, so NNI's
-# TpeArguments defaults, nni/algorithms/hpo/tpe_tuner.py: a re-implementation of hyperopt's TPE) is Optuna's TPE with
-# hyperopt's defaults (TPESampler.hyperopt_parameters), per parameter. Against Optuna's own defaults:
-#   setting               Optuna's default                    NNI's (and tpe-nni's)
-#   start-up trials       10                                  20 (n_startup_jobs)
-#   good trials of n      min(ceil(0.1 n), 25)                min(ceil(0.25 sqrt(n)), 25) (gamma 0.25, split_history)
-#   densities             multivariate (Optuna >= 4.9)        one per parameter
-# and alike: 24 EI candidates, the prior counted as one observation of weight 1, observations older than the newest 25
-# weighed down linearly (NNI's linear_forgetting 25), sigmas clipped from below (hyperopt's "magic clip"), no
-# endpoints. NNI's constant liar acts on concurrent trials only; these studies run one trial at a time, as theirs did.
-NNI_STARTUP_TRIALS = 20
+def require_sampler(sampler: Sampler) -> None:
+    """Check that Optuna and the sampler's own package (CMA-ES's ``cmaes``) are installed.
 
-
-def tpe_like_nni(seed: int, constraints_func: Callable[[Any], Any] | None = None) -> optuna.samplers.TPESampler:
-    """Optuna's TPE set as NNI's TPE tuner with its defaults (the table above)."""
-    import optuna
-
-    with warnings.catch_warnings():
-        # Optuna 4.9 deprecates these arguments (to be removed in 6.0, which the pin excludes); they still set TPE.
-        warnings.simplefilter("ignore", FutureWarning)
-        parameters = optuna.samplers.TPESampler.hyperopt_parameters()
-        return optuna.samplers.TPESampler(
-            **parameters, multivariate=False, seed=seed, constraints_func=constraints_func
-        )
-
-
-def make_sampler(kind: Sampler, seed: int, blackbox: Blackbox) -> optuna.samplers.BaseSampler:
-    """Optuna's TPE (its defaults: 10 random start-up trials), TPE set as NNI's (``tpe-nni``: 20 random start-up
-    trials and NNI's split of good and bad trials, the baseline of the reference study), random search, or CMA-ES
-    from X0.
-
-    The experiment's constraints guide TPE (its ``constraints_func``); random search and CMA-ES do not take
-    constraints: their trials record them, and the best trial is a feasible one all the same (:func:`best_trial`).
+    Raises:
+        SetupError: one is missing (the line names the install command).
     """
-    import optuna
-
-    constraints = _constraints if blackbox.experiment.constraints else None
-    if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints)
-    if kind == "tpe-nni":
-        return tpe_like_nni(seed, constraints)
-    if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if kind == "cmaes":
-        # Categorical variables (choices) are sampled independently of CMA-ES: they have no starting value.
-        # The first starting point: CMA-ES has one mean.
-        x0 = {v.name: v.starts[0] for v in blackbox.space.variables if v.decode != "choice"}
-        return optuna.samplers.CmaEsSampler(x0=x0, seed=seed, warn_independent_sampling=False)
-    raise SetupError(f"unknown sampler {kind!r}; known: {', '.join(SAMPLERS)}")
+    require("optuna", *(("cmaes",) if sampler == "cmaes" else ()), purpose="lora-blackbox optuna")
 
 
 def run_optuna(
@@ -164,10 +134,12 @@ def run_optuna(
     mlflow_uri: str | None = None,
     pruner: Pruner = "none",
     warm_start_from: Sequence[Path] = (),
+    startup_trials: int | None = None,
 ) -> OptunaSummary:
     """Run or resume the study until it holds ``n_trials`` counted trials; with ``pruner``, Optuna's pruner stops
     trials at their checkpoints (``studies.pruning``); ``warm_start_from``: earlier study folders whose finished
-    evaluations become trials of a new study (:func:`warm_start`).
+    evaluations become trials of a new study (:func:`warm_start`); ``startup_trials``: TPE's random start-up trials
+    (default: Optuna's 10).
 
     With tracking on (``mlflow_uri``, ``$MLFLOW_TRACKING_URI`` or the experiment's ``[tracking]``), the study
     is a parent run in MLflow (one per study folder, reused on resume) and every trial's evaluation a run
@@ -182,7 +154,7 @@ def run_optuna(
             records folder, or a trial could not run.
         OptionError: the pruner cannot prune this experiment, or a warm start from another search space.
     """
-    require("optuna", *(("cmaes",) if sampler == "cmaes" else ()), purpose="lora-blackbox optuna")
+    require_sampler(sampler)
     import optuna
 
     logger.info("Optuna study folder %s; storage %s", blackbox.experiment.records_dir, storage)
@@ -196,7 +168,8 @@ def run_optuna(
         study = optuna.create_study(
             storage=storage,
             study_name=study_name,
-            direction="minimize",
+            # Every objective as NOMAD minimises it (a maximised score negated), as the records hold it.
+            directions=["minimize"] * len(blackbox.experiment.all_objectives),
             load_if_exists=True,
             pruner=make_pruner(pruner, min_finished=min_finished),
         )
@@ -204,7 +177,7 @@ def run_optuna(
         _fail_stale_trials(study)
         if warm_start_from:
             warm_start(study, blackbox, warm_start_from)
-        study.sampler = make_sampler(sampler, seed + len(study.trials), blackbox)
+        study.sampler = make_sampler(sampler, seed + len(study.trials), blackbox, startup_trials=startup_trials)
         done = _counted(study)
         if done:
             logger.info("resuming study %r: %d of %d trials done", study_name, done, n_trials)
@@ -263,12 +236,8 @@ def _run_trials(
             )
         _tell(study, trial, result)
         done += 1
-        progress.log(trial.number, result, _best_value(study))
+        progress.log(trial.number, result, _standing(study))
     return done, interrupted
-
-
-def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-    return list(trial.user_attrs.get("constraints", [math.inf]))
 
 
 def summary_of(
@@ -277,16 +246,12 @@ def summary_of(
     states: dict[str, int] = {}
     for t in study.trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    best = None
-    trial = best_trial(study)
+    best, front = None, None
+    trial = best_trial(study) if len(study.directions) == 1 else None
     if trial is not None:
-        best = {
-            "trial": trial.number,
-            "value": trial.value,
-            "params": trial.params,
-            "hparams": trial.user_attrs.get("hparams"),
-            "run_id": trial.user_attrs.get("run_id"),
-        }
+        best = {"trial": trial.number, "value": trial.value, **_described(trial)}
+    if len(study.directions) > 1:
+        front = [{"trial": t.number, "values": t.values, **_described(t)} for t in front_trials(study)]
     return OptunaSummary(
         study_name=study.study_name,
         storage=storage,
@@ -296,7 +261,21 @@ def summary_of(
         states=states,
         best=best,
         interrupted=interrupted,
+        compute=compute_of(RecordStore(blackbox.records_file.parent).records()),
+        front=front,
+        objectives=tuple(o.key for o in blackbox.experiment.all_objectives) if front is not None else (),
+        on_bounds=()
+        if front is not None
+        else tuple(best_on_bounds(blackbox.space, [t.user_attrs["point"] for t in _ranked(study)])),
     )
+
+
+def _described(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    return {
+        "params": trial.params,
+        "hparams": trial.user_attrs.get("hparams"),
+        "run_id": trial.user_attrs.get("run_id"),
+    }
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, result: Result) -> None:
@@ -309,14 +288,14 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: Result) -> None:
     if result.error:
         trial.set_user_attr("error", result.error[:1000])
     trial.set_user_attr("extras", {k: v for k, v in result.extras.items() if k != "run_id"})
-    # <= 0: satisfied, as NOMAD reads them; a failed evaluation's (nan) are unknown: taken as violated.
-    trial.set_user_attr("constraints", [math.inf if math.isnan(v) else v for v in result.constraints.values()])
+    # <= 0: satisfied, as NOMAD reads them; a failed evaluation's (nan) are unknown (the failure policy's).
+    trial.set_user_attr("constraints", [constraint_of(v) for v in result.constraints.values()])
     stopped = result.record.get("stopped")
     if stopped:
         trial.set_user_attr("stopped", stopped)
     state = trial_state(result.status)
-    if state == "complete":
-        study.tell(trial, result.objective)  # inf (diverged) is a valid, very bad value
+    if state == "complete":  # inf (diverged) is a valid, very bad value
+        study.tell(trial, result.objectives if len(result.objectives) > 1 else result.objective)
     elif state == "pruned":  # its last reported checkpoint loss becomes its value, as Optuna does
         study.tell(trial, state=TrialState.PRUNED)
     elif state == "fail":
@@ -343,16 +322,19 @@ def _not_count(study: optuna.Study, number: int, params: dict[str, Any]) -> None
 
 
 def _fail_stale_trials(study: optuna.Study) -> None:
-    """Trials left RUNNING by a process that was killed: failed, not counted, their points queued again.
+    """Trials left RUNNING by a process that was killed: their evaluations were killed with the study (the failure
+    policy's KILLED), so they fail, uncounted, and their points are queued again.
 
     (One ``lora-blackbox optuna`` process per study folder: :func:`run_optuna` holds its lock.)
     """
     from optuna.trial import TrialState
 
+    state = trial_state(unrecorded_status(solver_exit=None))
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         logger.warning("trial %d was left running by a killed process: it will run again", trial.number)
         study.tell(trial.number, state=TrialState.FAIL)
-        _not_count(study, trial.number, trial.params)
+        if state == "not_counted":
+            _not_count(study, trial.number, trial.params)
 
 
 def _counted(study: optuna.Study) -> int:
@@ -391,13 +373,13 @@ def warm_start(study: optuna.Study, blackbox: Blackbox, sources: Sequence[Path])
         assert record.point is not None
         replay = _Replay(record.point, blackbox.space.lower)
         blackbox.space.suggest(replay)
-        stopped = record.status is Status.STOPPED
-        value = record.output("OBJ")
+        state = trial_state(record.status)  # a finished evaluation's: complete, or pruned when it was stopped
+        values = record.objective_values()  # one per objective (a warm start's sources have the same objectives)
         curve = {p.step: p.loss for p in record.curve}
         trials.append(
             optuna.trial.create_trial(
-                state=TrialState.PRUNED if stopped else TrialState.COMPLETE,
-                value=None if stopped else value,
+                state=TrialState.COMPLETE if state == "complete" else TrialState.PRUNED,
+                values=list(values) if state == "complete" else None,
                 params=replay.params,
                 distributions=replay.distributions(),
                 intermediate_values=curve,
@@ -457,19 +439,44 @@ class _Replay:
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The complete trial of lowest value among those that satisfy every constraint (all, when there are none)."""
+    trials = _feasible(study)
+    return min(trials, key=lambda t: t.value, default=None)  # type: ignore[arg-type,return-value]
+
+
+def _feasible(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The complete trials that satisfy every constraint."""
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [t for t in complete if t.value is not None and all(v <= 0 for v in t.user_attrs.get("constraints", []))]
+
+
+def _ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The feasible complete trials with a finite value and a point, best first."""
+    trials = [t for t in _feasible(study) if math.isfinite(t.value or math.inf) and t.user_attrs.get("point")]
+    return sorted(trials, key=lambda t: float(t.value or 0.0))
+
+
+def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The non-dominated complete trials of a study of several objectives among those that satisfy every
+    constraint, in the order they ran."""
     from optuna.trial import TrialState
 
     trials = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.value is not None and all(v <= 0 for v in t.user_attrs.get("constraints", []))
+        if t.values is not None and all(v <= 0 for v in t.user_attrs.get("constraints", []))
     ]
-    return min(trials, key=lambda t: t.value, default=None)  # type: ignore[arg-type,return-value]
+    return [trials[i] for i in front_indices([t.values for t in trials])]
 
 
-def _best_value(study: optuna.Study) -> float | None:
+def _standing(study: optuna.Study) -> str:
+    """Where the study stands, for its progress line: its best value, or the size of its front."""
+    if len(study.directions) > 1:
+        return f"front of {len(front_trials(study))}"
     trial = best_trial(study)
-    return trial.value if trial is not None else None
+    value = trial.value if trial is not None else None
+    return "best -" if value is None or math.isnan(value) else f"best {value:.6g}"
 
 
 def _check_identity(
@@ -487,6 +494,8 @@ def _check_identity(
     }
     if pruner != "none":  # (studies from before pruners have none)
         identity["pruner"] = pruner
+    if len(experiment.all_objectives) > 1:  # (a study of one objective has none, as before)
+        identity["objectives"] = [o.key for o in experiment.all_objectives]
     choices = [v.name for v in blackbox.space.variables if v.decode == "choice"]
     if choices:
         # Sampled as categorical values: a study that sampled them as integer indices (older versions) differs.
@@ -498,6 +507,16 @@ def _check_identity(
             raise SetupError(f"study {study.study_name!r} holds trials that lora-blackbox did not make")
         study.set_user_attr(_ATTR_IDENTITY, identity)
         return
+    if stored.get("objectives") != identity.get("objectives"):
+
+        def described(objectives: Any) -> str:
+            return f"{len(objectives)} objectives ({', '.join(objectives)})" if objectives else "one objective"
+
+        raise OptionError(
+            f"study {study.study_name!r} optimises {described(stored.get('objectives'))}, the experiment "
+            f"{described(identity.get('objectives'))}: resuming it would mix two studies. Use another --study-name "
+            "or --dir."
+        )
     keys = [*identity, *(k for k in stored if k not in identity)]  # a pruner the study had and this run has not
     changed = [k for k in keys if stored.get(k) != identity.get(k)]
     if changed:
@@ -518,19 +537,19 @@ class _Progress:
         self.run_here = 0
         self.started = clock()
 
-    def log(self, number: int, result: Result, best: float | None) -> None:
+    def log(self, number: int, result: Result, standing: str) -> None:
         self.done += 1
         self.run_here += 1
         eta = (self.clock() - self.started) / self.run_here * (self.n_trials - self.done)
-        value = "failed" if result.failed else f"{result.objective:.6g}"
+        value = "failed" if result.failed else " ".join(f"{v:.6g}" for v in result.objectives or [result.objective])
         logger.info(
-            "trial %d: %s %s -> %s | %d/%d evaluations done, best %s, ETA %s",
+            "trial %d: %s %s -> %s | %d/%d evaluations done, %s, ETA %s",
             number,
             result.status.value,
             json.dumps(result.hparams),
             value if not result.error else f"{value} ({result.error[:120]})",
             self.done,
             self.n_trials,
-            "-" if best is None or math.isnan(best) else f"{best:.6g}",
+            standing,
             format_duration(eta),
         )

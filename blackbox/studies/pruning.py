@@ -56,13 +56,19 @@ def make_pruner(kind: Pruner, *, min_finished: int) -> optuna.pruners.BasePruner
 
 
 def check_pruning(experiment: Experiment, kind: Pruner) -> None:
-    """A pruner needs checkpoints, and a validation-loss objective (it compares the checkpoints' losses).
+    """A pruner needs one objective, checkpoints, and a validation-loss objective (it compares the checkpoints'
+    losses).
 
     Raises:
         OptionError: it cannot prune this experiment's trials.
     """
     if kind == "none":
         return
+    if len(experiment.all_objectives) > 1:
+        raise OptionError(
+            f"--pruner {kind}: Optuna prunes trials of one objective only (Trial.report), and this study has "
+            f"{len(experiment.all_objectives)}: use --pruner none"
+        )
     if not experiment.validation.checkpoints:
         raise OptionError(
             f"--pruner {kind} decides at checkpoints: set [validation] checkpoints in the experiment (or "

@@ -4,7 +4,10 @@ A packed micro-batch is one row of several examples; ``cu_seq_lens`` gives where
 ``attn_implementation = "varlen"`` each example attends causally to itself only and no work is spent
 on padding or on masked cross-example blocks (SDPA on a packed row computes the whole row and masks).
 ``torch.nn.attention.varlen.varlen_attn`` needs CUDA; elsewhere the same function runs a per-example
-SDPA, which is exact and lets the CPU tests check the plumbing.
+SDPA, which is exact and lets the CPU tests check the plumbing. That stand-in first checks the kernel's input
+contract (:func:`check_flash_inputs`: fp16/bf16 only, shapes, contiguity, head size, int32 cumulative lengths) and
+raises as the kernel raises, so that a CPU run fails where a GPU would: a CPU stand-in that accepted fp32 let
+QLoRA pass every CPU test while it failed on every GPU (issue 30).
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ from typing import Any
 import torch
 
 NAME = "varlen"
+# What PyTorch's flash kernel takes (aten/src/ATen/native/transformers/cuda/flash_attn/flash_api.cpp,
+# mha_varlen_fwd): half-precision inputs, a head size of at most 256 that is a multiple of 8.
+FLASH_DTYPES = (torch.float16, torch.bfloat16)
+FLASH_MAX_HEAD_SIZE = 256
 
 
 def varlen_available() -> bool:
@@ -82,11 +89,18 @@ def varlen_attention_forward(
     if dropout:
         raise ValueError("attn_implementation 'varlen' does not apply attention dropout")
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, heads, D]
+    if torch.is_autocast_enabled(q.device.type):
+        # Under autocast attention computes in its dtype, as SDPA does (on autocast's lower-precision list; this
+        # kernel is not): with fp32 weights (the paper's, with bf16 autocast) RoPE's fp32 cos/sin, or a 4-bit
+        # layer's output cast back to its input's dtype, hand fp32 to the kernel, which takes fp16/bf16 only.
+        dtype = torch.get_autocast_dtype(q.device.type)
+        q, k, v = (t.to(dtype) for t in (q, k, v))
     scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+    cu = cu_seq_lens.to(torch.int32)
     if q.is_cuda:
-        out = _flash(q, k, v, cu_seq_lens.to(torch.int32), int(max_length), scale)
+        out = _flash(q, k, v, cu, int(max_length), scale)
     else:
-        out = _per_example_sdpa(q, k, v, cu_seq_lens, scale)
+        out = _flash_stand_in(q, k, v, cu, int(max_length), scale)
     return out[None], None
 
 
@@ -119,9 +133,53 @@ def _flash(
     return result
 
 
-def _per_example_sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, scale: float
+def check_flash_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seq_lens: torch.Tensor, max_length: int
+) -> None:
+    """The input contract of the variable-length flash kernel, raised in its own words (``RuntimeError``, as a
+    ``TORCH_CHECK`` of ``mha_varlen_fwd`` raises): q ``[T, H, D]``, k and v ``[T_k, H_kv, D]``, all fp16 or all bf16,
+    last dimension contiguous, ``H`` a multiple of ``H_kv``, ``D`` at most 256 and a multiple of 8; ``cu_seq_lens``
+    int32, contiguous, at least 2 values. Also what the kernel trusts without checking (it reads out of bounds or
+    computes garbage instead): boundaries from 0 to ``T``, never decreasing, no example longer than ``max_length``.
+    """
+    if q.dtype not in FLASH_DTYPES:
+        raise RuntimeError("FlashAttention only support fp16 and bf16 data type")
+    if k.dtype != q.dtype:
+        raise RuntimeError("query and key must have the same dtype")
+    if v.dtype != q.dtype:
+        raise RuntimeError("query and value must have the same dtype")
+    if cu_seq_lens.dtype != torch.int32:
+        raise RuntimeError("cu_seqlens_q must have dtype int32")
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+        raise RuntimeError(f"query, key and value must be 3-d [tokens, heads, head size], got {q.shape}, {k.shape}")
+    if any(t.stride(-1) != 1 for t in (q, k, v)):
+        raise RuntimeError("Input tensor must have contiguous last dimension")
+    if not cu_seq_lens.is_contiguous():
+        raise RuntimeError("cu_seqlens_q must be contiguous")
+    if cu_seq_lens.numel() < 2:
+        raise RuntimeError("batch size must be positive")
+    heads, head_size = q.shape[1], q.shape[2]
+    if head_size > FLASH_MAX_HEAD_SIZE:
+        raise RuntimeError("FlashAttention forward only supports head dimension at most 256")
+    if heads % k.shape[1] != 0:
+        raise RuntimeError("Number of heads in key/value must divide number of heads in query")
+    if head_size % 8 != 0:
+        raise RuntimeError("head_size must be a multiple of 8, this is ensured by padding!")
+    if k.shape != v.shape or k.shape[2] != head_size:
+        raise RuntimeError(f"key {tuple(k.shape)} and value {tuple(v.shape)} must be [tokens, heads, {head_size}]")
+    bounds = cu_seq_lens.tolist()
+    lengths = [end - start for start, end in itertools.pairwise(bounds)]
+    if bounds[0] != 0 or bounds[-1] != q.shape[0] or min(lengths) < 0:
+        raise RuntimeError(f"cu_seqlens must rise from 0 to the {q.shape[0]} tokens, got {bounds}")
+    if max(lengths) > max_length:
+        raise RuntimeError(f"max_seqlen_q {max_length} is below the longest sequence ({max(lengths)} tokens)")
+
+
+def _flash_stand_in(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int, scale: float
 ) -> torch.Tensor:
+    """The kernel's result on any device: its input contract checked, then one causal SDPA per example (exact)."""
+    check_flash_inputs(q, k, v, cu, max_len)
     out = torch.empty_like(q)
     for start, end in itertools.pairwise(cu.tolist()):
         # [heads, length, D] per example.

@@ -11,6 +11,7 @@ One benchmark ships with the project and runs offline: ``embedded:chitchat-repli
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -65,6 +66,40 @@ class Score:
         return asdict(self)
 
 
+def model_decoding(model: Any) -> dict[str, Any]:
+    """How the model's own generation config (its ``generation_config.json``) decodes: what transformers'
+    ``generate`` uses for every setting its caller leaves unset, and so what InstructEval's Llama model, which sets
+    only the number of new tokens, generated with (``decoding = "model"``). Sampling settings only when it samples.
+    """
+    config = model.generation_config
+    settings: dict[str, Any] = {"do_sample": bool(config.do_sample)}
+    if config.do_sample:
+        for name in ("temperature", "top_p", "top_k"):
+            if getattr(config, name, None) is not None:
+                settings[name] = getattr(config, name)
+    return settings
+
+
+@functools.cache
+def _model_decoding_lm() -> type[Any]:
+    """lm-eval's model with ``decoding = "model"``: every generation decoded as the model's own generation config
+    says (:func:`model_decoding`) under the task's sampling settings, as InstructEval generated: a greedy task (its
+    MMLU, BBH, DROP: InstructEval set nothing) takes the model's settings whole; a task that samples itself (its
+    HumanEval: a temperature of its own) keeps its settings and takes the model's for the rest (top-p)."""
+    from lm_eval.models.huggingface import HFLM
+
+    class ModelDecodingLM(HFLM):  # type: ignore[misc]  # lm-eval has no type hints
+        def _model_generate(self, context: Any, max_length: int, stop: list[str], **settings: Any) -> Any:
+            own = model_decoding(self.model)
+            if settings.get("do_sample"):
+                settings = {**own, **settings}
+            else:
+                settings = {k: v for k, v in settings.items() if k not in ("do_sample", "temperature")} | own
+            return super()._model_generate(context, max_length, stop, **settings)
+
+    return ModelDecodingLM
+
+
 class Scorer:
     """Scores models on benchmarks; keeps lm-eval's task index and the generated local tasks of one call.
 
@@ -103,7 +138,11 @@ class Scorer:
         tasks = list(benchmark.tasks) or [task]
         manager = self._task_manager(include, tasks)
         started = time.perf_counter()
-        lm = HFLM(pretrained=model, tokenizer=self.tokenizer, batch_size=benchmark.batch_size)
+        lm_class = HFLM
+        if benchmark.decoding == "model":
+            logger.info("benchmark %s decoded as the model's config says: %s", benchmark.key, model_decoding(model))
+            lm_class = _model_decoding_lm()
+        lm = lm_class(pretrained=model, tokenizer=self.tokenizer, batch_size=benchmark.batch_size)
         limit = benchmark.limit or None
         allow_code = self.allow_code_execution or benchmark.allow_code_execution
         if benchmark.allow_code_execution and not self.allow_code_execution:

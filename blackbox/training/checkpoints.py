@@ -57,7 +57,7 @@ class LearningCurve:
         self.points: list[CurvePoint] = []
         self.verdict: Verdict | None = None
 
-    def after_step(self, step: int, total_steps: int, train_tokens: int) -> bool:
+    def after_step(self, step: int, total_steps: int, train_tokens: int, train_seconds: float) -> bool:
         """Validate at a checkpoint and return whether the training stops there (False between checkpoints)."""
         if step not in checkpoint_steps(total_steps, self.fractions):
             return False
@@ -74,7 +74,8 @@ class LearningCurve:
         self.model.train()  # validate() left it in evaluation mode
         if not math.isfinite(result.loss):
             raise TrainingDiverged(f"checkpoint validation loss is {result.loss} at step {step}/{total_steps}")
-        self.points.append(CurvePoint(step=step, train_tokens=train_tokens, loss=result.loss))
+        point = CurvePoint(step, train_tokens, result.loss, train_seconds=train_seconds, seconds=result.seconds)
+        self.points.append(point)
         logger.info(
             "checkpoint at step %d/%d: loss %.6f on %d rows (%.1f s)",
             step,

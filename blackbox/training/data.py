@@ -29,7 +29,7 @@ from blackbox.core.files import folder_published_at, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+CACHE_FORMAT = 2  # bump when the cached arrays change meaning (2: training rows in a random order)
 
 LOCAL_SUFFIXES = DATA_FILE_SUFFIXES
 
@@ -223,7 +223,11 @@ def _write_alias(quick_key: str, key: str) -> None:
 
 
 def load_split_rows(config: DataConfig) -> tuple[list[Row], list[Row]]:
-    """Training and validation rows, disjoint when validation is held out of the training sources."""
+    """Training and validation rows, disjoint when validation is held out of the training sources.
+
+    A capped split (``max_train_rows``, ``max_validation_rows``) is a random sample of all its sources drawn
+    from ``split_seed``, never their first rows (those of a conversational source are a few long conversations).
+    """
     rows = _dedupe(load_rows(config.train))
     rng = np.random.default_rng(config.split_seed)
     if config.validation:
@@ -233,6 +237,13 @@ def load_split_rows(config: DataConfig) -> tuple[list[Row], list[Row]]:
         if overlap:
             logger.warning("%d validation rows also appear in the training data", overlap)
         validation_rows = [validation_rows[i] for i in rng.permutation(len(validation_rows))]
+        if config.max_train_rows and config.max_train_rows < len(rows):
+            # Its own generator: the validation rows (and every checkpoint's) stay those drawn before. The sample
+            # keeps the sources' order; the training shuffles its examples itself (training.seed).
+            sample = np.random.default_rng([config.split_seed, 2]).choice(
+                len(rows), config.max_train_rows, replace=False
+            )
+            train_rows = [rows[i] for i in sorted(sample)]
     else:
         order = rng.permutation(len(rows))
         n_validation = max(1, round(len(rows) * config.holdout_fraction))

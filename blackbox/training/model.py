@@ -81,7 +81,7 @@ def load_base_model(
     kwargs: dict[str, Any] = {
         "revision": config.revision or None,
         "dtype": precision.weights,
-        "attn_implementation": resolve_attention(config, training, device, for_training=for_training),
+        "attn_implementation": resolve_attention(config, training, device, precision, for_training=for_training),
     }
     if config.quantization != "none":
         kwargs["quantization_config"] = _quantization_config(config, precision)
@@ -102,13 +102,31 @@ def load_base_model(
     if training.fused_kernels == "auto":
         logger.info("fused kernels: %s (training.fused_kernels = 'auto': %s)", kernels, reason)
     apply_fused_kernels(model, kernels, device)
-    if config.quantization != "none":
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training.gradient_checkpointing)
-    elif training.gradient_checkpointing:
+    if for_training and device.type == "cpu" and config.quantization in ("nf4", "fp4"):
+        keep_4bit_layers_trainable(model)
+    # A quantised model trains as any other (issue 30): peft's prepare_model_for_kbit_training is not called. It
+    # casts every parameter that is not 4-bit (norms, embeddings, LM head) to fp32, which made every activation fp32:
+    # twice the activation memory, and no flash attention (fp16/bf16 only: QLoRA failed on every GPU). What it is
+    # for is kept: the norms of transformers' models compute in fp32 whatever their weights' dtype (Llama's RMSNorm
+    # upcasts its input; torch's layer_norm accumulates in fp32), and a frozen bf16 weight gains no digit from
+    # being stored in fp32; checkpointing is the one below, non-reentrant, which needs no input gradients.
+    if training.gradient_checkpointing:
         enable_checkpointing(model)
     return model
+
+
+def keep_4bit_layers_trainable(model: Any) -> None:
+    """Keep bitsandbytes' 4-bit layers in the layout that trains. On a CPU with AVX512-BF16, a ``Linear4bit``'s
+    first forward in eval mode without gradients (a validation, a learning curve's checkpoint) repacks its weight
+    for a fast CPU kernel, for good; that kernel (``gemv_4bit``) has no backward, so every later training step of
+    the call passed no gradient through the base layers and the adapters stopped learning (bitsandbytes 0.50:
+    the first point of an ``eval`` call trained, the next ones did not, nor did a training after its first
+    checkpoint). Without the repacking the 4-bit weights are dequantised for each matmul, in eval mode too."""
+    from bitsandbytes.nn.modules import Linear4bit
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def enable_checkpointing(model: Any) -> None:
@@ -122,25 +140,38 @@ def enable_checkpointing(model: Any) -> None:
 
 
 def resolve_attention(
-    config: ModelConfig, training: TrainingConfig, device: torch.device, *, for_training: bool = True
+    config: ModelConfig,
+    training: TrainingConfig,
+    device: torch.device,
+    precision: Precision,
+    *,
+    for_training: bool = True,
 ) -> str:
-    """The attention implementation: ``auto`` picks variable-length flash attention for packed batches
-    on CUDA when this torch has it, else SDPA. A model for inference (padded batches) gets SDPA for either.
+    """The attention implementation: ``auto`` picks variable-length flash attention for packed batches on CUDA
+    when this torch has it and the model computes in fp16 or bf16 (the kernel's only dtypes), else SDPA. A model
+    for inference (padded batches) gets SDPA for either.
 
     Raises:
-        SetupError: ``varlen`` without packing.
+        SetupError: ``varlen`` without packing, or with fp32 compute.
     """
     from blackbox.training import attention
 
     choice: str = config.attn_implementation
     if not for_training and choice in ("auto", attention.NAME):
         return "sdpa"
+    compute = precision.autocast or precision.weights
     if choice == "auto":
         fast = device.type == "cuda" and training.packing and attention.varlen_available()
-        choice = attention.NAME if fast else "sdpa"
+        choice = attention.NAME if fast and compute in attention.FLASH_DTYPES else "sdpa"
     if choice == attention.NAME:
         if not training.packing:
             raise SetupError("attn_implementation 'varlen' needs training.packing = true")
+        if compute not in attention.FLASH_DTYPES:
+            raise SetupError(
+                f"attn_implementation 'varlen' (flash attention) computes in bfloat16 or float16 only, but this "
+                f"evaluation computes in {str(compute).removeprefix('torch.')}: set model.dtype = 'bfloat16' (or "
+                "training.autocast = 'bfloat16'), or use 'sdpa'"
+            )
         attention.register()
     return choice
 

@@ -3,78 +3,44 @@
 This is the only place where a failure of one point becomes a record status. The base model, the
 tokenizer and the data are loaded once per :class:`Evaluator` (once per call of ``eval``) and shared
 by its points; every point gets a fresh LoRA adapter, seeded as if it ran in a process of its own.
+
+The steps, in the order they run: the point's line is decoded into hyperparameters here; ``training_run`` trains
+and validates them into metrics; the record (and the running marker before it) is written here, from the
+``attempt`` (its run folder, ``eval.log``, versions); ``memory`` frees what a point leaves and measures its peak.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
-import json
 import logging
-import math
-import platform
-import sys
 import time
 import traceback
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
 
-from blackbox._version import __version__
-from blackbox.core.curves import CurvePoint, Stop
-from blackbox.core.early_stopping import Judge, StudyRule, Verdict, incumbent_objective
-from blackbox.core.errors import PointError, RecordsError, SetupError, TrainingDiverged
+from blackbox.core.early_stopping import Judge
+from blackbox.core.errors import PointError, RecordsError, SetupError
 from blackbox.core.experiment import Experiment, write_snapshot
-from blackbox.core.failures import Status, status_of, value_of_stopped
-from blackbox.core.files import write_text_atomic
-from blackbox.core.folders import TEST_LOSSES_FILE
-from blackbox.core.logs import adopt_library_loggers, hand_over
+from blackbox.core.failures import Status, status_of
 from blackbox.core.point import PointSource, parse_point, shorten
-from blackbox.core.record import RUNNING_FILE, EvalRecord, RecordStore, build_record, new_run_id, now, writing_records
+from blackbox.core.record import RUNNING_FILE, EvalRecord, RecordStore, build_record, writing_records
 from blackbox.core.space import HyperParams, SearchSpace
 from blackbox.tracking import Tracker
 from blackbox.training import distributed
-from blackbox.training.benchmarks import Scorer, base_score
-from blackbox.training.checkpoints import LearningCurve
-from blackbox.training.data import Splits, prepare_splits
+from blackbox.training.attempt import Attempt, describe_failure, log_to, versions
+from blackbox.training.benchmarks import Scorer
+from blackbox.training.data import prepare_splits
 from blackbox.training.distributed import world_from_env
-from blackbox.training.model import (
-    attach_lora,
-    choose_fused_kernels,
-    count_parameters,
-    detach_lora,
-    load_base_model,
-    load_tokenizer,
-    resolve_device,
-    save_adapter,
-    save_initial_adapter,
-)
+from blackbox.training.memory import measure_memory, release_memory, reset_peak_memory
+from blackbox.training.model import choose_fused_kernels, load_base_model, load_tokenizer, resolve_device
 from blackbox.training.precision import Precision, resolve_precision
-from blackbox.training.train import TrainStats, train
-from blackbox.training.validate import example_losses, validate
+from blackbox.training.training_run import Loaded, train_and_validate
+
+__all__ = ["Evaluator"]
 
 logger = logging.getLogger(__name__)
-
-_GIB = 1024**3
-
-
-@dataclass
-class _Loaded:
-    """What all points of a call share."""
-
-    tokenizer: Any
-    splits: Splits
-    base_model: Any  # None after a point that changed it: loaded again for the next one
-    device: torch.device
-    precision: Precision
-    pad_id: int
-    scorer: Scorer | None  # when the experiment scores benchmarks (its objective or constraints)
-    fused_kernels: str  # what training.fused_kernels gave the base model: "liger" or "none"
 
 
 class Evaluator:
@@ -92,7 +58,7 @@ class Evaluator:
         self.space = SearchSpace.from_experiment(experiment)
         self.store = RecordStore.of(experiment)
         self.records_dir = self.store.folder
-        self._loaded: _Loaded | None = None
+        self._loaded: Loaded | None = None
         # Under torchrun every rank evaluates the same points together; rank 0 alone records and prints.
         self.world = world_from_env()
         self.tracker = Tracker.for_experiment(experiment) if self.world.main else None  # None: tracking is off
@@ -133,7 +99,7 @@ class Evaluator:
         Raises:
             RecordsError: the record cannot be written.
         """
-        attempt = _Attempt.start(self.store, hparams, source or PointSource(), create=self.world.main)
+        attempt = Attempt.start(self.store, hparams, source or PointSource(), create=self.world.main)
         attempt.judge = judge
         if self.world.main:
             self.store.mark_running(self._marker(attempt))
@@ -143,8 +109,8 @@ class Evaluator:
             if self.tracker is not None and attempt.record is not None:  # after eval.log is complete
                 self.tracker.finish_evaluation(attempt.record, step_losses=attempt.step_losses)
 
-    def _evaluate(self, hparams: HyperParams, attempt: _Attempt) -> EvalRecord:
-        with _log_to(attempt, self.records_dir) if self.world.main else contextlib.nullcontext():
+    def _evaluate(self, hparams: HyperParams, attempt: Attempt) -> EvalRecord:
+        with log_to(attempt, self.records_dir) if self.world.main else contextlib.nullcontext():
             logger.info("evaluation %s: %s", attempt.run_id, hparams)
             try:
                 if self.tracker is not None:  # its MLflow run (None when tracking fails: a warning, no failure)
@@ -152,8 +118,11 @@ class Evaluator:
                         attempt.run_id, hparams.as_dict(), point_line=attempt.source.line
                     )
                 loaded = self._load(attempt.timings)
-                _reset_peak_memory(loaded.device)
-                attempt.metrics.update(self._train_and_validate(hparams, loaded, attempt))
+                reset_peak_memory(loaded.device)
+                metrics = train_and_validate(
+                    hparams, loaded, attempt, experiment=self.experiment, world=self.world, store=self.store
+                )
+                attempt.metrics.update(metrics)
                 if attempt.stop is not None:  # a judge stopped it at a checkpoint: it cannot win
                     return self._finish(attempt, Status.STOPPED, None)
             # The one boundary of an evaluation: the failure policy (blackbox.core.failures) decides what a failure
@@ -163,174 +132,10 @@ class Evaluator:
                 status = status_of(error)
                 if status is None:
                     raise
-                return self._finish(attempt, status, _describe(error, status), traceback.format_exc())
+                return self._finish(attempt, status, describe_failure(error, status), traceback.format_exc())
             return self._finish(attempt, Status.OK, None)
 
-    def _train_and_validate(self, hparams: HyperParams, loaded: _Loaded, attempt: _Attempt) -> dict[str, Any]:
-        # The experiment this point trains with: its settings (training.epochs, lora.use_dora, ...) applied.
-        config = self.experiment.with_settings(hparams.settings)
-        _seed_everything(config.training.seed)
-        model = None
-        curve = None
-        try:
-            model = attach_lora(loaded.base_model, hparams, config.model, config.lora)
-            if self.world.size > 1:
-                torch.manual_seed(config.training.seed + self.world.rank)  # same adapter, own dropout per rank
-            attention = getattr(model.config, "_attn_implementation", None)
-            saves = config.records.save_adapter and self.world.main
-            initial = save_initial_adapter(model, config.lora, attempt.run_dir / "adapter-initial") if saves else None
-            trainable, _ = count_parameters(model)
-            curve = self._learning_curve(model, loaded, config, attempt.judge)
-            stats = train(
-                model=model,
-                split=loaded.splits.train,
-                learning_rate=hparams.learning_rate,
-                config=config.training,
-                device=loaded.device,
-                precision=loaded.precision,
-                pad_id=loaded.pad_id,
-                fidelity=config.fidelity.train,
-                world=self.world,
-                checkpoints=curve,
-            )
-            attempt.timings["train_s"] = stats.seconds
-            attempt.step_losses = stats.losses
-            metrics = _training_metrics(stats, loaded, config, trainable=trainable, attention=attention)
-            if curve is not None:
-                attempt.timings["checkpoint_s"] = stats.checkpoint_seconds
-                metrics["checkpoint_rows"] = len(curve.rows)
-                metrics["checkpoint_seconds"] = stats.checkpoint_seconds
-            if stats.stopped:
-                assert curve is not None  # only a learning curve stops a training
-                verdict = curve.verdict or Verdict("?", "stopped by rank 0")  # other ranks do not record
-                attempt.stop = Stop(stats.steps, stats.total_steps, verdict.rule, verdict.reason)
-                # What the solver receives: never better than the incumbent (the failure policy says why).
-                incumbent = incumbent_objective(self.store.records(), self.experiment.fingerprint())
-                metrics["objective"] = value_of_stopped(curve.points[-1].loss, incumbent)
-                return metrics
-            validation = loaded.splits.validation
-            validation = validation.head(math.ceil(len(validation) * config.fidelity.validation))
-            result = validate(
-                model=model,
-                split=validation,
-                batch_size=config.validation.batch_size,
-                device=loaded.device,
-                precision=loaded.precision,
-                pad_id=loaded.pad_id,
-                packed=config.training.packing,
-                world=self.world,
-            )
-            attempt.timings["validation_s"] = result.seconds
-            if not math.isfinite(result.loss):
-                raise TrainingDiverged(f"validation loss is {result.loss}")
-            test = self._test(model, loaded, attempt) if config.validation.test else {}
-            if saves:
-                with writing_records(self.records_dir):
-                    save_adapter(model, attempt.run_dir / "adapter", initial=initial)
-            scores = self._score_benchmarks(model, loaded, attempt) if loaded.scorer else {}
-        finally:
-            if curve is not None:  # kept whatever ended the training (a diverged one's too)
-                attempt.curve = tuple(curve.points)
-            if model is not None:
-                loaded.base_model = detach_lora(model)
-                model = None
-            if config.lora.changes_base_model:
-                # PiSSA and OLoRA moved part of the adapted weights into the adapter, trained biases changed: the
-                # next point of the call gets the base model loaded again (see _load).
-                loaded.base_model = None
-            _release_memory(loaded.device)
-        logger.info("validation loss %.6f (train loss %.4f)", result.loss, stats.train_loss)
-        metrics |= {
-            "validation_loss": result.loss,
-            "validation_tokens": result.target_tokens,
-            "validation_seconds": result.seconds,
-            **test,
-            **scores,
-        }
-        metrics["objective"] = config.objective.value(metrics)
-        return metrics
-
-    def _learning_curve(
-        self, model: Any, loaded: _Loaded, config: Experiment, judge: Judge | None
-    ) -> LearningCurve | None:
-        """The learning curve of a training, with ``[validation] checkpoints`` (None without): it validates on the
-        first ``checkpoint_rows`` of the validation split, and ``judge`` (by default the experiment's ``[stopping]``
-        rule) decides there."""
-        if not config.validation.checkpoints:
-            return None
-        validation = loaded.splits.validation
-        rows = validation.head(config.validation.checkpoint_rows or len(validation))
-        if judge is None and self.experiment.stopping.rule != "none":
-            judge = StudyRule(self.experiment, checkpoint_rows=len(rows), store=self.store)
-        return LearningCurve(
-            model=model,
-            rows=rows,
-            fractions=config.validation.checkpoints,
-            judge=judge,
-            batch_size=config.validation.batch_size,
-            device=loaded.device,
-            precision=loaded.precision,
-            pad_id=loaded.pad_id,
-            packed=config.training.packing,
-            world=self.world,
-        )
-
-    def _test(self, model: Any, loaded: _Loaded, attempt: _Attempt) -> dict[str, Any]:
-        """The loss of the test split (``[validation] test``), a metric that no output can print: a solver never
-        sees it. The loss of each test example goes to the run folder (``test_losses.json``, in the split's order),
-        for intervals over examples. Every rank computes it whole (no collective): rank 0 records it."""
-        split = loaded.splits.test
-        if split is None:  # the experiment checks that data.test is given
-            raise SetupError("validation.test needs a test split (data.test)")
-        losses = example_losses(
-            model=model,
-            split=split,
-            batch_size=self.experiment.validation.batch_size,
-            device=loaded.device,
-            precision=loaded.precision,
-            pad_id=loaded.pad_id,
-        )
-        attempt.timings["test_s"] = losses.seconds
-        if self.world.main:
-            with writing_records(self.records_dir):
-                write_text_atomic(
-                    attempt.run_dir / TEST_LOSSES_FILE,
-                    json.dumps(
-                        {
-                            "loss_sums": [round(float(v), 5) for v in losses.loss_sums],
-                            "target_tokens": losses.target_tokens.tolist(),
-                        }
-                    ),
-                )
-        logger.info("test loss %.6f (%d examples)", losses.loss, len(split))
-        return {
-            "test_loss": losses.loss,
-            "test_examples": len(split),
-            "test_tokens": int(losses.target_tokens.sum()),
-            "test_seconds": losses.seconds,
-        }
-
-    def _score_benchmarks(self, model: Any, loaded: _Loaded, attempt: _Attempt) -> dict[str, Any]:
-        """The scores of the experiment's benchmarks (objective and constraints) of the model just trained, and
-        the value of each constraint; their time is the phase ``benchmark_s``."""
-        assert loaded.scorer is not None
-        started = time.perf_counter()
-        scores: dict[str, float | None] = {}
-        values: dict[str, float] = {}
-        for benchmark in self.experiment.benchmarks:
-            score = loaded.scorer.score(model, benchmark)
-            scores[benchmark.key] = values[benchmark.key] = score.value
-            scores[f"{benchmark.key}:stderr"] = score.stderr
-        for constraint in self.experiment.constraints:
-            base = None
-            if constraint.relative_to_base:
-                base = base_score(loaded.scorer, model, constraint.benchmark, self.experiment, self.records_dir)
-                scores[f"{constraint.benchmark.key}:base"] = base
-            scores[constraint.metric] = constraint.value(values[constraint.benchmark.key], base)
-        attempt.timings["benchmark_s"] = time.perf_counter() - started
-        return scores
-
-    def _load(self, timings: dict[str, float]) -> _Loaded:
+    def _load(self, timings: dict[str, float]) -> Loaded:
         """Load the tokenizer, the data and the base model on the first call; reuse them afterwards (the base model
         is loaded again after a point whose adapter changed it)."""
         if self._loaded is not None:
@@ -366,7 +171,7 @@ class Evaluator:
         kernels, _ = choose_fused_kernels(
             config.training.fused_kernels, base_model, device, quantized=config.model.quantization != "none"
         )
-        self._loaded = _Loaded(tokenizer, splits, base_model, device, precision, pad_id, scorer, kernels)
+        self._loaded = Loaded(tokenizer, splits, base_model, device, precision, pad_id, scorer, kernels)
         return self._loaded
 
     def _load_base_model(self, device: torch.device, precision: Precision, timings: dict[str, float]) -> Any:
@@ -378,14 +183,14 @@ class Evaluator:
         return base_model
 
     def _finish(
-        self, attempt: _Attempt, status: Status, error: str | None, traceback_text: str | None = None
+        self, attempt: Attempt, status: Status, error: str | None, traceback_text: str | None = None
     ) -> EvalRecord:
         """Write the record of an attempt (its run folder and the records file) and return it."""
         device = self._loaded.device if self._loaded is not None else None
         if device is not None:
             # A failed point's tensors are freed with its traceback, which is gone once the caller's
             # except clause ends; the allocator cache is emptied here, and again before the next point.
-            _release_memory(device)
+            release_memory(device)
         if status in (Status.ERROR, Status.OOM) and traceback_text and self.world.main:
             with writing_records(self.records_dir):
                 (attempt.run_dir / "traceback.txt").write_text(traceback_text)
@@ -396,7 +201,7 @@ class Evaluator:
             logger.error("evaluation %s: %s: %s", attempt.run_id, status.value, error)
         attempt.timings["total_s"] = time.perf_counter() - attempt.started
         attempt.metrics["total_seconds"] = attempt.timings["total_s"]
-        memory = _memory(device)
+        memory = measure_memory(device)
         attempt.metrics["peak_memory_gib"] = memory["peak_gib"]
         record = self._record(
             status,
@@ -428,7 +233,7 @@ class Evaluator:
                 raise
         return record
 
-    def _marker(self, attempt: _Attempt) -> EvalRecord:
+    def _marker(self, attempt: Attempt) -> EvalRecord:
         """What an evaluation is taken for should it never record its end (``record.RUNNING_FILE``)."""
         return build_record(
             self.experiment,
@@ -454,174 +259,6 @@ class Evaluator:
             source,
             timings=timings,
             device=str(device) if device else None,
-            versions=_versions(),
+            versions=versions(),
             **fields,
         )
-
-
-@dataclass
-class _Attempt:
-    """One evaluation while it runs: its identity, folder, and what it has measured so far."""
-
-    run_id: str
-    run_dir: Path
-    hparams: HyperParams
-    source: PointSource
-    started: float
-    started_at: str
-    metrics: dict[str, Any]
-    timings: dict[str, float]
-    log_failure: OSError | None = None  # the first error writing eval.log (full disk): it fails the call
-    mlflow_run_id: str | None = None  # its MLflow run, when tracked
-    step_losses: tuple[float, ...] = ()
-    judge: Judge | None = None  # who decides at the checkpoints (None: the experiment's [stopping] rule)
-    curve: tuple[CurvePoint, ...] = ()  # the learning curve, with [validation] checkpoints
-    stop: Stop | None = None  # where and why a judge stopped it
-    record: EvalRecord | None = None  # once written
-
-    @classmethod
-    def start(cls, store: RecordStore, hparams: HyperParams, source: PointSource, *, create: bool) -> _Attempt:
-        run_id = new_run_id()
-        run_dir = store.run_dir(run_id)
-        if create:
-            with writing_records(store.folder):
-                run_dir.mkdir(parents=True, exist_ok=True)
-        return cls(run_id, run_dir, hparams, source, time.perf_counter(), now(), {"run_id": run_id}, {})
-
-
-def _training_metrics(
-    stats: TrainStats,
-    loaded: _Loaded,
-    config: Experiment,
-    *,
-    trainable: int,
-    attention: str | None,
-) -> dict[str, Any]:
-    """What a training measured: its metrics in a record, whether it ran to its end or was stopped early."""
-    return {
-        "train_loss": stats.train_loss,
-        "train_last_loss": stats.last_loss,
-        "train_steps": stats.steps,
-        "train_tokens": stats.real_tokens,
-        "train_padding_share": 1 - stats.real_tokens / stats.padded_tokens,
-        "train_target_tokens": stats.target_tokens,
-        "train_seconds": stats.seconds,
-        "train_first_step_seconds": stats.step_seconds[0] if stats.step_seconds else None,
-        "train_step_seconds": stats.steady_step_seconds,
-        "tokens_per_second": stats.real_tokens / stats.seconds if stats.seconds else 0.0,
-        "trainable_params": trainable,
-        "micro_batch_size": stats.micro_batch_size,
-        "precision": loaded.precision.describe(),
-        "attention": attention,
-        "fused_kernels": loaded.fused_kernels,
-        "fidelity_train": config.fidelity.train,
-        "fidelity_validation": config.fidelity.validation,
-    }
-
-
-def _describe(error: BaseException, status: Status) -> str:
-    """The record's error text of a failed evaluation."""
-    if status is Status.OOM:
-        return f"out of memory: {error}"
-    if status in (Status.ERROR,):
-        return f"{type(error).__name__}: {error}"
-    return str(error) or status.value.lower()
-
-
-def _seed_everything(seed: int) -> None:
-    """The same RNG state before every point, so a point gives the same result in any position."""
-    from transformers import set_seed
-
-    set_seed(seed)
-
-
-def _reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _release_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    _trim_heap()
-
-
-def _trim_heap() -> None:
-    """Give the freed heap back to the system (glibc's malloc_trim). glibc keeps what a point freed; the
-    next point, with other tensor sizes, cannot always reuse it, and the resident memory of a block then
-    grows. Measured on the demo (benchmarks/block_memory.py): 2.36 GiB resident between points without,
-    1.07 GiB with. A no-op off Linux and where the C library has no malloc_trim (musl)."""
-    if sys.platform != "linux":
-        return
-    malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the symbols already loaded: libc's
-    if malloc_trim is not None:
-        malloc_trim(0)
-
-
-def _memory(device: torch.device | None) -> dict[str, float]:
-    """Peak device memory of this point (GPU), or the process's resident memory (CPU)."""
-    rss = psutil.Process().memory_info().rss / _GIB
-    memory = {"process_rss_gib": rss}
-    if device is not None and device.type == "cuda":
-        memory["peak_gib"] = torch.cuda.max_memory_allocated(device) / _GIB
-    else:
-        import resource
-
-        # ru_maxrss is the high-water mark of the whole process (kB on Linux), not of this point.
-        memory["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GIB
-    return memory
-
-
-class _RunLog(logging.FileHandler):
-    """An evaluation's eval.log. A write error (full disk) is kept for the attempt, which then fails the call
-    with one line (``RecordsError``), instead of logging's "--- Logging error ---" traceback per message."""
-
-    def __init__(self, attempt: _Attempt) -> None:
-        super().__init__(attempt.run_dir / "eval.log", encoding="utf-8")
-        self.attempt = attempt
-
-    def handleError(self, record: logging.LogRecord) -> None:  # logging's name
-        error = sys.exc_info()[1]
-        if not isinstance(error, OSError):
-            super().handleError(record)
-        elif self.attempt.log_failure is None:
-            self.attempt.log_failure = error
-
-
-@contextlib.contextmanager
-def _log_to(attempt: _Attempt, records_dir: Path) -> Iterator[None]:
-    """Write every log record of one evaluation into its run folder's ``eval.log``: the package's, and the
-    libraries' logs and warnings (``blackbox.core.logs``); the first evaluation of a call gets those logged since
-    the call started (the libraries' import-time warnings) at its top."""
-    with writing_records(records_dir):
-        handler = _RunLog(attempt)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    root = logging.getLogger()
-    adopt_library_loggers()
-    hand_over(handler)
-    root.addHandler(handler)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        with contextlib.suppress(OSError):  # a failed write is the attempt's log_failure already
-            handler.close()
-
-
-def _versions() -> dict[str, str]:
-    import peft
-    import transformers
-
-    versions = {
-        "blackbox": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-    }
-    if torch.cuda.is_available():
-        versions["cuda"] = str(torch.version.cuda)
-        versions["gpu"] = torch.cuda.get_device_name()
-    return versions

@@ -30,9 +30,10 @@ _SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with
 class Checkpoints(Protocol):
     """What the loop calls after every optimizer step (``training.checkpoints.LearningCurve``: at its checkpoints it
     validates and asks a judge whether the training goes on). Returns True to stop the training after ``step``;
-    leaves the model in training mode."""
+    leaves the model in training mode. ``train_seconds``: the training's wall seconds so far, the hook's own left
+    out."""
 
-    def after_step(self, step: int, total_steps: int, train_tokens: int) -> bool: ...
+    def after_step(self, step: int, total_steps: int, train_tokens: int, train_seconds: float) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ def train(
             )
         if checkpoints is not None:
             hook_started = time.perf_counter()
-            stopped = checkpoints.after_step(step, steps, real_tokens)
+            stopped = checkpoints.after_step(step, steps, real_tokens, hook_started - started - paused)
             step_started = time.perf_counter()  # a step's time leaves the checkpoint's out
             paused += step_started - hook_started
             if stopped:

@@ -89,7 +89,7 @@ def test_the_paper_preset_asks_the_authors_30_questions_raw(
 ) -> None:
     """--preset paper: the 30 questions of the reference study's human study, by their ids and in their order, asked
     as they are (no template: checked against transformers' own greedy answer to the raw question), sampled as the
-    study's answers were (temperature 0.7, top-k 50, top-p 1, 1,024 new tokens), options given winning."""
+    study's answers were (temperature 0.7, top-k 50, top-p 0.9, 1,024 new tokens), options given winning."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from blackbox.assessment.answers import PRESETS
@@ -104,7 +104,7 @@ def test_the_paper_preset_asks_the_authors_30_questions_raw(
     assert [a["question_id"] for a in sampled[:30]] == [str(i) for i in PAPER_30]
     assert sampled[0]["question"].startswith("Pretend to be a world-famous chef.")
     assert {json.dumps(a["settings"], sort_keys=True) for a in sampled} == {
-        json.dumps({"max_new_tokens": 4, "temperature": 0.7, "top_p": 1.0, "greedy": False, "batch_size": 8,
+        json.dumps({"max_new_tokens": 4, "temperature": 0.7, "top_p": 0.9, "greedy": False, "batch_size": 8,
                     "top_k": 50, "template": "raw", "system_prompt": None, "engine": "transformers"}, sort_keys=True)
     }  # fmt: skip
 

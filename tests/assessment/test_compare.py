@@ -1,20 +1,18 @@
 """lora-blackbox compare: the rating page in a real headless Chromium (keyboard and mouse), in the open mode and
-through rater links (refused without one, or with a revoked one), votes that survive a killed server, the results,
-and the judge's mechanics (both orders, verdicts, ties) with fake and tiny judges. The judge behind an endpoint:
-test_judge_endpoint.py.
-
-The browser is Debian's chromium and chromium-driver (``apt-get install chromium chromium-driver``): without them
-the browser test skips, unless ``LORA_BLACKBOX_REQUIRE_BROWSER=1`` (CI) makes it fail.
+through rater links (refused without one, or with a revoked one), votes that survive a killed server, no vote
+posted by another site through a rater's browser, no link that takes over another rater's browser; and the judge's
+mechanics (both orders, verdicts, ties) with fake and tiny judges. The page's checks by plain HTTP:
+test_page_guards.py; the judge behind an endpoint: test_judge_endpoint.py. Fixtures: conftest.py.
 """
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import json
-import os
 import re
-import shutil
 import signal
-import subprocess
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,99 +24,8 @@ import pytest
 from click.testing import CliRunner
 
 from blackbox.cli import main
-from blackbox.core.votes import read_votes
-
-BROWSER_REQUIRED = os.environ.get("LORA_BLACKBOX_REQUIRE_BROWSER") == "1"
-MODELS = ("base", "best", "worst")
-INJECTED = "<script>window.injected = 1;</script><b>bold?</b>"
-
-
-def _answer(question: str, model: str) -> str:
-    return f"{INJECTED} {model} answers {question}."  # markup in every answer: on every screen
-
-
-@pytest.fixture
-def answers_file(tmp_path: Path) -> Path:
-    lines = [
-        {"question_id": q, "question": f"What about {q}?", "model": m, "answer": _answer(q, m)}
-        for q in ("q1", "q2")
-        for m in MODELS
-    ]
-    path = tmp_path / "answers.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
-
-
-@pytest.fixture
-def driver() -> Iterator[Any]:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    chromedriver = shutil.which("chromedriver")
-    if chromium is None or chromedriver is None:
-        message = "no chromium and chromium-driver (apt-get install chromium chromium-driver)"
-        if BROWSER_REQUIRED:
-            pytest.fail(f"{message} (LORA_BLACKBOX_REQUIRE_BROWSER=1)")
-        pytest.skip(message)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(argument)
-    browser = webdriver.Chrome(service=Service(chromedriver), options=options)  # no Selenium Manager download
-    try:
-        yield browser
-    finally:
-        browser.quit()
-
-
-class Server:
-    """``lora-blackbox compare`` on a free port of 127.0.0.1."""
-
-    def __init__(self, command: list[str], answers: Path, db: Path) -> None:
-        self.process = subprocess.Popen(
-            [*command, "compare", str(answers), "--db", str(db), "--port", "0"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stderr is not None
-        lines = []
-        for line in self.process.stderr:  # until the page's address, or the end of the process
-            lines.append(line)
-            found = re.search(r"rating page at (http://\S+)", line)
-            if found:
-                self.url = found.group(1)
-                break
-        else:
-            pytest.fail("compare ended without serving: " + "".join(lines))
-
-    def answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url, timeout=5) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def stop(self, sig: int) -> int:
-        self.process.send_signal(sig)
-        return self.process.wait(timeout=60)
-
-
-@pytest.fixture
-def start_server(blackbox_cmd: list[str], wait_for: Any) -> Iterator[Any]:
-    servers: list[Server] = []
-
-    def start(answers: Path, db: Path) -> Server:
-        server = Server(blackbox_cmd, answers, db)
-        servers.append(server)
-        wait_for(server.answers, server.process, "the rating page to answer", timeout=60)
-        return server
-
-    yield start
-    for server in servers:
-        if server.process.poll() is None:
-            server.stop(signal.SIGKILL)
+from blackbox.reports.votes import read_votes
+from tests.assessment.rating import INJECTED, make_links
 
 
 def _screen(browser: Any) -> tuple[str, str, str]:
@@ -208,8 +115,8 @@ def test_people_rate_in_a_browser_and_lose_nothing_when_the_server_dies(
     _wait_for_progress(driver, 0)
     for done, (how, choice) in enumerate([("key:2", "right"), ("key:x", "both_bad")]):
         expected.append(_expected(_rate(driver, how, done=done), choice, "bob"))
-    driver.get(server.url + "results")
-    assert "people:" in driver.find_element(By.TAG_NAME, "h3").text
+    driver.get(server.url + "results")  # the results are the organiser's, on the command line: no rater's page
+    assert "for the study's organiser" in driver.find_element(By.ID, "refused").text
     assert server.stop(signal.SIGINT) == 0  # Ctrl-C: a clean stop
 
     votes = read_votes(db)
@@ -259,8 +166,10 @@ def test_raters_vote_through_their_links_only(
     assert driver.find_element(By.ID, "rater-name").text == "ann"
     expected = [_expected(_rate(driver, "key:1", done=0), "left", "ann")]
     expected.append(_expected(_rate(driver, "key:x", done=1), "both_bad", "ann"))
-    driver.get(server.url + "r/" + tokens["bob"])  # the same browser, bob's link: bob rates
+    driver.get(server.url + "r/" + tokens["bob"])  # the same browser, bob's link: it asks, then bob rates
+    driver.find_element(By.ID, "switch-rater").click()
     _wait_for_progress(driver, 0)
+    assert driver.find_element(By.ID, "rater-name").text == "bob"
     expected.append(_expected(_rate(driver, "key:2", done=0), "right", "bob"))
 
     # Bob's page shows his next pair; his link is revoked meanwhile: his vote is refused, and so is his page.
@@ -288,8 +197,6 @@ def test_raters_vote_through_their_links_only(
     driver.get(server.url + "r/" + tokens["ann"])
     assert "2 of 6 rated" in driver.find_element(By.ID, "progress").text  # where she was
     expected.append(_expected(_rate(driver, "click:choice-tie", done=2), "tie", "ann"))
-    driver.get(server.url + "results")
-    assert "people: 4 votes" in driver.find_element(By.TAG_NAME, "h3").text
     assert server.stop(signal.SIGINT) == 0
 
     assert [(v.rater, v.question_id, v.model_a, v.model_b, v.verdict) for v in read_votes(db)] == expected
@@ -301,14 +208,162 @@ def test_raters_vote_through_their_links_only(
         assert token.encode() not in stored and token not in result.output and token not in exported.read_text()
 
 
-def test_an_open_page_beyond_this_machine_needs_links_or_open(answers_file: Path, tmp_path: Path) -> None:
-    args = ["compare", str(answers_file), "--db", str(tmp_path / "votes.sqlite"), "--host", "0.0.0.0", "--port", "0"]
+class _Page(http.server.BaseHTTPRequestHandler):
+    """Another site's page: one form, posting to the rating page."""
+
+    def do_GET(self) -> None:
+        page = self.server.page  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def other_site() -> Iterator[Any]:
+    """``other_site(address, action, fields)``: the address of a page served from ``address`` (another origin than
+    the rating page) whose button ``go`` posts ``fields`` to ``action``, as a page of another site would."""
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def serve(address: str, action: str, fields: dict[str, str]) -> str:
+        server = http.server.ThreadingHTTPServer((address, 0), _Page)
+        hidden = "".join(f'<input type="hidden" name="{k}" value="{v}">' for k, v in fields.items())
+        form = f'<form method="post" action="{action}">{hidden}<button id="go">Win a prize</button></form>'
+        server.page = f"<!DOCTYPE html><title>Prizes</title>{form}".encode()  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://{address}:{server.server_address[1]}/"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_another_site_cannot_vote_through_a_raters_browser(
+    driver: Any, start_server: Any, answers_file: Path, tmp_path: Path, other_site: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    db = tmp_path / "votes.sqlite"
+    server = start_server(answers_file, db)  # the open mode: a name is all a vote needs
+    driver.get(server.url + "rate?rater=ann")
+    _rate(driver, "key:1", done=0)
+    # A page of another site (127.0.0.2: another host) with the form ann's page would post
+    page = other_site("127.0.0.2", server.url + "vote", {"rater": "ann", "pair": "1", "verdict": "left"})
+    driver.get(page)
+    driver.find_element(By.ID, "go").click()
+    _wait_for_text(driver, None, "came from another site")
+    assert len(read_votes(db)) == 1  # ann's own vote only
+
+
+def test_a_link_never_takes_over_another_raters_browser(
+    driver: Any, start_server: Any, answers_file: Path, tmp_path: Path, other_site: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    db = tmp_path / "votes.sqlite"
+    tokens = make_links(answers_file, db, "ann,mallory")
+    server = start_server(answers_file, db)
+    driver.get(server.url + "r/" + tokens["ann"])
+    _wait_for_progress(driver, 0)
+    # Mallory gets ann to open Mallory's own link (login CSRF): the page asks, and this browser goes on as ann.
+    driver.get(server.url + "r/" + tokens["mallory"])
+    assert driver.find_element(By.ID, "current").text == "ann" and driver.find_element(By.ID, "switch-rater")
+    driver.get(server.url + "rate")
+    assert driver.find_element(By.ID, "rater-name").text == "ann"
+    # A bad link logs nobody out.
+    driver.get(server.url + "r/" + "x" * 43)
+    assert "not valid" in driver.find_element(By.ID, "refused").text
+    driver.get(server.url + "rate")
+    assert driver.find_element(By.ID, "rater-name").text == "ann"
+    # Another port of this host is the same site, so ann's cookie (SameSite=Lax) goes along with its form: refused.
+    page = other_site("127.0.0.1", server.url + "vote", {"pair": "0", "verdict": "left"})
+    driver.get(page)
+    driver.find_element(By.ID, "go").click()
+    _wait_for_text(driver, None, "came from another site")
+    assert read_votes(db) == []
+
+
+def test_a_page_beyond_this_machine_needs_links_or_open_and_warns_of_plain_http(
+    start_server: Any, answers_file: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "votes.sqlite"
+    args = ["compare", str(answers_file), "--db", str(db), "--host", "0.0.0.0", "--port", "0"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "create links first (--raters NAME,...), or say --open" in result.output
     made = CliRunner().invoke(main, [*args[:4], "--raters", "ann"])  # links on stdout, for the page's address
     assert made.exit_code == 0 and re.fullmatch(r"ann\thttp://127\.0\.0\.1:8000/r/[\w-]{43}\n", made.stdout)
     bad = CliRunner().invoke(main, ["compare", str(answers_file), "--raters", "ann,judge:x"])
     assert bad.exit_code == 2 and "'judge:x' is not a rater's name" in bad.output and "invalid exp" not in bad.output
+    # Links served on a network address without TLS: a warning (and the page, on this machine's addresses).
+    server = start_server(answers_file, db, "--host", "0.0.0.0")
+    assert "the page serves rater links over plain HTTP on 0.0.0.0" in server.log
+    assert server.stop(signal.SIGINT) == 0
+
+
+def test_rater_names_are_normalised_and_ascii(answers_file: Path, tmp_path: Path) -> None:
+    from blackbox.assessment.compare.votes import is_rater_name, normal_name
+
+    assert normal_name(" \uff41\uff4e\uff4e ") == "ann" and normal_name("\ufb01ona") == "fiona"  # full-width, fi
+    assert all(is_rater_name(n) for n in ("alice", "Ann-Marie O.", "bob@lab.org", "r2_d2", "7" * 40))
+    assert not any(is_rater_name(n) for n in ("", " ann", "-x", "=1+1", "judge:m", "a" * 41, "Jos\u00e9"))
+    assert not is_rater_name(normal_name("\u0430lice"))  # a Cyrillic a: looks like alice, is someone else
+    args = ["compare", str(answers_file), "--db", str(tmp_path / "votes.sqlite"), "--raters"]
+    made = CliRunner().invoke(main, [*args, "\uff41\uff4e\uff4e"])
+    assert made.exit_code == 0 and made.stdout.startswith("ann\thttp://"), made.output
+    look_alike = CliRunner().invoke(main, [*args, "\u0430lice"])
+    assert look_alike.exit_code == 2 and "1 to 40 ASCII letters" in look_alike.output
+
+
+def test_the_links_file_is_private_and_never_a_symbolic_link(answers_file: Path, tmp_path: Path) -> None:
+    db = tmp_path / "votes.sqlite"
+    args = ["compare", str(answers_file), "--db", str(db), "--raters"]
+    links = tmp_path / "links.tsv"
+    links.write_text("# our raters\n")
+    links.chmod(0o644)  # a file that others can read already
+    made = CliRunner().invoke(main, [*args, "ann", "--links", str(links)])
+    assert made.exit_code == 0, made.output
+    assert links.stat().st_mode & 0o777 == 0o600 and "was readable by others (mode 644)" in made.output
+    assert re.fullmatch(r"# our raters\nann\thttp://\S+/r/[\w-]{43}\n", links.read_text())
+    target = tmp_path / "elsewhere.tsv"
+    target.write_text("")
+    target.chmod(0o644)
+    symlink = tmp_path / "symlink.tsv"
+    symlink.symlink_to(target)
+    refused = CliRunner().invoke(main, [*args, "bob", "--links", str(symlink)])
+    assert refused.exit_code == 1 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [
+        f"lora-blackbox ERROR: --links {symlink} is a symbolic link: refused (name the file itself)"
+    ]
+    assert target.read_text() == "" and target.stat().st_mode & 0o777 == 0o644  # not followed
+    again = CliRunner().invoke(main, [*args, "bob"])  # the refused file cost bob no link: he gets one now
+    assert again.exit_code == 0 and again.stdout.startswith("bob\thttp://")
+
+
+def test_the_sides_come_from_the_studys_secret_not_from_the_names(tmp_path: Path) -> None:
+    from blackbox.assessment.compare.pairs import Pair, a_shown_first
+    from blackbox.assessment.compare.votes import study_secret, votes_db
+
+    pairs = [Pair(f"q{i}", "base", "best") for i in range(64)]
+
+    def sides(db: Path) -> list[bool]:
+        with votes_db(db) as connection:
+            secret = study_secret(connection)
+        return [a_shown_first(secret, "ann", pair) for pair in pairs]
+
+    first = sides(tmp_path / "one.sqlite")
+    assert sides(tmp_path / "one.sqlite") == first  # the same study: the same screens at every visit
+    assert 8 < sum(first) < 56  # a fair coin (outside: chance 1e-10)
+    # The same rater and pairs in another study get other sides (the same with chance 2^-64), and the public hash
+    # of name and pair that chose them before agrees by chance only: nobody predicts them from the names.
+    assert sides(tmp_path / "two.sqlite") != first
+    public = [hashlib.sha256("\0".join(("ann", *pair.key)).encode()).digest()[0] % 2 == 0 for pair in pairs]
+    assert public != first
 
 
 def test_judge_asks_both_orders_and_keeps_only_consistent_verdicts(answers_file: Path, tmp_path: Path) -> None:

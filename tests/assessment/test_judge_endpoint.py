@@ -7,6 +7,7 @@ orders, and prefers the second answer between the two others: its votes and posi
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import random
@@ -15,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from blackbox.core.votes import read_votes
+from blackbox.reports.votes import read_votes
 
 MODELS = ("base", "best", "worst")
 # The judge reads only what its chat template keeps of the prompt: assistant A's answer.
@@ -167,6 +169,65 @@ def test_an_unreachable_endpoint_fails_in_one_line(blackbox_cmd: list[str], tmp_
     assert f"the judge endpoint http://127.0.0.1:{port}/v1/ failed" in result.stderr
     assert "Traceback" not in result.stderr and key not in result.stderr
     assert read_votes(tmp_path / "votes.sqlite") == []
+
+
+class _RefusingEndpoint(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint that refuses every key with 401, quoting the request's Authorization header
+    back in its error (as a careless or hostile server may)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        error = {"message": f"Incorrect API key: {self.headers['Authorization']}", "code": "invalid_api_key"}
+        body = json.dumps({"error": error}).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_api_key_is_in_no_traceback(blackbox_cmd: list[str], tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefusingEndpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    key = "sk-test-" + secrets.token_hex(16)
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    command = [*blackbox_cmd, "--debug", "compare", str(_answers_file(tmp_path)), "--judge", "openai:m"]
+    try:
+        result = subprocess.run(
+            [*command, "--judge-url", url, "--judge-retries", "0"],
+            env={**os.environ, "OPENAI_API_KEY": key},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 1 and result.stdout == ""
+    assert f"the judge endpoint {url}/ answered 401: " in result.stderr and "Traceback" in result.stderr  # --debug
+    assert "Incorrect API key: Bearer [API key]" in result.stderr  # the server's own words, the key redacted
+    assert key not in result.stderr  # not in the message, the traceback, its chain, nor the libraries' logs
+
+
+def test_the_api_key_crosses_a_network_over_https_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from blackbox.assessment.compare.endpoint import Endpoint
+    from blackbox.core.errors import OptionError
+
+    monkeypatch.setenv("LORA_BLACKBOX_TEST_JUDGE_KEY", "sk-test-" + secrets.token_hex(16))
+    settings: dict[str, Any] = {"api_key_env": "LORA_BLACKBOX_TEST_JUDGE_KEY", "system": "", "max_new_tokens": 1}
+    with pytest.raises(OptionError, match=r"plain HTTP on another machine.*--judge-allow-http"):
+        Endpoint("m", url="http://192.0.2.1:8000/v1", **settings)  # refused before any request
+    for url in ("https://192.0.2.1/v1", "http://127.0.0.1:8000/v1", "http://[::1]:8000/v1", "http://localhost/v1"):
+        with Endpoint("m", url=url, **settings):  # made; nothing is sent until asked
+            pass
+    with Endpoint("m", url="http://192.0.2.1:8000/v1", allow_http=True, **settings):
+        pass
+    monkeypatch.delenv("LORA_BLACKBOX_TEST_JUDGE_KEY")
+    with Endpoint("m", url="http://192.0.2.1:8000/v1", **settings):  # no key: nothing to protect
+        pass
 
 
 def test_rate_limit_spaces_requests_evenly() -> None:

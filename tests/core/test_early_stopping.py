@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from blackbox.core.curves import CurvePoint, checkpoint_steps
-from blackbox.core.early_stopping import StudyRule, best_loss, incumbent_objective, incumbent_rule, median_rule
+from blackbox.core.early_stopping import (
+    StudyRule,
+    asha_rule,
+    best_loss,
+    incumbent_objective,
+    incumbent_rule,
+    median_rule,
+)
 from blackbox.core.experiment import load_experiment
 from blackbox.core.failures import Status
 from blackbox.core.point import PointSource
@@ -58,6 +65,38 @@ def test_the_incumbent_rule() -> None:
     assert incumbent_rule(1.2, None, finished=3, min_finished=1) is None  # the incumbent has no curve there
     assert incumbent_rule(1.2, NAN, finished=3, min_finished=1) is None
     assert incumbent_rule(NAN, 1.0, finished=1, min_finished=1) == "its checkpoint loss is nan"
+
+
+def test_the_asha_rule() -> None:
+    rung = [1.0, 2.0, 3.0, 4.0, 5.0]  # with its own value, 6 at the rung: eta 2 keeps the best 3, eta 3 the best 2
+    assert asha_rule(2.5, rung, eta=2, min_values=2) is None  # 1, 2, 2.5 go on
+    assert asha_rule(3.5, rung, eta=2, min_values=2) is not None
+    assert asha_rule(2.5, rung, eta=3, min_values=2) is not None  # only 1 and 2 go on
+    assert asha_rule(3.0, rung, eta=2, min_values=2) is None  # a tie with the cut-off goes on
+    assert asha_rule(9.0, [1.0], eta=2, min_values=3) is None  # 2 values at the rung: fewer than min_values
+    assert asha_rule(9.0, [1.0], eta=2, min_values=2) is not None  # the best 1 of 2 goes on
+    assert asha_rule(3.5, rung, eta=2, min_values=2, margin=0.2) is None  # within 20% of the cut-off 3.0
+    assert asha_rule(NAN, rung, eta=2, min_values=2) == "its checkpoint loss is nan"
+    assert asha_rule(2.5, [*rung, NAN], eta=2, min_values=2) is None  # NaN values are left out
+
+
+def test_asha_counts_stopped_evaluations_that_reached_the_rung(experiment, tmp_path: Path) -> None:
+    store = RecordStore(tmp_path)
+    asha = StudyRule(
+        experiment.model_copy(update={"stopping": experiment.stopping.model_copy(update={"rule": "asha", "eta": 1.5})}),
+        checkpoint_rows=8,
+    )
+    _finished(store, experiment, 1.0, [2.0, 1.5, 1.2])
+    points = (CurvePoint(4, 100, 3.0), CurvePoint(8, 200, 2.8))
+    stop = {"step": 8, "total_steps": 16, "rule": "asha", "reason": "r"}
+    metrics = {"checkpoint_rows": 8, "objective": 2.8}
+    stopped = build_record(experiment, Status.STOPPED, PointSource(), metrics=metrics, curve=points)
+    store.append(stopped.__class__.from_dict({**stopped.as_dict(), "stopped": stop}))
+    assert len(asha.reached(8)) == 2 and len(asha.reached(12)) == 1  # the stopped one reached step 8, not 12
+    # At step 4 the rung holds 2.0 and the stopped 3.0: with its own value, the best 2 of 3 go on (without the
+    # stopped one, the best 1 of 2 would, and 2.5 would stop).
+    assert asha.decide([CurvePoint(4, 100, 2.5)]) is None
+    assert asha.decide([CurvePoint(4, 100, 3.5)]) is not None
 
 
 def test_a_curve_by_step() -> None:

@@ -20,19 +20,29 @@ from blackbox.core.errors import (
     TrainingTimeout,
 )
 from blackbox.core.failures import (
+    NOT_RUN_INTERRUPTED,
+    NOT_RUN_STOPPING,
     POLICY,
+    STUDY_POLICY,
     Call,
     Status,
     call_after,
     call_of,
     call_of_container,
+    call_of_decode,
+    call_of_study,
+    constraint_of,
     container_returncode,
-    policy_table,
+    not_run_reason,
+    policy_tables,
     process_status,
     raise_if_call_ends,
+    run_status,
     status_of,
+    study_run_status,
     trial_state,
     unrecorded_status,
+    value_of_extra,
     value_of_failure,
     value_of_stopped,
 )
@@ -89,7 +99,44 @@ def test_the_output_line_of_each_failure(status: Status) -> None:
     else:
         assert (objective, constraint, extra) == ("nan", "nan", "nan")
     assert counted == str(int(status.counted))
-    assert math.isnan(value_of_failure(status, "EXTRA_O"))
+    assert math.isnan(value_of_failure(status, "EXTRA_O"))  # what it did not measure
+
+
+@pytest.mark.parametrize("status", list(Status))
+def test_the_extra_outputs_of_each_status(status: Status) -> None:
+    """A diverged or stopped evaluation's line is a value the solver uses: what it measured is kept, what it did
+    not reach is nan; a failed evaluation's line is nan throughout."""
+    keeps = status in (Status.DIVERGED, Status.STOPPED)
+    measured = value_of_extra(status, 12.5)
+    assert measured == 12.5 if keeps else math.isnan(float(measured))
+    assert (value_of_extra(status, "run-1") == "run-1") is keeps
+    assert math.isnan(float(value_of_extra(status, None)))
+    if status is not Status.OK:  # the output line says the same
+        [extra] = output_tokens(("EXTRA_O:total_seconds",), status, {"total_seconds": 12.5})
+        assert extra == ("12.5" if keeps else "nan")
+
+
+def test_a_constraint_for_a_solver_that_needs_a_number() -> None:
+    assert constraint_of(math.nan) == math.inf  # never scored: violated
+    assert constraint_of(-0.5) == -0.5 and constraint_of(math.inf) == math.inf
+
+
+@pytest.mark.parametrize("status", list(Status))
+def test_the_mlflow_status_of_each_evaluation(status: Status) -> None:
+    expected = {Status.OK: "FINISHED", Status.STOPPED: "FINISHED"}.get(status, "FAILED" if status.counted else "KILLED")
+    assert run_status(status) == expected
+
+
+def test_the_mlflow_status_of_a_study() -> None:
+    assert study_run_status(interrupted=True) == "KILLED"  # the same command resumes it and reopens the run
+    assert study_run_status(interrupted=False) == "FINISHED"
+
+
+def test_why_points_are_not_run() -> None:
+    assert not_run_reason(Call.INTERRUPTED, "signal 2") == NOT_RUN_INTERRUPTED
+    assert not_run_reason(Call.FAILS, "no model") == "not evaluated: the call failed: no model"
+    assert not_run_reason(Call.FAILS) == "not evaluated: the call failed: fails"
+    assert all(reason.startswith("not evaluated: ") for reason in (NOT_RUN_INTERRUPTED, NOT_RUN_STOPPING))
 
 
 @pytest.mark.parametrize(
@@ -130,8 +177,39 @@ def test_the_status_of_a_point_from_its_process(
 
 
 def test_an_evaluation_without_a_record() -> None:
-    assert unrecorded_status(caller_went_on=True) is Status.ERROR  # died alone, counted by NOMAD
-    assert unrecorded_status(caller_went_on=False) is Status.KILLED  # cut with its study
+    assert unrecorded_status(solver_exit=0) is Status.ERROR  # NOMAD ended by itself: it died alone, counted
+    assert unrecorded_status(solver_exit=0, interrupted=True) is Status.KILLED  # cut with its study's Ctrl-C
+    assert unrecorded_status(solver_exit=-signal.SIGKILL) is Status.KILLED  # NOMAD killed: cut with it
+    assert unrecorded_status(solver_exit=1) is Status.KILLED
+    assert unrecorded_status(solver_exit=None) is Status.KILLED  # found by a rerun (or an Optuna trial left RUNNING)
+    assert trial_state(unrecorded_status(solver_exit=None)) == "not_counted"
+
+
+@pytest.mark.parametrize(
+    ("facts", "expected"),
+    [
+        ({}, (Call.GOES_ON, 0)),
+        ({"interrupted": True}, (Call.INTERRUPTED, 130)),
+        ({"interrupted": True, "failed_start": True, "solver_exit": 3}, (Call.INTERRUPTED, 130)),
+        ({"failed_start": True}, (Call.FAILS, 1)),
+        ({"failed_start": True, "solver_exit": -11, "solver_crashed": True}, (Call.FAILS, 1)),
+        ({"solver_exit": -signal.SIGKILL}, (Call.FAILS, 1)),  # killed from outside: resumable
+        ({"solver_exit": 3}, (Call.FAILS, 3)),  # NOMAD's own failure, relayed
+        ({"solver_exit": -signal.SIGSEGV, "solver_crashed": True}, (Call.GOES_ON, 0)),  # repaired by the driver
+    ],
+)
+def test_how_a_study_ends(facts: dict, expected: tuple[Call, int]) -> None:
+    assert call_of_study(**facts) == expected
+
+
+def test_every_way_a_study_ends_has_a_row() -> None:
+    ends = {rule.end() for rule in STUDY_POLICY}
+    assert ends == {(Call.GOES_ON, 0), (Call.INTERRUPTED, 130), (Call.FAILS, 1), (Call.FAILS, 3)}
+
+
+def test_how_decode_ends() -> None:
+    assert call_of_decode(invalid_lines=0) is Call.GOES_ON
+    assert call_of_decode(invalid_lines=2).exit_status == 1
 
 
 @pytest.mark.parametrize(
@@ -178,10 +256,10 @@ def test_every_status_has_a_row() -> None:
     assert {rule.status for rule in POLICY if rule.status} == set(Status)
 
 
-def test_the_docs_show_the_policy_table_of_the_code() -> None:
-    """docs/failures.md holds the table that ``python -m blackbox.core.failures`` prints, between its markers."""
+def test_the_docs_show_the_policy_tables_of_the_code() -> None:
+    """docs/failures.md holds the tables that ``python -m blackbox.core.failures`` prints, between its markers."""
     text = DOCS.read_text(encoding="utf-8")
-    begin, end = "<!-- policy table: python -m blackbox.core.failures -->\n", "<!-- end of the policy table -->"
+    begin, end = "<!-- policy tables: python -m blackbox.core.failures -->\n", "<!-- end of the policy tables -->"
     assert begin in text and end in text, f"{DOCS} lost its markers"
     shown = text.split(begin, 1)[1].split(end, 1)[0]
-    assert shown == policy_table(), f"{DOCS} is stale: paste the output of python -m blackbox.core.failures"
+    assert shown == policy_tables(), f"{DOCS} is stale: paste the output of python -m blackbox.core.failures"

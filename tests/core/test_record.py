@@ -6,7 +6,6 @@ import fcntl
 import json
 import multiprocessing
 import os
-import threading
 from pathlib import Path
 
 import pytest
@@ -33,54 +32,49 @@ def _record(i: int, writer: int = 0, status: Status = Status.OK) -> EvalRecord:
     )
 
 
-def _writer(folder: str, writer: int, count: int) -> None:
-    store = RecordStore(Path(folder))
-    for i in range(count):
-        store.append(_record(i, writer))
+def _append_one(folder: str, writer: int) -> None:
+    RecordStore(Path(folder)).append(_record(0, writer))
 
 
-def test_concurrent_writers_never_corrupt_the_file(tmp_path: Path) -> None:
-    writers, count = 8, 40
-    context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_writer, args=(str(tmp_path), w, count)) for w in range(writers)]
-    for p in processes:
-        p.start()
-    for p in processes:
-        p.join(60)
-        assert p.exitcode == 0
-    lines = (tmp_path / "records.jsonl").read_text().splitlines()
-    assert len(lines) == writers * count
-    records = [json.loads(line) for line in lines]  # every line is a whole record
-    assert {(r["metrics"]["writer"], r["metrics"]["i"]) for r in records} == {
-        (w, i) for w in range(writers) for i in range(count)
-    }
-
-
-def _blocked_flock(path: Path) -> bool:
-    """Whether a process waits for a FLOCK on ``path`` (a ``->`` line of /proc/locks names its inode)."""
+def _waiting_flocks(path: Path) -> int:
+    """How many processes wait for a FLOCK on ``path`` (``->`` lines of /proc/locks that name its inode)."""
     inode = f":{os.stat(path).st_ino} "
-    return any(
-        line.split()[1:3] == ["->", "FLOCK"] and inode in line for line in Path("/proc/locks").read_text().splitlines()
-    )
+    lines = Path("/proc/locks").read_text().splitlines()
+    return sum(line.split()[1:3] == ["->", "FLOCK"] and inode in line for line in lines)
 
 
 @pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks to see a waiting lock")
-def test_an_append_waits_for_the_lock_of_another_writer(tmp_path: Path) -> None:
+def test_concurrent_writers_wait_for_a_writer_in_the_middle_of_its_line(tmp_path: Path, wait_for) -> None:
+    """While one writer is in the middle of its line (this test: it holds the lock and has written half of a
+    record), the appends of other processes wait for the lock, then add whole lines after it. Were the lock not
+    taken, they would write into the middle of that line (one O_APPEND write each would not save it)."""
     store = RecordStore(tmp_path)
     store.append(_record(0))
-    fd = os.open(store.path, os.O_RDWR)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # another writer, in the middle of its append
-    appending = threading.Thread(target=store.append, args=(_record(1),))
-    appending.start()
+    line = (_record(1).to_json() + "\n").encode()
+    fd = os.open(store.path, os.O_WRONLY | os.O_APPEND)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    writers = [
+        multiprocessing.get_context("spawn").Process(target=_append_one, args=(str(tmp_path), w)) for w in (2, 3)
+    ]
     try:
-        while not _blocked_flock(store.path):  # the append waits for the lock: a state, not a sleep
-            assert appending.is_alive(), "the append did not wait for the lock"
-        assert [r.run_id for r in store.records()] == ["0-0"]
+        os.write(fd, line[: len(line) // 2])
+        for writer in writers:
+            writer.start()
+
+        def all_waiting() -> bool:
+            assert all(w.is_alive() for w in writers), "a writer appended while another was in the middle of its line"
+            return _waiting_flocks(store.path) == len(writers)
+
+        wait_for(all_waiting, None, "the other writers to wait for the lock", timeout=120)
+        os.write(fd, line[len(line) // 2 :])
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-    appending.join(30)
-    assert [r.run_id for r in store.records()] == ["0-0", "0-1"]
+        os.close(fd)  # releases the lock
+        for writer in writers:
+            writer.join(timeout=60)
+    assert [w.exitcode for w in writers] == [0, 0]
+    lines = store.path.read_text().splitlines()
+    assert [json.loads(text)["run_id"] for text in lines[:2]] == ["0-0", "0-1"]  # whole lines, the cut one too
+    assert sorted(json.loads(text)["run_id"] for text in lines[2:]) == ["2-0", "3-0"]
 
 
 def test_a_torn_last_line_costs_only_itself(tmp_path: Path) -> None:
@@ -153,9 +147,12 @@ def test_finished_and_find(tmp_path: Path) -> None:
     assert store.find(point_file="/p", block_index=0) is None
 
 
-@pytest.mark.parametrize(("caller_went_on", "status", "counted"), [(False, "KILLED", "0"), (True, "ERROR", "1")])
+@pytest.mark.parametrize(
+    ("solver_exit", "interrupted", "status", "counted"),
+    [(None, False, "KILLED", "0"), (0, True, "KILLED", "0"), (0, False, "ERROR", "1")],
+)
 def test_an_evaluation_without_an_end_is_recorded_as_the_policy_says(
-    tmp_path: Path, caller_went_on: bool, status: str, counted: str
+    tmp_path: Path, solver_exit: int | None, interrupted: bool, status: str, counted: str
 ) -> None:
     store = RecordStore(tmp_path)
     marker = _record(0, status=Status.KILLED)
@@ -164,7 +161,7 @@ def test_an_evaluation_without_an_end_is_recorded_as_the_policy_says(
     store.mark_running(marker)
     [unfinished] = store.unfinished()
     assert unfinished.status is Status.KILLED
-    [written] = store.record_unfinished(caller_went_on=caller_went_on)
+    [written] = store.record_unfinished(solver_exit=solver_exit, interrupted=interrupted)
     assert written.status.value == status and written.outputs == ("nan", "nan", counted)
     assert json.loads((store.run_dir(marker.run_id) / "record.json").read_text())["status"] == status
     assert (store.run_dir(marker.run_id) / RUNNING_FILE).exists()  # the marker stays: record.json ends it

@@ -31,3 +31,16 @@ def test_settings_that_change_the_result_refuse_it_and_say_which() -> None:
     ]
     [space] = differences(load_experiment("efficiency"), demo)
     assert space.startswith("the search spaces differ")
+
+
+def test_a_study_of_other_objectives_is_refused_first() -> None:
+    pareto = load_experiment("demo_pareto")
+    one = load_experiment(
+        "demo_pareto",
+        ["objectives=[]", 'study.outputs=["OBJ:validation_loss","EXTRA_O:run_id","CNT_EVAL"]'],
+    )
+    assert differences(one, pareto) == [
+        "its evaluations are of 2 objectives (validation_loss, trainable_params), this study's of one objective "
+        "(validation_loss)"
+    ]
+    assert differences(pareto, pareto) == []

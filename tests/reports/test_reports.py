@@ -32,7 +32,9 @@ def studies(tmp_path_factory: pytest.TempPathFactory, write_tiny_experiment, bla
     study = {"space": "rank_lr", "name": "tiny-study", "budget": 4, "steps": 6, "outputs": outputs, "records": tmp}
     nomad_experiment = write_tiny_experiment(tmp / "nomad.toml", **study)
     param = tmp / "study.txt"
-    subprocess.run([*blackbox_cmd, "-q", "params", "-e", str(nomad_experiment), "--out", str(param)], check=True)
+    subprocess.run(
+        [*blackbox_cmd, "-q", "params", "-e", str(nomad_experiment), "--out", str(param)], check=True, timeout=600
+    )
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])}
     env.pop("NOMAD_EXE", None)
     nomad = subprocess.run(
@@ -218,7 +220,7 @@ def test_report_never_imports_torch(studies: dict, tmp_path: Path) -> None:
         f"write_report([{str(studies['tmp'] / 'nomad')!r}], Path({str(tmp_path)!r})); "
         "print(sorted(m for m in ('torch', 'transformers', 'optuna') if m in sys.modules))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)
     assert result.stdout.strip() == "[]"
     assert (tmp_path / "report.html").exists()
 

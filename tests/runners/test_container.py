@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -262,19 +263,22 @@ def popen() -> Iterator[Callable[[list[str], Path], subprocess.Popen[bytes]]]:
                 process.communicate(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
-                process.communicate()
+                process.communicate(timeout=60)
 
 
 def _wait_for_stderr(process: subprocess.Popen[bytes], text: bytes, timeout: float = 180) -> bytes:
-    """Read the runner's stderr until ``text`` appears; returns what was read."""
+    """Read the runner's stderr until a line holding ``text`` has arrived, for at most ``timeout`` seconds (a
+    runner that hangs silently fails the test too); returns what was read: whole lines, the rest stays unread."""
     assert process.stderr is not None
+    fd = process.stderr.fileno()  # read below the file object's buffer, which stays empty
     seen = b""
     deadline = time.monotonic() + timeout
-    while text not in seen:
-        line = process.stderr.readline()
-        assert line, (process.wait(), seen.decode(errors="replace"))
-        seen += line
-        assert time.monotonic() < deadline, seen.decode(errors="replace")
+    while text not in seen or not seen.endswith(b"\n"):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"timed out after {timeout:g} s waiting for {text!r}: {seen.decode(errors='replace')}"
+        byte = os.read(fd, 1)
+        assert byte, (process.wait(timeout=60), seen.decode(errors="replace"))
+        seen += byte
     return seen
 
 

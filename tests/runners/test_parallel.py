@@ -91,7 +91,7 @@ def test_a_lease_survives_its_holder_being_killed(tmp_path) -> None:
     slots = Slots(("gpu7",), gpu=True)
     started = time.monotonic()
     holder.send_signal(signal.SIGKILL)
-    holder.wait()
+    holder.wait(timeout=60)
     with lease(slots, 1, folder=tmp_path, poll_s=0.05) as leased:
         assert leased == ["gpu7"]
     assert time.monotonic() - started < 5
@@ -117,7 +117,11 @@ def test_data_parallel_ranks_give_the_objective_of_one_process(tmp_path, tiny_ex
 
 def test_params_for_parallel_studies(blackbox_cmd) -> None:
     result = subprocess.run(
-        [*blackbox_cmd, "params", "-e", "demo", "--parallel", "4"], capture_output=True, text=True, check=True
+        [*blackbox_cmd, "params", "-e", "demo", "--parallel", "4"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
     )
     assert "BB_MAX_BLOCK_SIZE 4\n" in result.stdout and "MEGA_SEARCH_POLL yes\n" in result.stdout
     assert '"$lora-blackbox $eval $--experiment $demo $--workers $4 $--set $records.dir=."' in result.stdout

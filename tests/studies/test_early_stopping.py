@@ -17,7 +17,7 @@ import pytest
 from blackbox.core.failures import Status
 from blackbox.core.nomad import read_cache
 from blackbox.reports import write_report
-from tests.records import read_records
+from tests.records import read_records, recorded_run_ids
 
 pytestmark = pytest.mark.slow
 
@@ -112,15 +112,15 @@ def test_kill_9_then_resume_keeps_a_stopped_point_stopped(
             return records_file.exists() and any(r["status"] == "STOPPED" for r in read_records(records_file))
 
         wait_for(stopped, process, "a stopped evaluation")
-        done = {p.name for p in (study_dir / "evals").glob("*")}
+        done = recorded_run_ids(study_dir)
         wait_for(lambda: training_started(study_dir, not_in=done), process, "the next evaluation to train")
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        process.wait(timeout=60)
         wait_for(lambda: not _study_processes(study_dir), None, "the study's processes to be gone", timeout=10)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            process.wait(timeout=60)
     first = read_records(records_file)
     [stopped_record] = [r for r in first if r["status"] == "STOPPED"]
 

@@ -17,7 +17,7 @@ import pytest
 
 from blackbox.core.failures import Status
 from blackbox.reports.load import load_run
-from tests.records import read_records
+from tests.records import read_records, recorded_run_ids
 
 pytestmark = pytest.mark.slow
 
@@ -85,11 +85,11 @@ def test_kill_9_of_the_study_then_resume(
         second = run_nomad(param, study_dir, nomad_env)
         assert second.returncode == 1, second.stderr[-3000:]
         assert f"another study is running in {study_dir} (driver pid" in second.stderr
-        done = {p.name for p in (study_dir / "evals").glob("*")}
+        done = recorded_run_ids(study_dir)
         wait_for(lambda: training_started(study_dir, not_in=done), process, "the third evaluation to train")
         assert _study_processes(study_dir)
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        process.wait(timeout=60)
         _none_left(study_dir, wait_for)
     finally:
         for leftover in [*_study_processes(study_dir), psutil.Process(process.pid)] if process.poll() is None else []:
@@ -157,7 +157,7 @@ def test_kill_9_of_nomad_or_of_one_evaluation_then_resume(
     process = _start_study(repo, param, study_dir, nomad_env)
     try:
         wait_for(lambda: records_file.exists() and len(read_records(records_file)) >= 1, process, "1 evaluation")
-        done = {p.name for p in (study_dir / "evals").glob("*")}
+        done = recorded_run_ids(study_dir)
         wait_for(lambda: training_started(study_dir, not_in=done), process, "the second evaluation to train")
         [cut_dir] = {p.name for p in (study_dir / "evals").glob("*")} - done
         _target(study_dir, victim).kill()
@@ -166,7 +166,7 @@ def test_kill_9_of_nomad_or_of_one_evaluation_then_resume(
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            process.wait(timeout=60)
     _stdout, stderr = _output(study_dir)
     first = read_records(records_file)
     [cut] = [r for r in first if r["run_id"] == cut_dir]
@@ -202,13 +202,15 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("mounting a tmpfs needs root")
     folder = tmp_path / "records"
     folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True, timeout=600
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
         yield folder
     finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
+        subprocess.run(["umount", "-l", str(folder)], check=False, timeout=600)
 
 
 def _fill(folder: Path) -> Path:
@@ -233,12 +235,12 @@ def test_records_that_cannot_be_written_fail_the_call_with_one_line(
     def call() -> subprocess.CompletedProcess[str]:
         return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
 
-    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True, timeout=600)
     read_only = call()
     assert (read_only.returncode, read_only.stdout) == (1, "")
     assert read_only.stderr == f"lora-blackbox ERROR: cannot write records in {small_tmpfs}: Read-only file system\n"
 
-    subprocess.run(["mount", "-o", "remount,rw", str(small_tmpfs)], check=True)
+    subprocess.run(["mount", "-o", "remount,rw", str(small_tmpfs)], check=True, timeout=600)
     filler = _fill(small_tmpfs)
     full = call()
     assert (full.returncode, full.stdout) == (1, "")
@@ -254,7 +256,7 @@ def test_records_that_cannot_be_written_fail_the_call_with_one_line(
     finally:
         if process.poll() is None:
             process.kill()
-            process.wait()
+            process.wait(timeout=60)
     assert (process.returncode, stdout) == (1, ""), stderr[-3000:]
     # (torch and transformers may warn on stderr of their own; the blackbox says one thing)
     assert [line for line in stderr.splitlines() if line.startswith("lora-blackbox")] == [

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from blackbox.core.nomad import read_cache
-from tests.records import read_records
+from tests.records import read_records, recorded_run_ids
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +101,7 @@ def test_ctrl_c_then_resume(
         records_file = study_dir / "records.jsonl"
         wait_for(lambda: len(read_records(records_file)) >= after if records_file.exists() else after == 0,
                   process, f"{after} records")  # fmt: skip
-        done = {p.name for p in (study_dir / "evals").glob("*")}
+        done = recorded_run_ids(study_dir)
         wait_for(lambda: training_started(study_dir, not_in=done), process, "the next evaluation to train")
         os.killpg(process.pid, signal.SIGINT)
         if signals == 2:
@@ -111,7 +111,7 @@ def test_ctrl_c_then_resume(
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            process.wait(timeout=60)
     stderr_text = stderr_file.read_text()
     assert process.returncode == 130, stderr_text[-3000:]
     assert "status -11" not in stderr_text and "exited with status" not in stderr_text

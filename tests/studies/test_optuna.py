@@ -33,7 +33,7 @@ def test_a_trial_suggests_nomads_coordinates() -> None:
     distributions = study.trials[0].distributions
     assert distributions["lora_r"] == optuna.distributions.IntDistribution(1, 5)
     assert distributions["lora_alpha"] == optuna.distributions.IntDistribution(1, 8)
-    assert distributions["learning_rate"] == optuna.distributions.FloatDistribution(-5, -2)
+    assert distributions["learning_rate"] == optuna.distributions.FloatDistribution(-5, -1.5)
 
 
 def test_a_granularity_becomes_a_step(tmp_path: Path) -> None:
@@ -270,6 +270,27 @@ def test_a_warm_start_trial_holds_what_optunas_own_trial_would_for_its_point() -
         assert space.suggest(replay) == point
         assert replay.params == trial.params and replay.distributions() == trial.distributions
         study.tell(trial, 1.0)
+
+
+def test_the_summary_says_where_the_best_trials_sit_on_a_bound() -> None:
+    """The best feasible trials (an infeasible one at the bound does not count), on the demo's learning-rate bound."""
+    from blackbox.api import Blackbox
+    from blackbox.studies.optuna_study import summary_of
+
+    blackbox = Blackbox("demo")
+    study = optuna.create_study()
+    for value, point, constraints in [
+        (4.5, (1.0, 1.0, -1.5), [-1.0]),
+        (4.2, (2.0, 4.0, -1.5), [0.0]),
+        (4.1, (5.0, 8.0, -1.5), [0.5]),  # the lowest value, infeasible
+        (4.4, (2.0, 2.0, -3.0), []),
+    ]:
+        attrs = {"point": list(point), "constraints": constraints}
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
+    summary = summary_of(study, "memory", blackbox, n_trials=4)
+    assert summary.best is not None and summary.best["value"] == 4.2
+    [hit] = json.loads(summary.as_json())["on_bounds"]
+    assert (hit["variable"], hit["bound"], hit["count"], hit["top"]) == ("learning_rate", "upper", 2, 3)
 
 
 def test_pruners_and_how_an_evaluation_reaches_its_trial(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -116,6 +116,7 @@ def test_a_warm_start_from_another_search_space_is_refused(
         capture_output=True,
         text=True,
         check=False,
+        timeout=600,
     )
     assert study.returncode == 2
     [line] = [line for line in study.stderr.splitlines() if "refused" in line]

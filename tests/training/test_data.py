@@ -211,3 +211,23 @@ def test_embedded_chitchat_splits_share_no_conversation() -> None:
     train_texts = {text for row in train for text in (row[0], row[2])}
     shared = [row for row in validation if row[0] in train_texts and row[2] in train_texts]
     assert len(shared) < 0.01 * len(validation)  # only stock phrases ("hi", "lol") recur across conversations
+
+
+def test_a_capped_training_set_is_a_random_sample_of_many_conversations() -> None:
+    # The demo's data: capped training rows beside a separate validation source. Its first 1,024 rows came from
+    # a handful of long conversations; a seeded sample draws from hundreds.
+    conversation_of = {
+        Row(*row): conversation
+        for conversation, rows in embedded.conversation_rows("embedded:chitchat/train").items()
+        for row in rows
+    }
+    config = DataConfig(train=("embedded:chitchat/train",), validation=("embedded:chitchat/validation",))
+    first = load_split_rows(config)[0][:1024]
+    capped = config.model_copy(update={"max_train_rows": 1024})
+    train, validation = load_split_rows(capped)
+    assert len(train) == 1024 and len({conversation_of[row] for row in first}) < 40
+    assert len({conversation_of[row] for row in train}) > 500
+    assert load_split_rows(capped) == (train, validation)  # the same sample every time
+    assert load_split_rows(capped.model_copy(update={"split_seed": 1}))[0] != train
+    # The validation rows (the checkpoints' among them) do not depend on the cap.
+    assert validation == load_split_rows(config)[1]

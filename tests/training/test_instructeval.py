@@ -218,14 +218,9 @@ def test_group_scores_as_instructeval_averages() -> None:
     assert len(list(TASKS_DIR.glob("instructeval_mmlu_*.yaml"))) == 57
 
 
-def test_an_experiment_allows_a_benchmark_to_run_code(tiny, tmp_path: Path) -> None:
-    """A benchmark whose task runs code fails without a permission; ``allow_code_execution = true`` in the
-    experiment is one (the shipped paper experiments give it to HumanEval), as ``--allow-code-execution`` is."""
-    from blackbox.core.errors import SetupError
-    from blackbox.core.experiment import BenchmarkConfig, DataConfig
-    from blackbox.training.benchmarks import Scorer
-
-    folder = tmp_path / "code_task"
+def _tiny_code_task(folder: Path) -> Path:
+    """The shipped HumanEval task on two one-line problems (the first passes with any completion), 8 new tokens:
+    ``tiny_code`` in ``folder``."""
     folder.mkdir()
     shutil.copy(TASKS_DIR / "scoring.py", folder / "scoring.py")
     problems = [
@@ -243,6 +238,17 @@ def test_an_experiment_allows_a_benchmark_to_run_code(tiny, tmp_path: Path) -> N
         "max_gen_toks: 512", "max_gen_toks: 8"
     )
     (folder / "tiny_code.yaml").write_text(text.replace("task: instructeval_humaneval", "task: tiny_code"))
+    return folder
+
+
+def test_an_experiment_allows_a_benchmark_to_run_code(tiny, tmp_path: Path) -> None:
+    """A benchmark whose task runs code fails without a permission; ``allow_code_execution = true`` in the
+    experiment is one (the shipped paper experiments give it to HumanEval), as ``--allow-code-execution`` is."""
+    from blackbox.core.errors import SetupError
+    from blackbox.core.experiment import BenchmarkConfig, DataConfig
+    from blackbox.training.benchmarks import Scorer
+
+    folder = _tiny_code_task(tmp_path / "code_task")
     model, tokenizer = tiny
     scorer = Scorer(tokenizer, DataConfig(train=("unused.jsonl",)))
     benchmark = BenchmarkConfig(task="tiny_code", metric="pass@1", include_path=str(folder), batch_size=1)
@@ -250,3 +256,43 @@ def test_an_experiment_allows_a_benchmark_to_run_code(tiny, tmp_path: Path) -> N
         scorer.score(model, benchmark)
     score = scorer.score(model, benchmark.model_copy(update={"allow_code_execution": True}))
     assert score.value == 0.5
+
+
+def test_decoding_as_the_model_says(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``decoding = "model"``: the generations sample as the model's own generation config says (InstructEval's
+    Llama model passes no sampling setting); ``task`` (the default): greedy, as the shipped task says."""
+    from transformers import GenerationConfig
+
+    from blackbox.core.experiment import BenchmarkConfig, DataConfig
+    from blackbox.training.benchmarks import Scorer, model_decoding
+
+    rows = [{"input": f"{a} and {b} is", "target": str(a and b)} for a in (True, False) for b in (True, False)]
+    folder = _tasks_with_local_data(tmp_path, "_bbh_template_yaml", {"test": rows})
+    model, tokenizer = tiny
+    # Llama-2-7b-hf's generation_config.json samples so; the tiny model's own config is greedy.
+    llama2 = GenerationConfig(do_sample=True, temperature=0.6, top_p=0.9)
+    monkeypatch.setattr(model, "generation_config", llama2)
+    asked: list[dict[str, Any]] = []
+    generate = model.generate
+    monkeypatch.setattr(model, "generate", lambda *args, **kwargs: asked.append(kwargs) or generate(*args, **kwargs))
+    scorer = Scorer(tokenizer, DataConfig(train=("unused.jsonl",)))
+    task = BenchmarkConfig(
+        task="instructeval_bbh_boolean_expressions", metric="exact_match", include_path=str(folder), batch_size=4
+    )
+    # (top-k unset: transformers' generate takes its default, 50, as in InstructEval's transformers)
+    assert model_decoding(model) == {"do_sample": True, "temperature": 0.6, "top_p": 0.9}
+
+    scorer.score(model, task)
+    assert asked and all(not kwargs["do_sample"] for kwargs in asked)  # the task's greedy decoding
+    asked.clear()
+    sampled = scorer.score(model, task.model_copy(update={"decoding": "model"}))
+    assert asked and all(
+        (kwargs["do_sample"], kwargs["temperature"], kwargs["top_p"]) == (True, 0.6, 0.9) for kwargs in asked
+    )
+    assert sampled.key == "benchmark:instructeval_bbh_boolean_expressions-model-decoding:exact_match"
+    # A task that samples itself (InstructEval's HumanEval: temperature 0.1) keeps its settings, the model's fill in.
+    code = _tiny_code_task(tmp_path / "code")
+    asked.clear()
+    scorer.score(model, BenchmarkConfig(task="tiny_code", metric="pass@1", include_path=str(code), batch_size=2,
+                                        allow_code_execution=True, decoding="model"))  # fmt: skip
+    assert asked and all((k["do_sample"], k["temperature"], k["top_p"]) == (True, 0.1, 0.9) for k in asked)

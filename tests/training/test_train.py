@@ -157,10 +157,15 @@ def test_activation_checkpointing_learns_the_same(tiny_model: Path, tiny_data) -
     splits = prepare_splits(
         DataConfig(train=(str(tiny_data[0]),), validation=(str(tiny_data[1]),), max_length=128), tokenizer
     )
-    losses = []
+    losses, forwards = [], [0, 0]  # calls of the first layer's attention, without and with checkpointing
     for checkpointing in (False, True):
         training = TrainingConfig(max_steps=4, effective_batch_size=16, seed=0, gradient_checkpointing=checkpointing)
         base = load_base_model(model_config, training, CPU, FP32)
+        # Checkpointing is on when a decoder layer's attention (its LoRA) runs twice: forward, and again in backward.
+        count = int(checkpointing)
+        base.model.layers[0].self_attn.register_forward_hook(
+            lambda *_, i=count: forwards.__setitem__(i, forwards[i] + 1)
+        )
         torch.manual_seed(0)
         model = attach_lora(base, HyperParams(8, 16, 0.0, 1e-2), model_config)
         stats = train(
@@ -174,6 +179,7 @@ def test_activation_checkpointing_learns_the_same(tiny_model: Path, tiny_data) -
         )
         losses.append(stats.train_loss)
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-5)
+    assert forwards[0] > 0 and forwards[1] == 2 * forwards[0], forwards
 
 
 def test_example_losses_add_up_to_the_validation_loss(setup) -> None:

@@ -3,9 +3,11 @@ one module that imports the ``openai`` package, an optional dependency (``pip in
 
 Each prompt is one chat completion (the judge's system prompt, then the prompt), answered greedily
 (temperature 0). The API key comes from an environment variable and goes to the endpoint only: never into a log,
-a vote, a file or an error message. Retries with exponential backoff are the openai client's own (connection
-errors, timeouts, 408, 409, 429 and 5xx answers; it honours Retry-After); ``requests_per_minute`` spaces the
-requests evenly (0: no limit); ``concurrency`` requests are in flight at once.
+a vote, a file, an error message or an exception's chain (the openai client's errors carry the request, headers
+included: ours are raised ``from None``). It crosses a network over HTTPS only, unless ``allow_http`` (plain HTTP
+to a loopback address stays on this machine). Retries with exponential backoff are the openai client's own
+(connection errors, timeouts, 408, 409, 429 and 5xx answers; it honours Retry-After); ``requests_per_minute``
+spaces the requests evenly (0: no limit); ``concurrency`` requests are in flight at once.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from blackbox.core.errors import SetupError
+from blackbox.assessment.compare.addresses import is_loopback
+from blackbox.core.errors import OptionError, SetupError
 from blackbox.core.extras import require
 
 logger = logging.getLogger(__name__)
@@ -62,6 +65,7 @@ class Endpoint:
 
     Raises:
         SetupError: the openai package is missing.
+        OptionError: a key would go over plain HTTP to another machine without ``allow_http``.
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class Endpoint:
         requests_per_minute: float = 0,
         retries: int = 6,
         timeout_s: float = 600,
+        allow_http: bool = False,
     ) -> None:
         require("openai", purpose="a judge behind an endpoint (--judge openai:MODEL)")
         import openai
@@ -88,7 +93,14 @@ class Endpoint:
         if not self._key:
             logger.info("no API key in $%s: the requests carry none", api_key_env)
         self._client = openai.OpenAI(api_key=self._key or NO_KEY, base_url=url, max_retries=retries, timeout=timeout_s)
-        self.url = str(self._client.base_url)
+        base = self._client.base_url
+        self.url = str(base)
+        if self._key and not allow_http and base.scheme != "https" and not is_loopback(base.host):
+            self._client.close()
+            raise OptionError(
+                f"the judge endpoint {self.url} is plain HTTP on another machine: the API key in ${api_key_env} "
+                "would cross the network readable. Use an https:// URL, or say --judge-allow-http"
+            )
         self._limit = RateLimit(requests_per_minute)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="judge")
 
@@ -98,9 +110,10 @@ class Endpoint:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        # After an error (a failed request, Ctrl-C) the queued requests are dropped and the connections closed,
-        # which ends the ones in flight, instead of waiting for them.
-        self._pool.shutdown(wait=kind is None, cancel_futures=True)
+        # After an error (a failed request, Ctrl-C) the queued requests are dropped; the ones in flight end with
+        # their answer or their timeout before the connections close. (Python waits for them at exit anyway, and
+        # closing the client under a request in flight left that request blocked in its read until the timeout.)
+        self._pool.shutdown(wait=True, cancel_futures=True)
         self._client.close()
 
     def ask(self, prompts: Sequence[str]) -> list[str]:
@@ -121,9 +134,10 @@ class Endpoint:
             )
         except openai.APIStatusError as e:
             message = f"the judge endpoint {self.url} answered {e.status_code}: {e.message}"
-            raise SetupError(self._redact(message)) from e
+            # from None: the openai error holds the request and its Authorization header, which --debug would print
+            raise SetupError(self._redact(message)) from None
         except openai.APIError as e:  # connection errors and timeouts, after the retries
-            raise SetupError(self._redact(f"the judge endpoint {self.url} failed: {e.message}")) from e
+            raise SetupError(self._redact(f"the judge endpoint {self.url} failed: {e.message}")) from None
         if not completion.choices:
             return ""
         return completion.choices[0].message.content or ""

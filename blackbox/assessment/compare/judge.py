@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from blackbox.assessment.compare.pairs import Answers, Pair
-from blackbox.core.votes import JUDGE_PREFIX, Verdict, Vote, add_vote, judge_detail, rated, votes_db
+from blackbox.assessment.compare.votes import add_vote, rated, votes_db
+from blackbox.reports.votes import JUDGE_PREFIX, Verdict, Vote, judge_detail
 
 logger = logging.getLogger(__name__)
 
@@ -128,13 +129,15 @@ def judge_with_endpoint(
     requests_per_minute: float = 0,
     retries: int = 6,
     timeout_s: float = 600,
+    allow_http: bool = False,
 ) -> int:
     """Rate every pair not rated yet with ``model`` behind an OpenAI-compatible endpoint (``url``: its base URL,
     ``.../v1``; None: the openai client's default); its votes are rater ``judge:openai:MODEL``. Returns the
-    number of new votes.
+    number of new votes. The API key goes over plain HTTP to a loopback address only, unless ``allow_http``.
 
     Raises:
         SetupError: the openai package is missing, or the endpoint fails a request after its retries.
+        OptionError: the key would go over plain HTTP to another machine without ``allow_http``.
     """
     from blackbox.assessment.compare.endpoint import Endpoint
 
@@ -148,6 +151,7 @@ def judge_with_endpoint(
         requests_per_minute=requests_per_minute,
         retries=retries,
         timeout_s=timeout_s,
+        allow_http=allow_http,
     )
     with endpoint:
         # A chunk of pairs is twice as many prompts: two rounds of requests in flight between stored votes.

@@ -1,14 +1,17 @@
 """The pairs a rater is shown: every question with every two models that answered it, in one shuffled order that
 every rater follows (so that raters overlap, which the agreement figure needs), each pair once per rater. Where
-each answer goes (left or right) is drawn per rater and pair, from a hash: a reloaded page or a restarted server
-shows the same screen again.
+each answer goes (left or right) is drawn per rater and pair from the study's secret (a keyed hash, HMAC-SHA256):
+a reloaded page or a restarted server shows the same screen again, and nobody without the votes file can tell
+which model a rater sees on which side.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import itertools
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +74,16 @@ def next_pair(answers: Answers, done: set[tuple[str, str, str]]) -> int | None:
     return next((i for i, pair in enumerate(answers.pairs) if pair.key not in done), None)
 
 
-def a_shown_first(rater: str, pair: Pair) -> bool:
-    """Whether model_a's answer is shown first (left) to this rater: a fair coin, the same at every visit."""
-    digest = hashlib.sha256("\0".join((rater, *pair.key)).encode()).digest()
-    return digest[0] % 2 == 0
+def pair_index(text: str, count: int) -> int | None:
+    """The pair number a form sent (ASCII digits only, below ``count``); None for anything else."""
+    if re.fullmatch(r"[0-9]{1,9}", text) is None:  # not str.isdigit(): it takes "²", which int() refuses
+        return None
+    index = int(text)
+    return index if index < count else None
+
+
+def a_shown_first(secret: bytes, rater: str, pair: Pair) -> bool:
+    """Whether model_a's answer is shown first (left) to this rater: a fair coin of the study's ``secret``
+    (:func:`blackbox.assessment.compare.votes.study_secret`), the same at every visit."""
+    message = "\0".join(("side", rater, *pair.key)).encode()
+    return hmac.new(secret, message, hashlib.sha256).digest()[0] % 2 == 0
