@@ -23,6 +23,7 @@ from compare_solvers import blackbox
 QUARTERS = "validation.checkpoints=[0.25,0.5,0.75]"
 EIGHTHS = "validation.checkpoints=[0.125,0.25,0.5,0.75]"  # every checkpoint of the table
 RUNGS = "validation.checkpoints=[0.125,0.25,0.5]"  # successive halving's rungs, a factor 2 apart
+EARLY = "validation.checkpoints=[0.125,0.25]"  # the two that save the most when they stop, and cost the least
 DONE = "done.json"
 
 
@@ -110,6 +111,10 @@ RULE_VARIANTS = {
             "median-e-m1", "median, 4 checkpoints, min 1", EIGHTHS, "stopping.rule=median", "stopping.min_finished=1"
         ),
         _nomad("median-e-m3", "median, 4 checkpoints, min 3", EIGHTHS, "stopping.rule=median"),
+        _nomad("median-early-m3", "median, at 1/8 and 1/4, min 3", EARLY, "stopping.rule=median"),
+        _nomad(
+            "median-early-m1", "median, at 1/8 and 1/4, min 1", EARLY, "stopping.rule=median", "stopping.min_finished=1"
+        ),
         _nomad(
             "incumbent-q-m1",
             "incumbent, 3 checkpoints, min 1",
