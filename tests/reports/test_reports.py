@@ -18,7 +18,8 @@ import pytest
 
 from tests.records import read_records
 
-pytestmark = pytest.mark.slow
+# One worker runs the module: its studies fixture (two real studies) then runs once, not once per worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reports-studies")]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -137,6 +137,7 @@ def run_then_resumed(tmp_path_factory: pytest.TempPathFactory, write_tiny_experi
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("run-then-resumed")  # its module fixture runs once, on one worker
 def test_trials_and_records_match(run_then_resumed: dict) -> None:
     first = run_then_resumed["first"]
     assert first.returncode == 0, first.stderr[-3000:]
@@ -160,6 +161,7 @@ def test_trials_and_records_match(run_then_resumed: dict) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("run-then-resumed")  # its module fixture runs once, on one worker
 def test_resume_continues_to_the_total(run_then_resumed: dict) -> None:
     resumed = run_then_resumed["resumed"]
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -17,7 +17,8 @@ from blackbox.core.nomad import WARM_START_MARKER, read_cache
 from tests.conftest import STUDY_OUTPUTS
 from tests.records import read_records
 
-pytestmark = pytest.mark.slow
+# One worker runs the module: the earlier study every test starts from then runs once, not once per worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("earlier-study")]
 
 CURVE = ["validation.checkpoints=[0.25,0.5,0.75]", "validation.checkpoint_rows=16", "stopping.min_finished=1"]
 
