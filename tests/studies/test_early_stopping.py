@@ -4,19 +4,18 @@ study keeps a stopped point stopped."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 from pathlib import Path
 
-import psutil
 import pytest
 
 from blackbox.core.failures import Status
 from blackbox.core.nomad import read_cache
 from blackbox.reports import write_report
+from tests.processes import study_processes
 from tests.records import read_records, recorded_run_ids
 
 pytestmark = pytest.mark.slow
@@ -77,19 +76,6 @@ def test_a_hopeless_point_stops_at_its_first_checkpoint_and_the_best_is_the_same
     assert "No evaluation failed." in page
 
 
-def _study_processes(study_dir: Path) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
-            if (
-                process.pid != os.getpid()
-                and process.status() != psutil.STATUS_ZOMBIE
-                and process.cwd() == str(study_dir)
-            ):
-                found.append(process)
-    return found
-
-
 @pytest.mark.parametrize("nomad_env", ["binary"], indirect=True)
 def test_kill_9_then_resume_keeps_a_stopped_point_stopped(
     tmp_path: Path, repo: Path, nomad_env, make_study, run_nomad, wait_for, training_started
@@ -116,7 +102,7 @@ def test_kill_9_then_resume_keeps_a_stopped_point_stopped(
         wait_for(lambda: training_started(study_dir, not_in=done), process, "the next evaluation to train")
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=60)
-        wait_for(lambda: not _study_processes(study_dir), None, "the study's processes to be gone", timeout=10)
+        wait_for(lambda: not study_processes(study_dir), None, "the study's processes to be gone", timeout=10)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

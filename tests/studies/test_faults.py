@@ -17,22 +17,10 @@ import pytest
 
 from blackbox.core.failures import Status
 from blackbox.reports.load import load_run
+from tests.processes import study_processes
 from tests.records import read_records, recorded_run_ids
 
 pytestmark = pytest.mark.slow
-
-
-def _study_processes(study_dir: Path) -> list[psutil.Process]:
-    """The processes of a study: NOMAD and its blackbox calls run in the study folder, or carry its stop file."""
-    found = []
-    for process in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
-            if process.pid == os.getpid() or process.status() == psutil.STATUS_ZOMBIE:
-                continue
-            stop_file = process.environ().get("LORA_BLACKBOX_STOP_FILE", "")
-            if process.cwd() == str(study_dir) or stop_file.startswith(str(study_dir)):
-                found.append(process)
-    return found
 
 
 def _start_study(repo: Path, param: Path, study_dir: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -57,7 +45,7 @@ def _output(study_dir: Path) -> tuple[str, str]:
 def _none_left(study_dir: Path, wait_for: Callable[..., None], seconds: float = 5) -> None:
     """Wait up to ``seconds`` for the study's processes to be gone; fail if one outlives that."""
     wait_for(
-        lambda: not _study_processes(study_dir), None, f"the study's processes to end (within {seconds:g} s)", seconds
+        lambda: not study_processes(study_dir), None, f"the study's processes to end (within {seconds:g} s)", seconds
     )
 
 
@@ -87,12 +75,12 @@ def test_kill_9_of_the_study_then_resume(
         assert f"another study is running in {study_dir} (driver pid" in second.stderr
         done = recorded_run_ids(study_dir)
         wait_for(lambda: training_started(study_dir, not_in=done), process, "the third evaluation to train")
-        assert _study_processes(study_dir)
+        assert study_processes(study_dir)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=60)
         _none_left(study_dir, wait_for)
     finally:
-        for leftover in [*_study_processes(study_dir), psutil.Process(process.pid)] if process.poll() is None else []:
+        for leftover in [*study_processes(study_dir), psutil.Process(process.pid)] if process.poll() is None else []:
             with contextlib.suppress(psutil.Error):
                 leftover.kill()
     [killed_dir] = {p.name for p in (study_dir / "evals").glob("*")} - done
@@ -123,13 +111,13 @@ def test_kill_9_of_the_study_then_resume(
 
 def _target(study_dir: Path, which: str) -> psutil.Process:
     """NOMAD (the binary) or the evaluation process it started, among the study's processes."""
-    for process in _study_processes(study_dir):
+    for process in study_processes(study_dir):
         with contextlib.suppress(psutil.Error):
             command = process.cmdline()
             is_nomad = Path(command[0]).name == "nomad"
             if (which == "nomad") == is_nomad and (is_nomad or "eval" in command):
                 return process
-    raise AssertionError(f"no {which} process among {[p.cmdline() for p in _study_processes(study_dir)]}")
+    raise AssertionError(f"no {which} process among {[p.cmdline() for p in study_processes(study_dir)]}")
 
 
 @pytest.mark.parametrize("nomad_env", ["binary"], indirect=True)

@@ -22,6 +22,7 @@ from blackbox.assessment.selection import select_from_study
 from blackbox.cli import main
 from blackbox.core.pareto import front_indices
 from blackbox.training.testing import write_benchmark_tasks
+from tests.processes import study_processes
 from tests.records import read_records, recorded_run_ids
 
 pytestmark = pytest.mark.slow
@@ -45,19 +46,6 @@ def _front_run_ids(records: list[dict], names: list[str], feasible: Callable[[di
     return {ok[i]["run_id"] for i in front_indices(values)}
 
 
-def _study_processes(study_dir: Path) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
-            if (
-                process.pid != os.getpid()
-                and process.status() != psutil.STATUS_ZOMBIE
-                and process.cwd() == str(study_dir)
-            ):
-                found.append(process)
-    return found
-
-
 def _start(command: list[str], folder: Path, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """A study in a session of its own, its stdout and stderr in files (``name.out``, ``name.err``)."""
     with (folder / f"{name}.out").open("w") as out, (folder / f"{name}.err").open("w") as err:
@@ -67,11 +55,11 @@ def _start(command: list[str], folder: Path, name: str, env: dict[str, str] | No
 def _kill_9(process: subprocess.Popen, study_dir: Path, wait_for) -> None:
     """kill -9 of a study: its driver's session and every process in its folder (NOMAD, the evaluation) at once."""
     os.killpg(process.pid, signal.SIGKILL)
-    for leftover in _study_processes(study_dir):
+    for leftover in study_processes(study_dir):
         with contextlib.suppress(psutil.Error):
             leftover.kill()
     process.wait()
-    wait_for(lambda: not _study_processes(study_dir), None, "the study's processes to end", 10)
+    wait_for(lambda: not study_processes(study_dir), None, "the study's processes to end", 10)
 
 
 def test_a_nomad_study_of_two_objectives_stops_resumes_and_reports_its_front(
